@@ -1,0 +1,73 @@
+# keras-xnor: `make demo` (the main job) and `make test`. Both work from a fresh clone on a
+# fresh Debian machine as root: they create .venv, install the package editable (which builds
+# the native ops), and install the Fashion-MNIST Debian package when it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CXX ?= g++
+CXXFLAGS := -std=c++17 -O2 -Wall -Wno-unused-function -I. -pthread
+AVX2_FLAGS := -mavx2 -mfma -mpopcnt
+
+CORE_SRCS := $(filter-out %_test.cc,$(wildcard custom_ops/core/*.cc))
+CORE_TESTS := $(wildcard custom_ops/core/tests/*_test.cc)
+NATIVE_SRCS := $(wildcard custom_ops/*/*.cc custom_ops/*/*.h)
+CPP_OBJ := build/cpp
+CORE_OBJS := $(patsubst %.cc,$(CPP_OBJ)/%.o,$(CORE_SRCS))
+TEST_BINS := $(patsubst custom_ops/core/tests/%.cc,$(CPP_OBJ)/tests/%,$(CORE_TESTS))
+
+.PHONY: demo test venv data ops cpp-test py-test bench clean
+
+demo: venv data ops
+	$(PY) -m keras_xnor.training.demo --output_dir=out/demo
+
+test: venv data ops cpp-test py-test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+# The Fashion-MNIST IDX files come from Debian (no download at run time).
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)
+
+# Rebuilds the TF op library and the TFLite delegate in place when a C++ file changed.
+ops: build/.ops-built
+
+build/.ops-built: $(NATIVE_SRCS) setup.py $(VENV)/.installed
+	@mkdir -p build
+	flock build/ops.lock $(PY) setup.py -q build_ext --inplace
+	touch $@
+
+# C++ tests of the framework-neutral core (no TF, no TFLite).
+cpp-test: $(TEST_BINS)
+	@set -e; for t in $(TEST_BINS); do echo "== $$t"; $$t; done
+
+$(CPP_OBJ)/%_avx2.o: %_avx2.cc $(wildcard custom_ops/core/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(AVX2_FLAGS) -c $< -o $@
+
+$(CPP_OBJ)/%.o: %.cc $(wildcard custom_ops/core/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(CPP_OBJ)/tests/%: custom_ops/core/tests/%.cc $(CORE_OBJS) $(wildcard custom_ops/core/*.h) $(wildcard custom_ops/core/tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $< $(CORE_OBJS) -o $@
+
+py-test:
+	$(PY) -m pytest -q tests
+
+bench: venv ops
+	$(PY) benchmarks/bench_conv.py --json build/bench_conv.json
+	$(PY) benchmarks/bench_tflite.py --json build/bench_tflite.json
+
+clean:
+	rm -rf build keras_xnor/_ops/*.so

@@ -1,0 +1,77 @@
+// XNOR-Net binary convolution and binary fully connected layer (Rastegari et al. 2016, eq. 11).
+//
+//   out[n,h,w,c] = dot[n,h,w,c] * alpha[c] * K[n,h,w] + bias[c]       (then ReLU if asked)
+//   dot          = sum over valid taps and channels of sign(I) * sign(W)
+//                = n_valid - 2 * popcount(packed(I) XOR packed(W))
+//   K[n,h,w]     = box filter 1/(kh*kw) over A = mean_c |I[n,:,:,c]|, with the conv's
+//                  stride/padding/dilation, zero padding (the divisor is always kh*kw).
+//                  K = 1 when use_k is false.
+//
+// Layouts:
+//   input   float NHWC [batch, in_h, in_w, in_c]
+//   filter  PackedWord [out_c, k_h, k_w, packed_words(in_c)]  (OHWI, packed along I; spec.h)
+//   alpha   float [out_c] (required), bias float [out_c] or nullptr
+//   output  float NHWC [batch, out_h, out_w, out_c]
+// Padding and output size follow TensorFlow: VALID out = ceil((in - (k-1)*d) / s);
+// SAME out = ceil(in / s), pad_total = max((out-1)*s + (k-1)*d + 1 - in, 0), pad_top = total/2.
+// A padded tap contributes 0 to the dot (it is excluded, not treated as +1 or -1).
+//
+// The integer part (dot) is exact. Threads come from `parallel_for`; results are identical for
+// any split. Calls are thread-safe: no shared mutable state.
+#ifndef KERAS_XNOR_CORE_XNOR_CONV2D_H_
+#define KERAS_XNOR_CORE_XNOR_CONV2D_H_
+
+#include <cstdint>
+#include <string>
+
+#include "custom_ops/core/parallel.h"
+#include "custom_ops/core/spec.h"
+
+namespace keras_xnor {
+
+enum class Padding { kValid, kSame };
+
+// Which implementation runs. kAuto picks the fastest one the CPU supports (checked once, at
+// run time); the others exist for tests and benchmarks. kReference is plain loops (the oracle).
+enum class KernelPath { kAuto, kReference, kPortable, kAvx2 };
+
+struct Conv2DShape {
+  // Set by the caller.
+  int batch = 0, in_h = 0, in_w = 0, in_c = 0;
+  int out_c = 0, k_h = 0, k_w = 0;
+  int stride_h = 1, stride_w = 1, dilation_h = 1, dilation_w = 1;
+  Padding padding = Padding::kValid;
+  // Filled by resolve_conv2d_shape.
+  int out_h = 0, out_w = 0, pad_top = 0, pad_left = 0;
+};
+
+// Validates the caller's fields and fills out_h/out_w/pad_top/pad_left. Returns "" when the
+// shape is valid, else a readable message (kernel 1..11, strides and dilations >= 1, sizes > 0,
+// output not empty).
+std::string resolve_conv2d_shape(Conv2DShape* shape);
+
+// Parses "SAME" / "VALID"; returns false for anything else.
+bool parse_padding(const std::string& text, Padding* padding);
+
+// True when this build and this CPU can run `path` (kAuto and kReference always can).
+bool kernel_path_available(KernelPath path);
+// The path kAuto resolves to on this CPU ("avx2", "portable").
+const char* auto_kernel_path_name();
+
+void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
+                 const float* alpha, const float* bias, bool use_k, bool relu, float* output,
+                 const ParallelFor& parallel_for = serial_for,
+                 KernelPath path = KernelPath::kAuto);
+
+// Binary fully connected layer: a conv whose kernel covers the whole input, so
+// K[n] = mean |input[n,:]| (use_k) and dot = in_features - 2 * popcount.
+//   input [batch, in_features] float, filter [units, packed_words(in_features)] PackedWord,
+//   alpha [units], bias [units] or nullptr, output [batch, units].
+void xnor_dense(int batch, int in_features, int units, const float* input,
+                const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
+                bool relu, float* output, const ParallelFor& parallel_for = serial_for,
+                KernelPath path = KernelPath::kAuto);
+
+}  // namespace keras_xnor
+
+#endif  // KERAS_XNOR_CORE_XNOR_CONV2D_H_
