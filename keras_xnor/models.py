@@ -1,0 +1,372 @@
+"""Reference networks of the XNOR-Net paper: AlexNet, ResNet-18 and a small 28x28 net.
+
+Every builder takes ``kind``:
+
+* ``"float"``: full-precision convolutions and dense layers (the paper's baseline).
+* ``"bwn"``: Binary-Weight-Networks, ``W ~ alpha * sign(W)`` with ``alpha = mean|W|`` per
+  output filter (eq. 6), real-valued inputs (``BWNConv2D`` / ``BWNDense``).
+* ``"xnor"``: XNOR-Networks, ``I * W ~ (sign(I) (*) sign(W)) . K alpha`` (eq. 11) with
+  ``BinConv2D`` / ``BinDense``, which binarize their own input and compute K from the
+  real-valued input (they are BinActiv + BinConv of Fig. 3 in one layer).
+
+In all kinds the first and the last layer are full precision (Sec. 4 of the paper); every
+layer in between is of ``kind``. The three kinds of one network have the same layers, widths
+and pooling; only the conv/dense layer class and the activation differ.
+
+Block order (``block_order``, the ablation of Fig. 4 / Sec. 3.3):
+
+* ``"BACP"`` (default, the paper's XNOR block): ``BatchNorm -> Activ -> Conv -> Pool``.
+  For xnor, Activ + Conv is the one ``BinConv2D`` (sign of the normalized input, K from its
+  magnitude). For float and bwn the activation is ReLU, which makes the network a
+  pre-activation net (He et al. 2016) with exactly the xnor net's layout, so the
+  float / bwn / xnor comparison changes nothing but the arithmetic.
+* ``"CBAP"``: the conventional ``Conv -> BatchNorm -> Activ -> Pool``. For xnor, Activ is a
+  ``BinaryActivation`` (sign), so the following max-pool sees +-1 values and returns mostly
+  +1: the information loss the paper cites as the reason for B-A-C-P. For float / bwn this is
+  the standard layout, i.e. the paper's BWN AlexNet (AlexNet with BatchNorm whose convs have
+  binary weights).
+
+The float stem is ``Conv -> BatchNorm -> ReLU -> Pool`` (in CBAP mode for xnor the ReLU is
+the sign, so that every binary layer sees the CBAP input); the head is
+``BatchNorm -> ReLU -> Dense(num_classes)`` in full precision, as in the authors' code.
+
+Ablation options, passed to every binary layer: ``kernel_scale`` ("mean_abs" = alpha of
+eq. 6, "learned" = alpha a trainable per-filter weight, "none" = no alpha) and, for xnor,
+``use_k`` (with or without the K map of eq. 11).
+
+Building is cheap (no data, no compilation), so the 224x224 networks can be built for
+export and benchmarks in seconds.
+"""
+
+import keras
+
+KINDS = ("float", "bwn", "xnor")
+BLOCK_ORDERS = ("BACP", "CBAP")
+KERNEL_SCALES = ("mean_abs", "learned", "none")
+
+
+def _xl():
+    # Imported lazily so that ``keras_xnor.models`` can be imported (and its docs read)
+    # while the layer module is being built; the layers register their serialization
+    # names on import.
+    from keras_xnor import layers  # noqa: PLC0415
+
+    return layers
+
+
+class _Builder:
+    """Creates the layers of one network of one kind with consistent naming and options."""
+
+    def __init__(self, kind, block_order, kernel_scale, use_k, weight_decay=None):
+        if kind not in KINDS:
+            raise ValueError("kind must be one of %s, got %r" % (KINDS, kind))
+        if block_order not in BLOCK_ORDERS:
+            raise ValueError("block_order must be one of %s, got %r" % (BLOCK_ORDERS, block_order))
+        if kernel_scale not in KERNEL_SCALES:
+            raise ValueError(
+                "kernel_scale must be one of %s, got %r" % (KERNEL_SCALES, kernel_scale))
+        if kind != "xnor" and not use_k:
+            raise ValueError("use_k=False only applies to kind='xnor' (K is the XNOR input "
+                             "scale of eq. 11); got kind=%r" % kind)
+        self.kind = kind
+        self.order = block_order
+        self.kernel_scale = kernel_scale
+        self.use_k = use_k
+        self.regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+
+    # -- single layers -------------------------------------------------------------------
+
+    def bn(self, name):
+        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=name)
+
+    def float_conv(self, filters, kernel_size, strides, padding, name, use_bias=False):
+        return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                                   use_bias=use_bias, kernel_initializer="he_normal",
+                                   kernel_regularizer=self.regularizer, name=name)
+
+    def conv(self, filters, kernel_size, strides, padding, name):
+        """The conv of a middle block: float, BWN or XNOR (which binarizes its own input)."""
+        if self.kind == "float":
+            return self.float_conv(filters, kernel_size, strides, padding, name)
+        xl = _xl()
+        common = dict(strides=strides, padding=padding, use_bias=False,
+                      kernel_scale=self.kernel_scale, name=name)
+        if self.kind == "bwn":
+            return xl.BWNConv2D(filters, kernel_size, **common)
+        return xl.BinConv2D(filters, kernel_size, use_k=self.use_k, **common)
+
+    def dense(self, units, name):
+        if self.kind == "float":
+            return keras.layers.Dense(units, use_bias=False, kernel_initializer="he_normal",
+                                      kernel_regularizer=self.regularizer, name=name)
+        xl = _xl()
+        common = dict(use_bias=False, kernel_scale=self.kernel_scale, name=name)
+        if self.kind == "bwn":
+            return xl.BWNDense(units, **common)
+        return xl.BinDense(units, use_k=self.use_k, **common)
+
+    def activation(self, name):
+        """The A of a CBAP block: sign for xnor, ReLU otherwise."""
+        if self.kind == "xnor":
+            return _xl().BinaryActivation(name=name)
+        return keras.layers.ReLU(name=name)
+
+    # -- blocks --------------------------------------------------------------------------
+
+    def unit(self, x, make_layer, name, pool=None, last_activation=None):
+        """One block in the chosen order around ``make_layer`` (a conv or a dense layer).
+
+        Args:
+            x: input tensor.
+            make_layer: the block's conv/dense layer (float, BWN or XNOR).
+            name: prefix of the block's layer names.
+            pool: optional pooling layer applied last.
+            last_activation: in CBAP mode, overrides the activation (the unit before the
+                float classifier uses ReLU, as the classifier takes real inputs).
+        """
+        if self.order == "BACP":
+            x = self.bn(name + "_bn")(x)
+            if self.kind != "xnor":  # BinConv2D/BinDense binarize their input themselves
+                x = keras.layers.ReLU(name=name + "_relu")(x)
+            x = make_layer(x)
+        else:
+            x = make_layer(x)
+            x = self.bn(name + "_bn")(x)
+            act = last_activation or self.activation(name + "_act")
+            x = act(x)
+        if pool is not None:
+            x = pool(x)
+        return x
+
+    def stem(self, x, conv, pool, name="conv1"):
+        """The full-precision first layer: Conv -> BN -> ReLU (sign in CBAP xnor) -> Pool."""
+        x = conv(x)
+        x = self.bn(name + "_bn")(x)
+        if self.order == "CBAP":
+            x = self.activation(name + "_act")(x)
+        else:
+            x = keras.layers.ReLU(name=name + "_relu")(x)
+        if pool is not None:
+            x = pool(x)
+        return x
+
+    def head(self, x, num_classes, classifier_activation, name="predictions"):
+        """The full-precision last layer, preceded by BN -> ReLU in BACP mode."""
+        if self.order == "BACP":
+            x = self.bn("head_bn")(x)
+            x = keras.layers.ReLU(name="head_relu")(x)
+        return keras.layers.Dense(num_classes, activation=classifier_activation,
+                                  kernel_regularizer=self.regularizer,
+                                  dtype="float32", name=name)(x)
+
+
+def _check_common(num_classes, input_shape):
+    if int(num_classes) < 2:
+        raise ValueError("num_classes must be >= 2, got %r" % (num_classes,))
+    if len(input_shape) != 3:
+        raise ValueError("input_shape must be (height, width, channels), got %r"
+                         % (input_shape,))
+
+
+def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
+            block_order="BACP", use_k=True, classifier_activation="softmax",
+            weight_decay=None, name=None):
+    """AlexNet as trained in the XNOR-Net paper (BatchNorm, no LRN, no dropout).
+
+    Layout (224x224 input; the feature map sizes match the original 55-27-13-6)::
+
+        conv1  11x11/4, 96  (float)  -> BN -> ReLU -> maxpool 3/2
+        conv2  5x5, 256     (kind)   -> maxpool 3/2
+        conv3  3x3, 384     (kind)
+        conv4  3x3, 384     (kind)
+        conv5  3x3, 256     (kind)   -> maxpool 3/2
+        fc6    4096         (kind)
+        fc7    4096         (kind)
+        fc8    num_classes  (float)  softmax
+
+    with every ``kind`` layer inside a B-A-C-P (or C-B-A-P) block, see the module docstring.
+
+    Args:
+        kind: "xnor", "bwn" or "float".
+        num_classes: number of output classes.
+        input_shape: (H, W, C); 224x224x3 as in the paper. Other sizes work as long as
+            the feature map before fc6 is non-empty (>= 67 pixels).
+        kernel_scale: alpha of the binary layers: "mean_abs" (eq. 6), "learned" or "none".
+        block_order: "BACP" (paper) or "CBAP" (conventional; the Sec. 3.3 ablation).
+        use_k: xnor only: scale by the K map of eq. 11 (False = alpha only).
+        classifier_activation: activation of the last layer ("softmax" or None for logits).
+        weight_decay: optional L2 factor on the full-precision kernels.
+        name: model name (default "<kind>_alexnet").
+
+    Returns:
+        An uncompiled ``keras.Model``.
+    """
+    _check_common(num_classes, input_shape)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)  # 224 -> 55 as in the paper
+    x = b.stem(x, b.float_conv(96, 11, 4, "valid", "conv1"),
+               keras.layers.MaxPooling2D(3, 2, name="pool1"))
+    x = b.unit(x, b.conv(256, 5, 1, "same", "conv2"), "conv2",
+               pool=keras.layers.MaxPooling2D(3, 2, name="pool2"))
+    x = b.unit(x, b.conv(384, 3, 1, "same", "conv3"), "conv3")
+    x = b.unit(x, b.conv(384, 3, 1, "same", "conv4"), "conv4")
+    x = b.unit(x, b.conv(256, 3, 1, "same", "conv5"), "conv5",
+               pool=keras.layers.MaxPooling2D(3, 2, name="pool5"))
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = b.unit(x, b.dense(4096, "fc6"), "fc6")
+    last = keras.layers.ReLU(name="fc7_relu") if b.order == "CBAP" else None
+    x = b.unit(x, b.dense(4096, "fc7"), "fc7", last_activation=last)
+    outputs = b.head(x, num_classes, classifier_activation, name="fc8")
+    return keras.Model(inputs, outputs, name=name or "%s_alexnet" % kind)
+
+
+def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
+             block_order="BACP", use_k=True, classifier_activation="softmax",
+             weight_decay=None, name=None):
+    """ResNet-18 (He et al. 2016) with binary 3x3 convolutions, as in the XNOR-Net paper.
+
+    Stem: 7x7/2 conv, 64 (float) -> BN -> ReLU -> 3x3/2 max-pool. Then four stages of two
+    basic blocks (64, 128, 256, 512 filters; stride 2 at the start of stages 2-4), then
+    global average pooling and the float classifier.
+
+    Basic block, BACP (pre-activation layout; for xnor BN -> BinConv2D is B-A-C)::
+
+        y = conv_a(BN(x))            3x3, stride s     (kind)
+        y = conv_b(BN(y))            3x3               (kind)
+        out = y + shortcut(x)
+
+    CBAP: ``y = A(BN(conv_a(x))); y = BN(conv_b(y)); out = A(y + shortcut(x))``.
+
+    The shortcut is the identity, or (shortcut type B) a 1x1 projection with BatchNorm when
+    the shape changes. Projections are kept full precision: they hold 0.6% of the MACs,
+    and the residual stream they feed is real-valued in the paper too, so binarizing them
+    would cost accuracy for no measurable speed.
+
+    Args: as for :func:`alexnet`.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+    """
+    _check_common(num_classes, input_shape)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = b.stem(inputs, b.float_conv(64, 7, 2, "same", "conv1"),
+               keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1"))
+    in_filters = 64
+    for stage, filters in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            strides = 2 if (stage > 0 and block == 0) else 1
+            prefix = "stage%d_block%d" % (stage + 1, block + 1)
+            shortcut = x
+            if strides != 1 or in_filters != filters:
+                shortcut = b.float_conv(filters, 1, strides, "valid", prefix + "_proj")(x)
+                shortcut = b.bn(prefix + "_proj_bn")(shortcut)
+            if b.order == "BACP":
+                y = b.unit(x, b.conv(filters, 3, strides, "same", prefix + "_conv_a"),
+                           prefix + "_a")
+                y = b.unit(y, b.conv(filters, 3, 1, "same", prefix + "_conv_b"),
+                           prefix + "_b")
+                x = keras.layers.Add(name=prefix + "_add")([y, shortcut])
+            else:
+                y = b.unit(x, b.conv(filters, 3, strides, "same", prefix + "_conv_a"),
+                           prefix + "_a")
+                y = b.conv(filters, 3, 1, "same", prefix + "_conv_b")(y)
+                y = b.bn(prefix + "_b_bn")(y)
+                x = keras.layers.Add(name=prefix + "_add")([y, shortcut])
+                last = stage == 3 and block == 1
+                x = (keras.layers.ReLU(name=prefix + "_out_relu") if last
+                     else b.activation(prefix + "_out_act"))(x)
+            in_filters = filters
+    if b.order == "BACP":
+        x = b.bn("head_bn")(x)
+        x = keras.layers.ReLU(name="head_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = keras.layers.Dense(num_classes, activation=classifier_activation,
+                                 kernel_regularizer=b.regularizer, name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name or "%s_resnet18" % kind)
+
+
+def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="mean_abs",
+          block_order="BACP", use_k=True, classifier_activation="softmax",
+          weight_decay=None, width=1, name=None):
+    """A small XNOR/BWN/float net for 28x28 inputs (Fashion-MNIST, MNIST).
+
+    Layout (channel counts times ``width``; multiples of 32 so the binary layers pack
+    into whole 32-bit words)::
+
+        conv1  3x3, 32   (float) -> BN -> ReLU -> maxpool 2     28 -> 14
+        conv2  3x3, 64   (kind)  -> maxpool 2                   14 -> 7
+        conv3  3x3, 128  (kind)
+        conv4  3x3, 128  (kind)  -> maxpool 2                    7 -> 3
+        fc5    256       (kind)
+        fc6    num_classes (float) softmax
+
+    Args: as for :func:`alexnet`, plus ``width``, an integer channel multiplier.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+    """
+    _check_common(num_classes, input_shape)
+    if int(width) != width or width < 1:
+        raise ValueError("width must be a positive integer, got %r" % (width,))
+    w = int(width)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = b.stem(inputs, b.float_conv(32 * w, 3, 1, "same", "conv1"),
+               keras.layers.MaxPooling2D(2, name="pool1"))
+    x = b.unit(x, b.conv(64 * w, 3, 1, "same", "conv2"), "conv2",
+               pool=keras.layers.MaxPooling2D(2, name="pool2"))
+    x = b.unit(x, b.conv(128 * w, 3, 1, "same", "conv3"), "conv3")
+    x = b.unit(x, b.conv(128 * w, 3, 1, "same", "conv4"), "conv4",
+               pool=keras.layers.MaxPooling2D(2, name="pool4"))
+    x = keras.layers.Flatten(name="flatten")(x)
+    last = keras.layers.ReLU(name="fc5_relu") if b.order == "CBAP" else None
+    x = b.unit(x, b.dense(256 * w, "fc5"), "fc5", last_activation=last)
+    outputs = b.head(x, num_classes, classifier_activation, name="fc6")
+    return keras.Model(inputs, outputs, name=name or "%s_small" % kind)
+
+
+def _alias(builder, kind):
+    def make(**kwargs):
+        return builder(kind=kind, **kwargs)
+
+    make.__name__ = "%s_%s" % (kind, builder.__name__)
+    make.__qualname__ = make.__name__
+    make.__doc__ = "``%s(kind=%r, **kwargs)``; see :func:`%s`." % (
+        builder.__name__, kind, builder.__name__)
+    return make
+
+
+xnor_small = _alias(small, "xnor")
+bwn_small = _alias(small, "bwn")
+float_small = _alias(small, "float")
+xnor_alexnet = _alias(alexnet, "xnor")
+bwn_alexnet = _alias(alexnet, "bwn")
+float_alexnet = _alias(alexnet, "float")
+xnor_resnet18 = _alias(resnet18, "xnor")
+bwn_resnet18 = _alias(resnet18, "bwn")
+float_resnet18 = _alias(resnet18, "float")
+
+_REGISTRY = {
+    "small": small, "alexnet": alexnet, "resnet18": resnet18,
+    "xnor_small": xnor_small, "bwn_small": bwn_small, "float_small": float_small,
+    "xnor_alexnet": xnor_alexnet, "bwn_alexnet": bwn_alexnet, "float_alexnet": float_alexnet,
+    "xnor_resnet18": xnor_resnet18, "bwn_resnet18": bwn_resnet18,
+    "float_resnet18": float_resnet18,
+}
+
+NAMES = tuple(sorted(_REGISTRY))
+
+
+def get(name, **kwargs):
+    """Builds the model called ``name`` (e.g. "xnor_resnet18", or "small" with kind=...).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise ValueError("unknown model %r; known models: %s" % (name, ", ".join(NAMES))) from None
+    return builder(**kwargs)
