@@ -1,0 +1,241 @@
+// TensorFlow op KerasXnorBinConv2D: XNOR-Net binary convolution (Rastegari et al. 2016, eq. 11)
+// on the framework-neutral core (custom_ops/core/xnor_conv2d.h).
+//
+//   input   float NHWC [N, H, W, C]             real-valued; binarized and packed by the core
+//   filter  int32 [O, KH, KW, packed_words(C)]  OHWI sign bits (spec.h), 1 <= KH, KW <= 11
+//   alpha   float [O]                           per-filter scale (ones when scaling is off)
+//   bias    float [O]                           zeros when the layer has no bias
+//   output  float NHWC [N, OH, OW, O]
+//   out = dot * alpha * K + bias (ReLU if `relu`), K = box filter over mean_c |input|
+//   (1 when not `use_k`), TF's SAME/VALID output size, padded taps add 0 to dot and K.
+//
+// Attributes (also the keys of the TFLite custom op's FlexBuffer options; spec.h):
+//   strides [sh, sw], padding "SAME" | "VALID", dilations [dh, dw], in_channels C,
+//   use_k, relu.
+// Every malformed input is an InvalidArgument error. The gradient is registered in Python
+// (keras_xnor/ops.py).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "custom_ops/core/spec.h"
+#include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/tf/tf_adapter.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace keras_xnor {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+// The op's attributes, validated.
+struct Conv2DAttrs {
+  std::vector<std::int32_t> strides, dilations;
+  std::string padding_text;
+  Padding padding = Padding::kValid;
+  std::int64_t in_channels = 0;
+  bool use_k = true, relu = false;
+};
+
+// Reads and checks the attributes from a shape-inference or kernel-construction context.
+template <typename Context>
+absl::Status read_attrs(Context* c, Conv2DAttrs* attrs) {
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrStrides, &attrs->strides));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrDilations, &attrs->dilations));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrPadding, &attrs->padding_text));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrInChannels, &attrs->in_channels));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrUseK, &attrs->use_k));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrRelu, &attrs->relu));
+  const std::string prefix = std::string(kBinConv2DOp) + ": ";
+  std::string message = tf_adapter::check_pair(kAttrStrides, attrs->strides);
+  if (message.empty()) message = tf_adapter::check_pair(kAttrDilations, attrs->dilations);
+  if (message.empty()) message = tf_adapter::check_padding(attrs->padding_text, &attrs->padding);
+  if (message.empty()) message = tf_adapter::check_in_channels(attrs->in_channels);
+  if (!message.empty()) return InvalidArgument(prefix, message);
+  return absl::OkStatus();
+}
+
+// Output size of one spatial axis for shape inference (unknown stays unknown).
+absl::Status output_dim(InferenceContext* c, DimensionHandle in, DimensionHandle k, int stride,
+                        int dilation, Padding padding, DimensionHandle* out) {
+  if (!c->ValueKnown(in) || (padding == Padding::kValid && !c->ValueKnown(k))) {
+    *out = c->UnknownDim();
+    return absl::OkStatus();
+  }
+  const int k_value = c->ValueKnown(k) ? static_cast<int>(c->Value(k)) : 1;
+  const std::int64_t size =
+      tf_adapter::conv_output_size(c->Value(in), k_value, stride, dilation, padding);
+  if (size <= 0) {
+    return InvalidArgument(kBinConv2DOp, ": the output would be empty (input size ",
+                           c->Value(in), ", kernel ", k_value, ", dilation ", dilation,
+                           ", padding VALID); use a smaller kernel or SAME padding");
+  }
+  *out = c->MakeDim(size);
+  return absl::OkStatus();
+}
+
+absl::Status bin_conv2d_shape(InferenceContext* c) {
+  Conv2DAttrs attrs;
+  TF_RETURN_IF_ERROR(read_attrs(c, &attrs));
+  ShapeHandle input, filter, alpha, bias;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &input));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &alpha));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &bias));
+  const int in_channels = static_cast<int>(attrs.in_channels);
+  const DimensionHandle input_c = c->Dim(input, 3), filter_words = c->Dim(filter, 3);
+  if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
+    return InvalidArgument(kBinConv2DOp, ": input has ", c->Value(input_c),
+                           " channels but the in_channels attribute is ", in_channels);
+  }
+  if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
+    return InvalidArgument(kBinConv2DOp, ": filter has ", c->Value(filter_words),
+                           " packed words per tap but ", in_channels, " channels need ",
+                           packed_words(in_channels));
+  }
+  DimensionHandle out_c = c->Dim(filter, 0);
+  if (!c->Merge(out_c, c->Dim(alpha, 0), &out_c).ok() ||
+      !c->Merge(out_c, c->Dim(bias, 0), &out_c).ok()) {
+    return InvalidArgument(kBinConv2DOp, ": alpha and bias must have one value per filter (",
+                           c->DebugString(c->Dim(filter, 0)), "), got ",
+                           c->DebugString(c->Dim(alpha, 0)), " and ",
+                           c->DebugString(c->Dim(bias, 0)));
+  }
+  DimensionHandle k_h = c->Dim(filter, 1), k_w = c->Dim(filter, 2);
+  if (c->ValueKnown(k_h) && c->ValueKnown(k_w)) {
+    const std::string message = tf_adapter::check_kernel_size(c->Value(k_h), c->Value(k_w));
+    if (!message.empty()) return InvalidArgument(kBinConv2DOp, ": ", message);
+  }
+  DimensionHandle out_h, out_w;
+  TF_RETURN_IF_ERROR(output_dim(c, c->Dim(input, 1), k_h, attrs.strides[0],
+                                attrs.dilations[0], attrs.padding, &out_h));
+  TF_RETURN_IF_ERROR(output_dim(c, c->Dim(input, 2), k_w, attrs.strides[1],
+                                attrs.dilations[1], attrs.padding, &out_w));
+  c->set_output(0, c->MakeShape({c->Dim(input, 0), out_h, out_w, out_c}));
+  return absl::OkStatus();
+}
+
+class BinConv2DOp : public OpKernel {
+ public:
+  explicit BinConv2DOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, read_attrs(context, &attrs_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& input = context->input(0);
+    const Tensor& filter = context->input(1);
+    const Tensor& alpha = context->input(2);
+    const Tensor& bias = context->input(3);
+    const std::string op = kBinConv2DOp;
+    OP_REQUIRES(context, input.dims() == 4,
+                InvalidArgument(op, ": input must be 4-D NHWC, got shape ",
+                                input.shape().DebugString()));
+    OP_REQUIRES(context, filter.dims() == 4,
+                InvalidArgument(op, ": filter must be 4-D [out_c, k_h, k_w, packed in_c] ",
+                                "(OHWI, packed), got shape ", filter.shape().DebugString()));
+    OP_REQUIRES(context, alpha.dims() == 1 && bias.dims() == 1,
+                InvalidArgument(op, ": alpha and bias must be 1-D [out_c], got shapes ",
+                                alpha.shape().DebugString(), " and ",
+                                bias.shape().DebugString()));
+    const int in_channels = static_cast<int>(attrs_.in_channels);
+    OP_REQUIRES(context, input.dim_size(3) == in_channels,
+                InvalidArgument(op, ": input has ", input.dim_size(3),
+                                " channels but the in_channels attribute is ", in_channels));
+    OP_REQUIRES(context, filter.dim_size(3) == packed_words(in_channels),
+                InvalidArgument(op, ": filter has ", filter.dim_size(3),
+                                " packed words per tap but ", in_channels, " channels need ",
+                                packed_words(in_channels)));
+    const std::int64_t out_c = filter.dim_size(0);
+    OP_REQUIRES(context, alpha.dim_size(0) == out_c && bias.dim_size(0) == out_c,
+                InvalidArgument(op, ": alpha and bias must have one value per filter (", out_c,
+                                "), got ", alpha.dim_size(0), " and ", bias.dim_size(0)));
+    const std::string kernel_message =
+        tf_adapter::check_kernel_size(filter.dim_size(1), filter.dim_size(2));
+    OP_REQUIRES(context, kernel_message.empty(), InvalidArgument(op, ": ", kernel_message));
+    for (int d = 0; d < 3; ++d) {
+      OP_REQUIRES(context, tf_adapter::fits_int(input.dim_size(d)),
+                  InvalidArgument(op, ": input shape ", input.shape().DebugString(),
+                                  " is too large"));
+    }
+    OP_REQUIRES(context, out_c >= 1 && tf_adapter::fits_int(out_c),
+                InvalidArgument(op, ": the filter must have at least one output channel, got ",
+                                "shape ", filter.shape().DebugString()));
+
+    Conv2DShape shape;
+    // An empty batch is valid (as in tf.nn.conv2d); the core sees batch 1 for the checks.
+    const bool empty_batch = input.dim_size(0) == 0;
+    shape.batch = empty_batch ? 1 : static_cast<int>(input.dim_size(0));
+    shape.in_h = static_cast<int>(input.dim_size(1));
+    shape.in_w = static_cast<int>(input.dim_size(2));
+    shape.in_c = in_channels;
+    shape.out_c = static_cast<int>(out_c);
+    shape.k_h = static_cast<int>(filter.dim_size(1));
+    shape.k_w = static_cast<int>(filter.dim_size(2));
+    shape.stride_h = attrs_.strides[0];
+    shape.stride_w = attrs_.strides[1];
+    shape.dilation_h = attrs_.dilations[0];
+    shape.dilation_w = attrs_.dilations[1];
+    shape.padding = attrs_.padding;
+    const std::string message = resolve_conv2d_shape(&shape);
+    OP_REQUIRES(context, message.empty(),
+                InvalidArgument(op, ": ", message, " (input ", input.shape().DebugString(),
+                                ", filter ", filter.shape().DebugString(), ", padding ",
+                                attrs_.padding_text, ")"));
+    OP_REQUIRES(context, shape.out_h > 0 && shape.out_w > 0,
+                InvalidArgument(op, ": the output would be empty (input ",
+                                input.shape().DebugString(), ", filter ",
+                                filter.shape().DebugString(), ", padding ",
+                                attrs_.padding_text, ")"));
+
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(
+                       0, TensorShape({input.dim_size(0), shape.out_h, shape.out_w, out_c}),
+                       &output));
+    if (empty_batch) return;
+    xnor_conv2d(shape, input.flat<float>().data(), filter.flat<PackedWord>().data(),
+                alpha.flat<float>().data(), bias.flat<float>().data(), attrs_.use_k,
+                attrs_.relu, output->flat<float>().data(),
+                tf_adapter::parallel_for_from(context));
+  }
+
+ private:
+  Conv2DAttrs attrs_;
+};
+
+std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }
+
+}  // namespace
+
+REGISTER_OP(kBinConv2DOp)
+    .Input("input: float")
+    .Input("filter: int32")
+    .Input("alpha: float")
+    .Input("bias: float")
+    .Output("output: float")
+    .Attr(attr(kAttrStrides, "list(int)"))
+    .Attr(attr(kAttrPadding, "string"))
+    .Attr(attr(kAttrDilations, "list(int)"))
+    .Attr(attr(kAttrInChannels, "int"))
+    .Attr(attr(kAttrUseK, "bool"))
+    .Attr(attr(kAttrRelu, "bool"))
+    .SetShapeFn(bin_conv2d_shape)
+    .Doc(R"doc(
+XNOR-Net binary convolution (eq. 11): out = dot(sign(input), filter) * alpha * K + bias,
+optionally followed by ReLU. `filter` holds packed sign bits, OHWI.
+)doc");
+
+REGISTER_KERNEL_BUILDER(Name(kBinConv2DOp).Device(tensorflow::DEVICE_CPU), BinConv2DOp);
+
+}  // namespace keras_xnor

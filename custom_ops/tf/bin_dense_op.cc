@@ -1,0 +1,161 @@
+// TensorFlow op KerasXnorBinDense: XNOR-Net binary fully connected layer on the core
+// (custom_ops/core/xnor_conv2d.h, xnor_dense): a conv whose kernel covers the whole input.
+//
+//   input   float [N, C]                 real-valued; binarized and packed by the core
+//   filter  int32 [O, packed_words(C)]   sign bits of the [C, O] kernel, transposed (spec.h)
+//   alpha   float [O], bias float [O]    (ones / zeros when the layer has none)
+//   output  float [N, O]
+//   out = dot * alpha * K + bias (ReLU if `relu`), K[n] = mean_c |input[n, c]| (1 when not
+//   `use_k`), dot = C - 2 * popcount(packed(input) XOR filter).
+//
+// Attributes (also the TFLite custom op's FlexBuffer keys; spec.h): in_channels, use_k, relu.
+// Every malformed input is an InvalidArgument error. The gradient is registered in Python.
+#include <cstdint>
+#include <string>
+
+#include "custom_ops/core/spec.h"
+#include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/tf/tf_adapter.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace keras_xnor {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+struct DenseAttrs {
+  std::int64_t in_channels = 0;
+  bool use_k = true, relu = false;
+};
+
+template <typename Context>
+absl::Status read_attrs(Context* c, DenseAttrs* attrs) {
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrInChannels, &attrs->in_channels));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrUseK, &attrs->use_k));
+  TF_RETURN_IF_ERROR(c->GetAttr(kAttrRelu, &attrs->relu));
+  const std::string message = tf_adapter::check_in_channels(attrs->in_channels);
+  if (!message.empty()) return InvalidArgument(kBinDenseOp, ": ", message);
+  return absl::OkStatus();
+}
+
+absl::Status bin_dense_shape(InferenceContext* c) {
+  DenseAttrs attrs;
+  TF_RETURN_IF_ERROR(read_attrs(c, &attrs));
+  ShapeHandle input, filter, alpha, bias;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &input));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &filter));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &alpha));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &bias));
+  const int in_channels = static_cast<int>(attrs.in_channels);
+  const DimensionHandle input_c = c->Dim(input, 1), filter_words = c->Dim(filter, 1);
+  if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
+    return InvalidArgument(kBinDenseOp, ": input has ", c->Value(input_c),
+                           " features but the in_channels attribute is ", in_channels);
+  }
+  if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
+    return InvalidArgument(kBinDenseOp, ": filter has ", c->Value(filter_words),
+                           " packed words per unit but ", in_channels, " features need ",
+                           packed_words(in_channels));
+  }
+  DimensionHandle units = c->Dim(filter, 0);
+  if (!c->Merge(units, c->Dim(alpha, 0), &units).ok() ||
+      !c->Merge(units, c->Dim(bias, 0), &units).ok()) {
+    return InvalidArgument(kBinDenseOp, ": alpha and bias must have one value per unit (",
+                           c->DebugString(c->Dim(filter, 0)), "), got ",
+                           c->DebugString(c->Dim(alpha, 0)), " and ",
+                           c->DebugString(c->Dim(bias, 0)));
+  }
+  if (c->ValueKnown(units) && c->Value(units) == 0) {
+    return InvalidArgument(kBinDenseOp, ": the filter must have at least one unit");
+  }
+  c->set_output(0, c->MakeShape({c->Dim(input, 0), units}));
+  return absl::OkStatus();
+}
+
+class BinDenseOp : public OpKernel {
+ public:
+  explicit BinDenseOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, read_attrs(context, &attrs_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& input = context->input(0);
+    const Tensor& filter = context->input(1);
+    const Tensor& alpha = context->input(2);
+    const Tensor& bias = context->input(3);
+    const std::string op = kBinDenseOp;
+    OP_REQUIRES(context, input.dims() == 2,
+                InvalidArgument(op, ": input must be 2-D [batch, features], got shape ",
+                                input.shape().DebugString()));
+    OP_REQUIRES(context, filter.dims() == 2,
+                InvalidArgument(op, ": filter must be 2-D [units, packed features], got shape ",
+                                filter.shape().DebugString()));
+    OP_REQUIRES(context, alpha.dims() == 1 && bias.dims() == 1,
+                InvalidArgument(op, ": alpha and bias must be 1-D [units], got shapes ",
+                                alpha.shape().DebugString(), " and ",
+                                bias.shape().DebugString()));
+    const int in_channels = static_cast<int>(attrs_.in_channels);
+    OP_REQUIRES(context, input.dim_size(1) == in_channels,
+                InvalidArgument(op, ": input has ", input.dim_size(1),
+                                " features but the in_channels attribute is ", in_channels));
+    OP_REQUIRES(context, filter.dim_size(1) == packed_words(in_channels),
+                InvalidArgument(op, ": filter has ", filter.dim_size(1),
+                                " packed words per unit but ", in_channels, " features need ",
+                                packed_words(in_channels)));
+    const std::int64_t units = filter.dim_size(0);
+    OP_REQUIRES(context, units >= 1 && tf_adapter::fits_int(units),
+                InvalidArgument(op, ": the filter must have at least one unit, got shape ",
+                                filter.shape().DebugString()));
+    OP_REQUIRES(context, alpha.dim_size(0) == units && bias.dim_size(0) == units,
+                InvalidArgument(op, ": alpha and bias must have one value per unit (", units,
+                                "), got ", alpha.dim_size(0), " and ", bias.dim_size(0)));
+    OP_REQUIRES(context, tf_adapter::fits_int(input.dim_size(0)),
+                InvalidArgument(op, ": batch ", input.dim_size(0), " is too large"));
+
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, TensorShape({input.dim_size(0), units}), &output));
+    if (input.dim_size(0) == 0) return;
+    xnor_dense(static_cast<int>(input.dim_size(0)), in_channels, static_cast<int>(units),
+               input.flat<float>().data(), filter.flat<PackedWord>().data(),
+               alpha.flat<float>().data(), bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
+               output->flat<float>().data(), tf_adapter::parallel_for_from(context));
+  }
+
+ private:
+  DenseAttrs attrs_;
+};
+
+std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }
+
+}  // namespace
+
+REGISTER_OP(kBinDenseOp)
+    .Input("input: float")
+    .Input("filter: int32")
+    .Input("alpha: float")
+    .Input("bias: float")
+    .Output("output: float")
+    .Attr(attr(kAttrInChannels, "int"))
+    .Attr(attr(kAttrUseK, "bool"))
+    .Attr(attr(kAttrRelu, "bool"))
+    .SetShapeFn(bin_dense_shape)
+    .Doc(R"doc(
+XNOR-Net binary fully connected layer: out = dot(sign(input), filter) * alpha * K + bias,
+optionally followed by ReLU. `filter` holds packed sign bits, [units, packed features].
+)doc");
+
+REGISTER_KERNEL_BUILDER(Name(kBinDenseOp).Device(tensorflow::DEVICE_CPU), BinDenseOp);
+
+}  // namespace keras_xnor
