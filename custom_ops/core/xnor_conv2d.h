@@ -67,6 +67,9 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
 // K[n] = mean |input[n,:]| (use_k) and dot = in_features - 2 * popcount.
 //   input [batch, in_features] float, filter [units, packed_words(in_features)] PackedWord,
 //   alpha [units], bias [units] or nullptr, output [batch, units].
+// Validates a dense layer's sizes (all >= 1 and within range). Returns "" or a message.
+std::string check_dense_shape(int batch, int in_features, int units);
+
 void xnor_dense(int batch, int in_features, int units, const float* input,
                 const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
                 bool relu, float* output, const ParallelFor& parallel_for = serial_for,

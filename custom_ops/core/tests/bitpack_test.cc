@@ -1,0 +1,81 @@
+// pack_bits / unpack_bits: bit convention of spec.h (LSB first, set bit = -1, sign(0) = +1,
+// padding bits 0), round trips, any channel count, any split of the rows.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "custom_ops/core/bitpack.h"
+#include "custom_ops/core/spec.h"
+#include "custom_ops/core/tests/harness.h"
+
+namespace keras_xnor {
+namespace testing {
+namespace {
+
+void test_known_words() {
+  // channel c -> bit c % 32 of word c / 32, set bit = negative.
+  std::vector<float> x(40, 1.0f);
+  x[0] = -1.0f;
+  x[3] = -0.5f;
+  x[31] = -2.0f;
+  x[33] = -3.0f;
+  x[5] = 0.0f;
+  x[6] = -0.0f;
+  x[7] = std::numeric_limits<float>::quiet_NaN();
+  x[8] = -std::numeric_limits<float>::denorm_min();
+  x[9] = -std::numeric_limits<float>::infinity();
+  std::vector<PackedWord> out(2, 12345);
+  pack_bits(x.data(), 1, 40, out.data());
+  const std::uint32_t w0 = (1u << 0) | (1u << 3) | (1u << 31) | (1u << 8) | (1u << 9);
+  const std::uint32_t w1 = 1u << 1;
+  KX_CHECK(static_cast<std::uint32_t>(out[0]) == w0, "word0 %08x want %08x", out[0], w0);
+  KX_CHECK(static_cast<std::uint32_t>(out[1]) == w1, "word1 %08x want %08x", out[1], w1);
+  KX_CHECK(packed_words(1) == 1 && packed_words(32) == 1 && packed_words(33) == 2 &&
+               packed_words(64) == 2 && packed_words(65) == 3,
+           "packed_words");
+}
+
+void test_round_trip(Rng& rng) {
+  for (int channels = 1; channels <= 300; ++channels) {
+    const int rows = uniform_int(rng, 1, 7);
+    std::vector<float> x(static_cast<std::size_t>(rows) * channels);
+    fill_inputs(rng, &x);
+    const int words = packed_words(channels);
+    // Guard words after the output catch over-writes.
+    std::vector<PackedWord> packed(static_cast<std::size_t>(rows) * words + 4, 0x5a5a5a5a);
+    std::vector<PackedWord> packed2(packed.size(), 0x5a5a5a5a);
+    pack_bits(x.data(), rows, channels, packed.data());
+    pack_bits(x.data(), rows, channels, packed2.data(), odd_split_for);
+    KX_CHECK(std::memcmp(packed.data(), packed2.data(), packed.size() * sizeof(PackedWord)) == 0,
+             "split changes pack_bits, channels=%d", channels);
+    for (int g = 0; g < 4; ++g) {
+      KX_CHECK(packed[packed.size() - 1 - g] == 0x5a5a5a5a, "pack_bits wrote past the end");
+    }
+    for (int r = 0; r < rows; ++r) {
+      const std::uint32_t last = static_cast<std::uint32_t>(packed[r * words + words - 1]);
+      const int used = channels - (words - 1) * kBitsPerWord;
+      if (used < 32) KX_CHECK((last >> used) == 0, "padding bits not 0, channels=%d", channels);
+    }
+    std::vector<float> back(x.size() + 1, 7.0f);
+    unpack_bits(packed.data(), rows, channels, back.data());
+    KX_CHECK(back.back() == 7.0f, "unpack_bits wrote past the end");
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const float want = x[i] < 0.0f ? -1.0f : 1.0f;
+      KX_CHECK(back[i] == want, "round trip channels=%d i=%zu x=%g got %g", channels, i, x[i],
+               back[i]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace keras_xnor
+
+int main() {
+  keras_xnor::testing::Rng rng(1234);
+  keras_xnor::testing::test_known_words();
+  keras_xnor::testing::test_round_trip(rng);
+  return keras_xnor::testing::finish("bitpack_test");
+}

@@ -1,0 +1,172 @@
+// Public entry points of the binary conv / dense core: shape resolution, run-time choice of
+// the kernel path, dispatch. The arithmetic lives in xnor_conv2d_{reference,portable}.cc and
+// the *_avx2.cc files.
+#include "custom_ops/core/xnor_conv2d.h"
+
+#include <cstdint>
+#include <string>
+
+#include "custom_ops/core/xnor_kernels.h"
+
+namespace keras_xnor {
+namespace {
+
+// Largest supported spatial/channel extent; keeps every index product far from overflow.
+constexpr std::int64_t kMaxExtent = std::int64_t{1} << 24;
+
+std::string check_range(const char* name, std::int64_t value, std::int64_t lo, std::int64_t hi) {
+  if (value < lo || value > hi) {
+    return std::string(name) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+           "], got " + std::to_string(value);
+  }
+  return "";
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+           __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+std::string resolve_conv2d_shape(Conv2DShape* s) {
+  if (s == nullptr) return "shape is null";
+  std::string err;
+  if (!(err = check_range("batch", s->batch, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("input height", s->in_h, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("input width", s->in_w, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("input channels", s->in_c, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("output channels (filters)", s->out_c, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("kernel height", s->k_h, 1, 11)).empty()) return err;
+  if (!(err = check_range("kernel width", s->k_w, 1, 11)).empty()) return err;
+  if (!(err = check_range("stride height", s->stride_h, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("stride width", s->stride_w, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("dilation height", s->dilation_h, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("dilation width", s->dilation_w, 1, kMaxExtent)).empty()) return err;
+  const std::int64_t span_h = static_cast<std::int64_t>(s->k_h - 1) * s->dilation_h + 1;
+  const std::int64_t span_w = static_cast<std::int64_t>(s->k_w - 1) * s->dilation_w + 1;
+  std::int64_t out_h, out_w, pad_top = 0, pad_left = 0;
+  if (s->padding == Padding::kValid) {
+    if (span_h > s->in_h || span_w > s->in_w) {
+      return "VALID padding needs an input of at least the dilated kernel size " +
+             std::to_string(span_h) + "x" + std::to_string(span_w) + ", got " +
+             std::to_string(s->in_h) + "x" + std::to_string(s->in_w) +
+             " (use SAME padding or a larger input)";
+    }
+    out_h = (s->in_h - span_h) / s->stride_h + 1;
+    out_w = (s->in_w - span_w) / s->stride_w + 1;
+  } else if (s->padding == Padding::kSame) {
+    out_h = (s->in_h + s->stride_h - 1) / s->stride_h;
+    out_w = (s->in_w + s->stride_w - 1) / s->stride_w;
+    const std::int64_t total_h = (out_h - 1) * s->stride_h + span_h - s->in_h;
+    const std::int64_t total_w = (out_w - 1) * s->stride_w + span_w - s->in_w;
+    pad_top = total_h > 0 ? total_h / 2 : 0;
+    pad_left = total_w > 0 ? total_w / 2 : 0;
+  } else {
+    return "padding must be SAME or VALID";
+  }
+  if (out_h < 1 || out_w < 1) return "the output would be empty";
+  s->out_h = static_cast<int>(out_h);
+  s->out_w = static_cast<int>(out_w);
+  s->pad_top = static_cast<int>(pad_top);
+  s->pad_left = static_cast<int>(pad_left);
+  return "";
+}
+
+bool parse_padding(const std::string& text, Padding* padding) {
+  if (text == kPaddingSame) {
+    *padding = Padding::kSame;
+    return true;
+  }
+  if (text == kPaddingValid) {
+    *padding = Padding::kValid;
+    return true;
+  }
+  return false;
+}
+
+bool kernel_path_available(KernelPath path) {
+  switch (path) {
+    case KernelPath::kAuto:
+    case KernelPath::kReference:
+    case KernelPath::kPortable:
+      return true;
+    case KernelPath::kAvx2:
+      return cpu_has_avx2();
+  }
+  return false;
+}
+
+const char* auto_kernel_path_name() { return cpu_has_avx2() ? "avx2" : "portable"; }
+
+namespace {
+
+// kAuto -> the best available path; an unavailable explicit request falls back to portable
+// (never to an illegal instruction).
+KernelPath resolve_path(KernelPath path) {
+  if (path == KernelPath::kAuto) return cpu_has_avx2() ? KernelPath::kAvx2 : KernelPath::kPortable;
+  if (path == KernelPath::kAvx2 && !cpu_has_avx2()) return KernelPath::kPortable;
+  return path;
+}
+
+}  // namespace
+
+void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
+                 const float* alpha, const float* bias, bool use_k, bool relu, float* output,
+                 const ParallelFor& parallel_for, KernelPath path) {
+  internal::ConvArgs args;
+  args.shape = shape;
+  args.input = input;
+  args.filter = filter;
+  args.alpha = alpha;
+  args.bias = bias;
+  args.use_k = use_k;
+  args.relu = relu;
+  args.output = output;
+  (void)parallel_for;
+  switch (resolve_path(path)) {
+    default:
+      internal::conv2d_reference(args);
+      break;
+  }
+}
+
+std::string check_dense_shape(int batch, int in_features, int units) {
+  std::string err;
+  if (!(err = check_range("dense batch", batch, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("dense input features", in_features, 1, kMaxExtent)).empty()) return err;
+  if (!(err = check_range("dense units", units, 1, kMaxExtent)).empty()) return err;
+  return "";
+}
+
+void xnor_dense(int batch, int in_features, int units, const float* input,
+                const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
+                bool relu, float* output, const ParallelFor& parallel_for, KernelPath path) {
+  internal::DenseArgs args;
+  args.batch = batch;
+  args.in_features = in_features;
+  args.units = units;
+  args.input = input;
+  args.filter = filter;
+  args.alpha = alpha;
+  args.bias = bias;
+  args.use_k = use_k;
+  args.relu = relu;
+  args.output = output;
+  (void)parallel_for;
+  switch (resolve_path(path)) {
+    default:
+      internal::dense_reference(args);
+      break;
+  }
+}
+
+}  // namespace keras_xnor
