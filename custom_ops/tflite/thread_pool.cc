@@ -1,0 +1,83 @@
+#include "custom_ops/tflite/thread_pool.h"
+
+#include <algorithm>
+
+namespace keras_xnor {
+namespace {
+// Below this many "simple operations" a job is not worth waking threads for (~10 us).
+constexpr std::int64_t kMinParallelCost = 20000;
+// Blocks per thread: a few, so uneven blocks (borders, cache effects) balance out.
+constexpr std::int64_t kBlocksPerThread = 4;
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads) {
+  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (std::thread& worker : workers_) worker.join();
+}
+
+void ThreadPool::run_blocks() {
+  for (;;) {
+    const std::int64_t begin = next_.fetch_add(block_);
+    if (begin >= n_) return;
+    (*fn_)(begin, std::min(n_, begin + block_));
+  }
+}
+
+void ThreadPool::worker_loop() {
+  std::uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    run_blocks();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++workers_finished_;
+    }
+    done_.notify_one();
+  }
+}
+
+void ThreadPool::parallel_for(std::int64_t n, std::int64_t cost_per_unit, const RangeFn& fn) {
+  if (n <= 0) return;
+  const std::int64_t cost = std::max<std::int64_t>(cost_per_unit, 1);
+  if (workers_.empty() || n == 1 || n * cost < kMinParallelCost) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> job_lock(job_mutex_);
+  const std::int64_t blocks = std::min<std::int64_t>(n, num_threads() * kBlocksPerThread);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fn_ = &fn;
+    n_ = n;
+    block_ = (n + blocks - 1) / blocks;
+    next_.store(0);
+    workers_finished_ = 0;
+    ++generation_;
+  }
+  wake_.notify_all();
+  run_blocks();
+  // Every worker sees every generation exactly once; waiting for all of them guarantees no
+  // worker still touches fn_ (which lives on our caller's stack) after we return.
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [&] { return workers_finished_ == static_cast<int>(workers_.size()); });
+  fn_ = nullptr;
+}
+
+ParallelFor ThreadPool::as_parallel_for() {
+  return [this](std::int64_t n, std::int64_t cost, const RangeFn& fn) { parallel_for(n, cost, fn); };
+}
+
+}  // namespace keras_xnor

@@ -1,0 +1,61 @@
+// A small fixed-size std::thread pool that implements the core's ParallelFor contract
+// (custom_ops/core/parallel.h) for the TFLite delegate.
+//
+// Contract: ThreadPool(n) runs work on n threads in total: the calling thread plus n - 1
+// workers started in the constructor and joined in the destructor. parallel_for(n, cost, fn)
+// splits [0, n) into disjoint contiguous blocks, runs them on the caller and the workers, and
+// returns when every block has returned; small jobs (n * cost below a threshold) run inline on
+// the caller. Calls from several threads at once are serialised (one job at a time), so one pool
+// may serve several interpreters. fn must not call parallel_for on the same pool.
+#ifndef KERAS_XNOR_TFLITE_THREAD_POOL_H_
+#define KERAS_XNOR_TFLITE_THREAD_POOL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "custom_ops/core/parallel.h"
+
+namespace keras_xnor {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int num_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void parallel_for(std::int64_t n, std::int64_t cost_per_unit, const RangeFn& fn);
+
+  // A ParallelFor bound to this pool (the pool must outlive it).
+  ParallelFor as_parallel_for();
+
+ private:
+  void worker_loop();
+  void run_blocks();
+
+  std::vector<std::thread> workers_;
+  std::mutex job_mutex_;  // one job at a time
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::uint64_t generation_ = 0;
+  int workers_finished_ = 0;
+  bool stop_ = false;
+
+  // The current job (valid while a generation is running).
+  const RangeFn* fn_ = nullptr;
+  std::int64_t n_ = 0;
+  std::int64_t block_ = 1;
+  std::atomic<std::int64_t> next_{0};
+};
+
+}  // namespace keras_xnor
+
+#endif  // KERAS_XNOR_TFLITE_THREAD_POOL_H_
