@@ -1,0 +1,982 @@
+"""Keras layers for binary weight networks (BWN) and XNOR-Networks (Rastegari et al., 2016).
+
+Three families, conv and dense alike:
+
+* ``QuantConv2D`` / ``QuantDense``: a Conv2D / Dense whose input and kernel pass through any
+  quantizers (``input_quantizer``, ``kernel_quantizer``); no scaling of its own. Arguments and
+  defaults match ``keras.layers.Conv2D`` / ``keras.layers.Dense``.
+* ``BWNConv2D`` / ``BWNDense``: binary-weight layers, ``I (*) W ~ (I (*) sign(W)) alpha`` (eq. 4),
+  real-valued inputs, ``alpha`` per output filter.
+* ``BinConv2D`` / ``BinDense``: XNOR layers, eq. 11:
+  ``I (*) W ~ (sign(I) (*) sign(W)) . K alpha``.
+
+Latent real-valued weights live in ``kernel`` (HWIO for convs, ``[in, units]`` for dense),
+exactly like Keras; the binary weights ``sign(kernel)`` and ``alpha`` are recomputed from them
+at every step, and gradients reach them through the straight-through estimator.
+
+Only ``data_format="channels_last"`` (NHWC) is supported.
+
+SAME padding: the simulation convolves ``sign(I)`` padded with zeros, so a padded tap
+contributes 0 to the binary dot product (neither +1 nor -1), and ``K`` is computed from ``|I|``
+padded with zeros with the fixed divisor ``kh * kw``. The compiled XNOR kernels implement the
+same rule, so both paths give the same dot products bit for bit (see ``keras_xnor.spec``).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_xnor import constraints as xnor_constraints
+from keras_xnor import quantizers
+
+__all__ = [
+    "QuantConv2D",
+    "BWNConv2D",
+    "BinConv2D",
+    "QuantDense",
+    "BWNDense",
+    "BinDense",
+    "BinaryActivation",
+]
+
+IMPLEMENTATIONS = ("auto", "simulation", "compiled")
+_PACKAGE = "keras_xnor"
+
+
+# --------------------------------------------------------------------------------------------
+# Argument validation
+
+
+def _positive_int(value, name, layer):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            "%s: `%s` must be a positive integer, got %r." % (layer, name, value)
+        )
+    return value
+
+
+def _int_pair(value, name, layer, minimum=1):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if (
+        len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in pair)
+        or any(v < minimum for v in pair)
+    ):
+        raise ValueError(
+            "%s: `%s` must be an int or a tuple of 2 ints >= %d, got %r."
+            % (layer, name, minimum, value)
+        )
+    return pair
+
+
+def _padding(value, layer):
+    text = str(value).lower()
+    if text not in ("valid", "same"):
+        raise ValueError(
+            "%s: `padding` must be 'valid' or 'same', got %r." % (layer, value)
+        )
+    return text
+
+
+def _data_format(value, layer):
+    value = keras.config.image_data_format() if value is None else str(value).lower()
+    if value != "channels_last":
+        raise ValueError(
+            "%s supports only data_format='channels_last' (NHWC), got %r. Use channels_last: "
+            "pass data_format='channels_last' (or call "
+            "keras.config.set_image_data_format('channels_last')) and feed NHWC inputs "
+            "(e.g. keras.layers.Permute((2, 3, 1)) turns NCHW into NHWC)." % (layer, value)
+        )
+    return value
+
+
+def _implementation(value, layer):
+    text = str(value).lower()
+    if text not in IMPLEMENTATIONS:
+        raise ValueError(
+            "%s: `implementation` must be one of %s, got %r."
+            % (layer, ", ".join(repr(i) for i in IMPLEMENTATIONS), value)
+        )
+    return text
+
+
+def _kernel_scale(value, layer):
+    text = "none" if value is None else str(value).lower()
+    if text not in quantizers.KERNEL_SCALES:
+        raise ValueError(
+            "%s: `kernel_scale` must be one of %s, got %r."
+            % (layer, ", ".join(repr(s) for s in quantizers.KERNEL_SCALES), value)
+        )
+    return text
+
+
+def _conv_output_length(length, kernel, stride, dilation, padding):
+    if length is None:
+        return None
+    if padding == "same":
+        return (length + stride - 1) // stride
+    effective = (kernel - 1) * dilation + 1
+    return (length - effective) // stride + 1 if length >= effective else 0
+
+
+def _on_cpu(tensor):
+    device = getattr(tensor, "device", "") or ""
+    if device:
+        return "CPU" in device.upper()
+    return not tf.config.list_logical_devices("GPU")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces (small helpers rather than a class per mode)
+
+
+class _QuantizedLayer(keras.layers.Layer):
+    """Common state of the quantized layers: quantizers, bias, activation, binary gradient."""
+
+    _fusable_relu = False
+
+    def _init_common(
+        self,
+        activation,
+        use_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+        bias_regularizer,
+        kernel_constraint,
+        bias_constraint,
+        input_quantizer,
+        kernel_quantizer,
+        binary_gradient,
+    ):
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = xnor_constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_quantizer = quantizers.get(input_quantizer)
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
+        self.binary_gradient = bool(binary_gradient)
+
+    def _add_kernel_and_bias(self, kernel_shape, outputs):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+            trainable=True,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(outputs,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                trainable=True,
+            )
+        else:
+            self.bias = None
+
+    def _prepare_input(self, inputs):
+        inputs = tf.convert_to_tensor(inputs)
+        if self.binary_gradient:
+            inputs = quantizers.binary_gradient(inputs)
+        return inputs
+
+    def _quantize_input(self, x):
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def _quantize_kernel(self, kernel):
+        return kernel if self.kernel_quantizer is None else self.kernel_quantizer(kernel)
+
+    def _bias_tensor(self):
+        return None if self.bias is None else tf.convert_to_tensor(self.bias)
+
+    def _activate(self, outputs):
+        return outputs if self.activation is None else self.activation(outputs)
+
+    def _common_config(self):
+        return {
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "input_quantizer": quantizers.serialize(self.input_quantizer),
+            "kernel_quantizer": quantizers.serialize(self.kernel_quantizer),
+            "binary_gradient": self.binary_gradient,
+        }
+
+
+class _ScaledBinaryMixin:
+    """Kernel scale ``alpha`` (BWN / XNOR layers) and the compiled-op dispatch (XNOR layers)."""
+
+    def _add_alpha(self, outputs):
+        if self.kernel_scale != "learned":
+            self.alpha = None
+            return
+        kernel = self.kernel
+
+        def initial_alpha(shape, dtype=None):
+            # Start the learned scale where eq. 6 would put it.
+            return tf.cast(tf.reshape(quantizers.mean_abs(kernel), shape), dtype or "float32")
+
+        self.alpha = self.add_weight(
+            name="alpha", shape=(outputs,), initializer=initial_alpha, trainable=True
+        )
+
+    def get_alpha(self):
+        """The per-filter scale ``alpha`` used in the forward pass, shape ``[filters]``.
+
+        ``"mean_abs"``: ``mean|W|`` of the current latent kernel (eq. 6); ``"learned"``: the
+        layer's ``alpha`` weight; ``"none"``: ones.
+        """
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self.kernel_scale == "mean_abs":
+            return quantizers.mean_abs(kernel)
+        if self.kernel_scale == "learned":
+            return tf.convert_to_tensor(self.alpha)
+        return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
+
+
+    def _check_compiled_possible(self):
+        reasons = []
+        if not quantizers.is_sign_kind(self.input_quantizer):
+            reasons.append("input_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
+        if not quantizers.is_sign_kind(self.kernel_quantizer):
+            reasons.append("kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
+        if getattr(self, "groups", 1) != 1:
+            reasons.append("groups must be 1")
+        return reasons
+
+    def _use_compiled(self, inputs):
+        if self.implementation == "simulation":
+            return False
+        from keras_xnor import ops  # noqa: PLC0415 (optional native library)
+
+        if self.implementation == "compiled":
+            reasons = self._check_compiled_possible()
+            if inputs.dtype != tf.float32:
+                reasons.append("the compute dtype must be float32, got %s" % inputs.dtype.name)
+            if reasons:
+                raise ValueError(
+                    "%s(implementation='compiled') is not possible: %s. Use "
+                    "implementation='auto' or 'simulation'." % (type(self).__name__, "; ".join(reasons))
+                )
+            if not ops.compiled_ops_available():
+                load = getattr(ops, "load_ops", None)
+                if load is not None:
+                    load()  # raises the library's own explanation
+                raise RuntimeError(
+                    "%s(implementation='compiled'): the keras_xnor op library is not available. "
+                    "Build it with `make ops` (or `pip install --no-build-isolation -e .`), or "
+                    "use implementation='auto'." % type(self).__name__
+                )
+            return True
+        return (
+            inputs.dtype == tf.float32
+            and not self._check_compiled_possible()
+            and _on_cpu(inputs)
+            and ops.compiled_ops_available()
+        )
+
+    def _relu_fused(self):
+        return self.activation is keras.activations.relu
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions
+
+
+@_register
+class QuantConv2D(_QuantizedLayer):
+    """2-D convolution with quantized input and kernel: ``q_i(I) (*) q_k(W) + b``.
+
+    Arguments and defaults are those of ``keras.layers.Conv2D`` plus the quantizers; the
+    latent real-valued kernel is ``kernel`` (HWIO). With both quantizers None it is a Conv2D.
+
+    Args:
+        filters: number of output channels (> 0).
+        kernel_size: int or (kh, kw).
+        strides: int or 2-tuple. ``strides > 1`` with ``dilation_rate > 1`` is rejected, as in
+            ``keras.layers.Conv2D``.
+        padding: "valid" or "same". With SAME, the *quantized* input is padded with zeros.
+        data_format: None or "channels_last" (channels_first raises ValueError).
+        dilation_rate: int or 2-tuple.
+        groups: number of channel groups (as in Conv2D).
+        activation, use_bias, *_initializer, *_regularizer, *_constraint: as in Conv2D.
+        input_quantizer: quantizer of the input (see :func:`keras_xnor.quantizers.get`) or None.
+        kernel_quantizer: quantizer of the kernel or None.
+        binary_gradient: binarize the gradient w.r.t. the layer input in the backward pass,
+            ``sign(g) * max|g|`` with the max per sample (XNOR-Net §3.2,
+            :func:`keras_xnor.quantizers.binary_gradient`).
+        **kwargs: keras.layers.Layer arguments (name, dtype, trainable, ...).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        binary_gradient=False,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        name = type(self).__name__
+        self.filters = _positive_int(filters, "filters", name)
+        self.kernel_size = _int_pair(kernel_size, "kernel_size", name)
+        self.strides = _int_pair(strides, "strides", name)
+        self.padding = _padding(padding, name)
+        self.data_format = _data_format(data_format, name)
+        self.dilation_rate = _int_pair(dilation_rate, "dilation_rate", name)
+        self.groups = _positive_int(groups, "groups", name)
+        if self.filters % self.groups:
+            raise ValueError(
+                "%s: filters (%d) must be divisible by groups (%d)." % (name, filters, groups)
+            )
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "%s: `strides > 1` is not supported together with `dilation_rate > 1` (as in "
+                "keras.layers.Conv2D). Received strides=%s, dilation_rate=%s; set one of them "
+                "to 1." % (name, self.strides, self.dilation_rate)
+            )
+        self._init_common(
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            input_quantizer,
+            kernel_quantizer,
+            binary_gradient,
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "%s expects NHWC inputs of rank 4, got shape %s." % (type(self).__name__, input_shape)
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "%s: the channel dimension of the input must be known, got shape %s."
+                % (type(self).__name__, input_shape)
+            )
+        if channels % self.groups:
+            raise ValueError(
+                "%s: input channels (%d) must be divisible by groups (%d)."
+                % (type(self).__name__, channels, self.groups)
+            )
+        self.compute_output_shape(input_shape)  # validates the spatial size
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        kernel_shape = self.kernel_size + (channels // self.groups, self.filters)
+        self._add_kernel_and_bias(kernel_shape, self.filters)
+        self._build_extra()
+
+    def _build_extra(self):
+        pass
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        out = [
+            _conv_output_length(n, k, s, d, self.padding)
+            for n, k, s, d in zip(
+                (height, width), self.kernel_size, self.strides, self.dilation_rate
+            )
+        ]
+        if any(o is not None and o <= 0 for o in out):
+            raise ValueError(
+                "%s: input of spatial size %s is too small for kernel_size=%s, dilation_rate=%s "
+                "with padding='valid'. Use padding='same' or a smaller kernel."
+                % (type(self).__name__, (height, width), self.kernel_size, self.dilation_rate)
+            )
+        return (batch, out[0], out[1], self.filters)
+
+    def _convolution(self, x, kernel):
+        return tf.nn.convolution(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding.upper(),
+            dilations=self.dilation_rate,
+        )
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        outputs = self._convolution(self._quantize_input(x), self._quantize_kernel(kernel))
+        if self.bias is not None:
+            outputs = outputs + self._bias_tensor()
+        return self._activate(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "groups": self.groups,
+            }
+        )
+        config.update(self._common_config())
+        return config
+
+
+@_register
+class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
+    """Binary-Weight-Network convolution (eq. 4): ``I (*) W ~ (I (*) sign(W)) alpha + b``.
+
+    ``alpha`` per output filter: ``mean|W|`` over ``kh*kw*c_in`` recomputed from the latent
+    kernel each step (eq. 6, ``kernel_scale="mean_abs"``), a trained weight ``alpha``
+    (``"learned"``, initialised to eq. 6), or 1 (``"none"``). Inputs stay real-valued.
+
+    Args:
+        kernel_scale: "mean_abs" (default), "learned" or "none".
+        kernel_quantizer: default "ste_sign".
+        kernel_constraint: default "weight_clip" (latent weights clipped to [-1, 1]).
+        Other arguments: see :class:`QuantConv2D`.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint="weight_clip",
+        bias_constraint=None,
+        input_quantizer=None,
+        kernel_quantizer="ste_sign",
+        binary_gradient=False,
+        kernel_scale="mean_abs",
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=kernel_quantizer,
+            binary_gradient=binary_gradient,
+            **kwargs,
+        )
+        self.kernel_scale = _kernel_scale(kernel_scale, type(self).__name__)
+        self.use_k = False
+
+    def _build_extra(self):
+        self._add_alpha(self.filters)
+
+    def _k_map(self, inputs):
+        return quantizers.conv_k_map(
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False):
+        """Pure-TF forward: ``(q_i(I) (*) q_k(W)) * alpha [* K] [+ b] [relu]``."""
+        outputs = self._convolution(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        outputs = outputs * alpha
+        if self.use_k:
+            outputs = outputs * self._k_map(inputs)
+        if bias is not None:
+            outputs = outputs + bias
+        if relu:
+            outputs = tf.nn.relu(outputs)
+        return outputs
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_scale"] = self.kernel_scale
+        return config
+
+
+@_register
+class BinConv2D(BWNConv2D):
+    """XNOR-Net convolution, eq. 11: ``I (*) W ~ (sign(I) (*) sign(W)) . K alpha (+ b)``.
+
+    The layer binarizes its own input and computes the scale map ``K`` from the *real-valued*
+    input (``K = mean_c|I| (*) box(kh, kw)``, :func:`keras_xnor.quantizers.conv_k_map`): it is
+    the BinActiv + BinConv pair of Fig. 3 in one layer. Put BatchNorm directly before it (block
+    order B-A-C-P); a :class:`BinaryActivation` in front would make ``K == 1``.
+
+    Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
+    (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
+    quantizers, groups == 1, the dtype is float32 and the layer runs on CPU; otherwise the
+    float simulation (an ordinary conv of ±1 tensors, then the scales). ``"simulation"`` and
+    ``"compiled"`` force a path. Both give the same result (the dot products exactly) and the
+    same gradients. The op fuses ReLU only; other activations run after it.
+
+    Args:
+        use_k: multiply by the K map (default True); False drops it (``K = 1``).
+        kernel_scale: "mean_abs" (eq. 6, default), "learned" or "none".
+        implementation: "auto", "simulation" or "compiled".
+        input_quantizer, kernel_quantizer: default "ste_sign".
+        kernel_constraint: default "weight_clip".
+        binary_gradient: see :class:`QuantConv2D`.
+        Other arguments: see :class:`QuantConv2D`.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint="weight_clip",
+        bias_constraint=None,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        binary_gradient=False,
+        kernel_scale="mean_abs",
+        use_k=True,
+        implementation="auto",
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=kernel_quantizer,
+            binary_gradient=binary_gradient,
+            kernel_scale=kernel_scale,
+            **kwargs,
+        )
+        self.use_k = bool(use_k)
+        self.implementation = _implementation(implementation, type(self).__name__)
+        if self.implementation == "compiled":
+            reasons = self._check_compiled_possible()
+            if reasons:
+                raise ValueError(
+                    "BinConv2D(implementation='compiled') is not possible: %s. Use "
+                    "implementation='auto' or 'simulation'." % "; ".join(reasons)
+                )
+            self.supports_jit = False  # a custom op has no XLA kernel
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        alpha = self.get_alpha()
+        bias = self._bias_tensor()
+        if not self._use_compiled(x):
+            return self._activate(self._simulate(x, kernel, alpha, bias))
+        from keras_xnor import ops  # noqa: PLC0415
+
+        relu = self._relu_fused()
+
+        def simulation(i, k, a, b):
+            return self._simulate(i, k, a, b, relu=relu)
+
+        outputs = ops.bin_conv2d(
+            x,
+            kernel,
+            alpha,
+            bias,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_k=self.use_k,
+            relu=relu,
+            simulation=simulation,
+        )
+        return outputs if relu else self._activate(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"use_k": self.use_k, "implementation": self.implementation})
+        return config
+
+
+# --------------------------------------------------------------------------------------------
+# Fully connected
+
+
+@_register
+class QuantDense(_QuantizedLayer):
+    """Dense layer with quantized input and kernel: ``q_i(x) . q_k(W) + b``.
+
+    Arguments and defaults follow ``keras.layers.Dense`` (without LoRA / int8 quantization),
+    plus the quantizers. Inputs of rank > 2 are transformed along their last axis.
+
+    Args:
+        units: number of outputs (> 0).
+        activation, use_bias, *_initializer, *_regularizer, *_constraint: as in Dense.
+        input_quantizer, kernel_quantizer: quantizers or None.
+        binary_gradient: see :class:`QuantConv2D`.
+        **kwargs: keras.layers.Layer arguments.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        binary_gradient=False,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.units = _positive_int(units, "units", type(self).__name__)
+        self._init_common(
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            input_quantizer,
+            kernel_quantizer,
+            binary_gradient,
+        )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(
+                "%s: the last dimension of the input must be known, got shape %s."
+                % (type(self).__name__, input_shape)
+            )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: features})
+        self._add_kernel_and_bias((features, self.units), self.units)
+        self._build_extra()
+
+    def _build_extra(self):
+        pass
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    @staticmethod
+    def _matmul(x, kernel):
+        if x.shape.rank == 2:
+            return tf.matmul(x, kernel)
+        return tf.tensordot(x, kernel, axes=[[x.shape.rank - 1], [0]])
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        outputs = self._matmul(self._quantize_input(x), self._quantize_kernel(kernel))
+        if self.bias is not None:
+            outputs = outputs + self._bias_tensor()
+        return self._activate(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["units"] = self.units
+        config.update(self._common_config())
+        return config
+
+
+@_register
+class BWNDense(_ScaledBinaryMixin, QuantDense):
+    """Binary-weight dense layer: ``x . W ~ (x . sign(W)) alpha + b``, alpha per unit (eq. 6).
+
+    Args:
+        kernel_scale: "mean_abs" (default), "learned" or "none".
+        kernel_quantizer: default "ste_sign"; kernel_constraint: default "weight_clip".
+        Other arguments: see :class:`QuantDense`.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint="weight_clip",
+        bias_constraint=None,
+        input_quantizer=None,
+        kernel_quantizer="ste_sign",
+        binary_gradient=False,
+        kernel_scale="mean_abs",
+        **kwargs,
+    ):
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=kernel_quantizer,
+            binary_gradient=binary_gradient,
+            **kwargs,
+        )
+        self.kernel_scale = _kernel_scale(kernel_scale, type(self).__name__)
+        self.use_k = False
+
+    def _build_extra(self):
+        self._add_alpha(self.units)
+
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False):
+        """Pure-TF forward: ``(q_i(x) . q_k(W)) * alpha [* K] [+ b] [relu]``."""
+        outputs = self._matmul(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        outputs = outputs * alpha
+        if self.use_k:
+            outputs = outputs * quantizers.dense_k(inputs)
+        if bias is not None:
+            outputs = outputs + bias
+        if relu:
+            outputs = tf.nn.relu(outputs)
+        return outputs
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_scale"] = self.kernel_scale
+        return config
+
+
+@_register
+class BinDense(BWNDense):
+    """XNOR fully connected layer: ``x . W ~ (sign(x) . sign(W)) K alpha + b``.
+
+    A fully connected layer is a convolution whose kernel covers the whole input, so ``K`` is
+    one number per sample, ``mean|x|`` over the features (per position along the last axis for
+    inputs of rank > 2). Execution paths as in :class:`BinConv2D`.
+
+    Args:
+        use_k: multiply by K (default True).
+        kernel_scale: "mean_abs" (default), "learned" or "none".
+        implementation: "auto", "simulation" or "compiled".
+        input_quantizer, kernel_quantizer: default "ste_sign"; kernel_constraint: "weight_clip".
+        Other arguments: see :class:`QuantDense`.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint="weight_clip",
+        bias_constraint=None,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        binary_gradient=False,
+        kernel_scale="mean_abs",
+        use_k=True,
+        implementation="auto",
+        **kwargs,
+    ):
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=kernel_quantizer,
+            binary_gradient=binary_gradient,
+            kernel_scale=kernel_scale,
+            **kwargs,
+        )
+        self.use_k = bool(use_k)
+        self.implementation = _implementation(implementation, type(self).__name__)
+        if self.implementation == "compiled":
+            reasons = self._check_compiled_possible()
+            if reasons:
+                raise ValueError(
+                    "BinDense(implementation='compiled') is not possible: %s. Use "
+                    "implementation='auto' or 'simulation'." % "; ".join(reasons)
+                )
+            self.supports_jit = False
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        alpha = self.get_alpha()
+        bias = self._bias_tensor()
+        if not self._use_compiled(x):
+            return self._activate(self._simulate(x, kernel, alpha, bias))
+        from keras_xnor import ops  # noqa: PLC0415
+
+        relu = self._relu_fused()
+
+        def simulation(i, k, a, b):
+            return self._simulate(i, k, a, b, relu=relu)
+
+        flat = x if x.shape.rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
+        outputs = ops.bin_dense(
+            flat, kernel, alpha, bias, use_k=self.use_k, relu=relu, simulation=simulation
+        )
+        if x.shape.rank != 2:
+            outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self.units]], axis=0))
+        return outputs if relu else self._activate(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"use_k": self.use_k, "implementation": self.implementation})
+        return config
+
+
+# --------------------------------------------------------------------------------------------
+# Activation
+
+
+@_register
+class BinaryActivation(keras.layers.Layer):
+    """BinActiv of Fig. 3: ``sign(x)`` with a straight-through gradient, shape-preserving.
+
+    For custom blocks, e.g. in front of a :class:`QuantConv2D` or a BWN-style conv. Not needed
+    (and harmful) in front of :class:`BinConv2D` / :class:`BinDense`: they binarize their own
+    input and compute ``K`` from the real-valued input, so a sign in front makes ``K == 1``;
+    put BatchNorm directly before them instead.
+
+    Args:
+        quantizer: the sign quantizer, default "ste_sign" (see :func:`keras_xnor.quantizers.get`).
+        binary_gradient: binarize the incoming gradient (§3.2), see :class:`QuantConv2D`.
+        **kwargs: keras.layers.Layer arguments.
+    """
+
+    def __init__(self, quantizer="ste_sign", binary_gradient=False, **kwargs):
+        super().__init__(**kwargs)
+        self.quantizer = quantizers.get(quantizer)
+        if self.quantizer is None:
+            raise ValueError(
+                "BinaryActivation: `quantizer` must not be None; use e.g. 'ste_sign' or "
+                "'approx_sign' (or drop the layer)."
+            )
+        self.binary_gradient = bool(binary_gradient)
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        if self.binary_gradient:
+            x = quantizers.binary_gradient(x)
+        return self.quantizer(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "quantizer": quantizers.serialize(self.quantizer),
+                "binary_gradient": self.binary_gradient,
+            }
+        )
+        return config
