@@ -1,13 +1,555 @@
-"""Wrappers for the compiled ops (placeholder: the TF op work replaces this module).
+"""TensorFlow front end of the compiled XNOR kernels, and their pure-TF twins.
 
-Contract the layers rely on:
+The compiled library ``keras_xnor/_ops/_keras_xnor_ops*.so`` (built from ``custom_ops/core``
+and ``custom_ops/tf`` by ``make ops``) registers three ops (names in :mod:`keras_xnor.spec`):
 
-* ``compiled_ops_available() -> bool``
-* ``bin_conv2d(inputs, kernel, alpha, bias, *, strides, padding, dilation_rate, use_k, relu,
-  simulation)``
-* ``bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation)``
+* ``KerasXnorPackBits``: float ``[..., C]`` -> int32 ``[..., ceil(C / 32)]`` sign bits
+  (bit set = negative, channel ``c`` in bit ``c % 32`` of word ``c // 32``, sign(0) = +1).
+* ``KerasXnorBinConv2D``: the XNOR-Net convolution of eq. 11 (Rastegari et al., 2016),
+
+      I (*) W  ~=  (sign(I) (*) sign(W)) . K alpha  (+ bias, then ReLU if asked),
+
+  ``dot = sign(I) (*) sign(W)`` computed as ``n - 2 popcount(packed(I) XOR packed(W))``,
+  ``alpha`` one scale per output filter (eq. 6 when it is ``mean |W|``), and
+  ``K = A (*) k`` with ``A = mean_c |I|`` and ``k`` the ``kh x kw`` box filter ``1 / (kh kw)``
+  (the paper's Fig. 2). With SAME padding a padded tap contributes 0 to the dot and to K
+  (the divisor stays ``kh kw``).
+* ``KerasXnorBinDense``: the same for a fully connected layer (``K = mean_c |x|`` per sample).
+
+What this module offers:
+
+* Loading: :func:`load_ops` (lazy, cached, with a clear error when the library is missing or
+  was built against another TensorFlow) and :func:`compiled_ops_available`.
+* Layer entry points :func:`bin_conv2d` / :func:`bin_dense`: forward = the compiled op,
+  backward = the gradients of the layer's float simulation (so training with the op is
+  exactly as training with the simulation).
+* Pure-TF twins of the ops, the oracle and the fallback where the library cannot run:
+  :func:`pack_bits_reference` (bit-identical), :func:`unpack_bits_reference`,
+  :func:`bin_conv2d_reference` and :func:`bin_dense_reference` (same integer dot, same float
+  formula). They also define the gradients registered for the raw ops.
 """
+
+import ctypes
+import glob
+import os
+import threading
+
+import tensorflow as tf
+
+from keras_xnor import spec
+
+__all__ = [
+    "CompiledOpsError",
+    "load_ops",
+    "compiled_ops_available",
+    "library_path",
+    "built_tf_version",
+    "pack_bits",
+    "pack_bits_reference",
+    "unpack_bits_reference",
+    "bin_conv2d",
+    "bin_dense",
+    "bin_conv2d_reference",
+    "bin_dense_reference",
+]
+
+OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ops")
+LIBRARY_PATTERN = "_keras_xnor_ops*.so"
+BUILD_HINT = (
+    "Build it from the keras-xnor source tree with `make ops`, or reinstall with "
+    "`pip install --no-build-isolation -e .` (TensorFlow must be importable while building)."
+)
+_VERSION_MARKER = b"keras_xnor_built_tf_version="
+
+
+class CompiledOpsError(ImportError):
+    """The compiled TF op library is missing, broken, or built for another TensorFlow."""
+
+
+_lock = threading.Lock()
+_state = {}  # "module" -> loaded op module, or "error" -> CompiledOpsError
+
+
+def library_path(directory=None):
+    """Path of the TF op library in ``directory`` (default: the package's ``_ops``), or None."""
+    matches = sorted(glob.glob(os.path.join(directory or OPS_DIR, LIBRARY_PATTERN)))
+    return matches[0] if matches else None
+
+
+def built_tf_version(path):
+    """TensorFlow version the op library at ``path`` was compiled against, or None.
+
+    Read from the marker string that ``custom_ops/tf/version.cc`` compiles in next to
+    ``keras_xnor_built_tf_version()``, without opening the library: dlopen would run the
+    library's op registrations outside ``tf.load_op_library``, and a library built for
+    another TF may not even open (undefined symbols).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    start = data.find(_VERSION_MARKER)
+    if start < 0:
+        return None
+    start += len(_VERSION_MARKER)
+    end = data.find(b"\0", start)
+    return data[start:end].decode(errors="replace") if end > start else None
+
+
+def _loaded_tf_version(path):
+    """Asks a library that is already loaded (ctypes then only takes a reference)."""
+    try:
+        function = ctypes.CDLL(path).keras_xnor_built_tf_version
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_char_p
+    return function().decode()
+
+
+def _version_error(path, version):
+    return CompiledOpsError(
+        "keras-xnor's compiled TensorFlow ops at %s were built against TensorFlow %s, but "
+        "TensorFlow %s is running; a custom op library only works with the TensorFlow it "
+        "was compiled for. Rebuild it: %s"
+        % (path, version or "<unknown version>", tf.__version__, BUILD_HINT)
+    )
+
+
+def _load(directory):
+    path = library_path(directory)
+    if path is None:
+        raise CompiledOpsError(
+            "keras-xnor's compiled TensorFlow ops are not built: no %s in %s. %s"
+            % (LIBRARY_PATTERN, directory, BUILD_HINT)
+        )
+    version = built_tf_version(path)
+    if version != tf.__version__:
+        raise _version_error(path, version)
+    try:
+        module = tf.load_op_library(path)
+    except (tf.errors.OpError, OSError) as error:
+        raise CompiledOpsError(
+            "keras-xnor's compiled TensorFlow ops at %s could not be loaded (%s). %s"
+            % (path, error, BUILD_HINT)
+        ) from error
+    loaded_version = _loaded_tf_version(path)
+    if loaded_version != tf.__version__:
+        raise _version_error(path, loaded_version)
+    if not hasattr(module, "keras_xnor_bin_conv2d"):
+        raise CompiledOpsError(
+            "keras-xnor's compiled TensorFlow ops at %s registered no ops (was the library "
+            "opened outside tf.load_op_library?). %s" % (path, BUILD_HINT)
+        )
+    return module
+
+
+def load_ops(directory=None):
+    """Loads the compiled op library once and returns its module of op wrappers.
+
+    Args:
+        directory: where to look for ``_keras_xnor_ops*.so``; default the package's ``_ops``.
+            Only the first call's outcome is cached (use ``_reset_for_tests`` to retry).
+
+    Returns:
+        The module from ``tf.load_op_library`` (``keras_xnor_pack_bits``,
+        ``keras_xnor_bin_conv2d``, ``keras_xnor_bin_dense``).
+
+    Raises:
+        CompiledOpsError: the library is missing, cannot be loaded, or was built against a
+            TensorFlow other than the running one. The message says how to rebuild it.
+    """
+    with _lock:
+        if "module" in _state:
+            return _state["module"]
+        if "error" in _state:
+            raise _state["error"]
+        try:
+            module = _load(directory or OPS_DIR)
+        except CompiledOpsError as error:
+            _state["error"] = error
+            raise
+        _state["module"] = module
+        return module
 
 
 def compiled_ops_available():
-    return False
+    """True when the compiled op library loads (tried once, then cached)."""
+    try:
+        load_ops()
+    except CompiledOpsError:
+        return False
+    return True
+
+
+def _reset_for_tests():
+    """Forgets the cached load outcome (tests of the loader only)."""
+    with _lock:
+        _state.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit packing.
+
+
+def pack_bits(x):
+    """Packs the signs of ``x`` along its last axis with the compiled op.
+
+    Args:
+        x: float tensor ``[..., C]`` (cast to float32; the sign does not change).
+
+    Returns:
+        int32 tensor ``[..., ceil(C / 32)]``; bit ``c % 32`` of word ``c // 32`` is set iff
+        ``x[..., c] < 0`` (sign(0) = +1, NaN -> +1); padding bits are 0.
+    """
+    return load_ops().keras_xnor_pack_bits(_as_float32(x))
+
+
+def pack_bits_reference(x):
+    """Pure-TF twin of :func:`pack_bits`, bit-identical, no compiled library needed.
+
+    Args:
+        x: float tensor ``[..., C]`` of known rank.
+
+    Returns:
+        int32 tensor ``[..., ceil(C / 32)]``.
+    """
+    x = _as_float32(x)
+    bits_per_word = spec.BITS_PER_WORD
+    channels = tf.shape(x)[-1]
+    words = (channels + bits_per_word - 1) // bits_per_word
+    bits = tf.cast(x < 0, tf.int64)  # NEGATIVE_BIT = 1; 0, -0.0 and NaN give 0
+    rank = x.shape.rank
+    paddings = tf.concat(
+        [tf.zeros([rank - 1, 2], tf.int32), [[0, words * bits_per_word - channels]]], axis=0
+    )
+    bits = tf.pad(bits, paddings)
+    bits = tf.reshape(bits, tf.concat([tf.shape(x)[:-1], [words, bits_per_word]], axis=0))
+    place_values = tf.bitwise.left_shift(
+        tf.constant(1, tf.int64), tf.range(bits_per_word, dtype=tf.int64)
+    )  # LSB first
+    unsigned = tf.reduce_sum(bits * place_values, axis=-1)  # distinct powers: no carries
+    signed = tf.where(unsigned >= 2**31, unsigned - 2**32, unsigned)
+    packed = tf.cast(signed, tf.int32)
+    if x.shape[-1] is not None:
+        packed = tf.ensure_shape(packed, x.shape[:-1] + [spec.packed_words(x.shape[-1])])
+    return packed
+
+
+def unpack_bits_reference(packed, channels):
+    """Inverse of packing: int32 ``[..., ceil(C / 32)]`` -> float32 ``[..., C]`` of -1 / +1.
+
+    Args:
+        packed: int32 tensor of packed sign bits.
+        channels: the number of real channels ``C`` (padding bits are dropped).
+    """
+    packed = tf.convert_to_tensor(packed, tf.int32)
+    shifts = tf.range(spec.BITS_PER_WORD, dtype=tf.int32)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], shifts), 1)
+    bits = tf.reshape(bits, tf.concat([tf.shape(packed)[:-1], [-1]], axis=0))[..., :channels]
+    return 1.0 - 2.0 * tf.cast(bits, tf.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure-TF twins of the convolution and the dense layer.
+
+
+@tf.custom_gradient
+def _ste_sign(x):
+    """sign(x) in {-1, +1} (sign(0) = +1) with the straight-through gradient 1_{|x| <= 1}."""
+
+    def grad(dy):
+        return dy * tf.cast(tf.abs(x) <= 1.0, dy.dtype)
+
+    return tf.where(x < 0, -tf.ones_like(x), tf.ones_like(x)), grad
+
+
+def _dim(x, axis):
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def _explicit_pads(size, k, stride, dilation, padding):
+    """(before, after) zero padding of one spatial axis, TensorFlow's SAME/VALID rule."""
+    if padding == spec.PADDING_VALID:
+        return 0, 0
+    out = (size + stride - 1) // stride
+    total = (out - 1) * stride + (k - 1) * dilation + 1 - size
+    total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+def _zero_padded_conv(x, w, strides, padding, dilations):
+    """``tf.nn.conv2d`` with TF's padding rule made explicit (zeros) and any stride/dilation."""
+    k_h, k_w = w.shape[0], w.shape[1]
+    top, bottom = _explicit_pads(_dim(x, 1), k_h, strides[0], dilations[0], padding)
+    left, right = _explicit_pads(_dim(x, 2), k_w, strides[1], dilations[1], padding)
+    x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    if max(dilations) > 1 and max(strides) > 1:
+        # Some TF kernels reject stride > 1 together with dilation > 1: subsample instead.
+        y = tf.nn.conv2d(x, w, strides=1, padding="VALID", dilations=list(dilations))
+        return y[:, :: strides[0], :: strides[1], :]
+    return tf.nn.conv2d(
+        x, w, strides=list(strides), padding="VALID", dilations=list(dilations)
+    )
+
+
+def _finish(dot, alpha, k_map, bias, relu):
+    out = dot * alpha
+    if k_map is not None:
+        out = out * k_map
+    out = out + bias
+    return tf.nn.relu(out) if relu else out
+
+
+def bin_conv2d_reference(
+    inputs, filter, alpha, bias, *, strides, padding, dilations, in_channels, use_k, relu
+):
+    """Pure-TF twin of the ``KerasXnorBinConv2D`` op (same arguments and attributes).
+
+    Computes eq. 11: ``out = dot * alpha * K + bias`` (then ReLU if ``relu``) with
+    ``dot = sign(I) (*) B`` (``B`` = the unpacked ±1 filter; padded taps are zeros so they add
+    0), ``K = A (*) k``, ``A = mean_c |I|``, ``k = 1 / (kh kw)`` box, zero padded. The dot is
+    exact (integers in float32); the float stage may differ from the op by rounding.
+    Differentiable: straight-through gradient for the sign of ``inputs``, exact for K,
+    ``alpha`` and ``bias`` (this defines the op's registered gradient).
+
+    Args:
+        inputs: float32 NHWC.
+        filter: int32 ``[O, KH, KW, ceil(C / 32)]``, packed OHWI.
+        alpha, bias: float32 ``[O]``.
+        strides, dilations: 2 ints. padding: "SAME" or "VALID". in_channels: C.
+        use_k, relu: bool.
+    """
+    x = _as_float32(inputs)
+    padding = _padding(padding)
+    weights = unpack_bits_reference(filter, in_channels)  # [O, KH, KW, C]
+    weights = tf.transpose(weights, [1, 2, 3, 0])  # HWIO
+    dot = _zero_padded_conv(_ste_sign(x), weights, strides, padding, dilations)
+    k_map = None
+    if use_k:
+        k_h, k_w = weights.shape[0], weights.shape[1]
+        box = tf.fill([k_h, k_w, 1, 1], 1.0 / (k_h * k_w))
+        mean_abs = tf.reduce_mean(tf.abs(x), axis=-1, keepdims=True)
+        k_map = _zero_padded_conv(mean_abs, box, strides, padding, dilations)
+    return _finish(dot, _as_float32(alpha), k_map, _as_float32(bias), relu)
+
+
+def bin_dense_reference(inputs, filter, alpha, bias, *, in_channels, use_k, relu):
+    """Pure-TF twin of the ``KerasXnorBinDense`` op: ``dot * alpha * K + bias`` (ReLU).
+
+    ``dot = sign(x) B^T`` with ``B`` the unpacked ±1 filter ``[units, C]``;
+    ``K = mean_c |x|`` per sample. Gradients as in :func:`bin_conv2d_reference`.
+    """
+    x = _as_float32(inputs)
+    weights = unpack_bits_reference(filter, in_channels)  # [units, C]
+    dot = tf.matmul(_ste_sign(x), weights, transpose_b=True)
+    k = tf.reduce_mean(tf.abs(x), axis=-1, keepdims=True) if use_k else None
+    return _finish(dot, _as_float32(alpha), k, _as_float32(bias), relu)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer entry points: forward with the compiled op, backward through the float simulation.
+
+
+def bin_conv2d(
+    inputs, kernel, alpha, bias, *, strides, padding, dilation_rate, use_k, relu, simulation
+):
+    """XNOR convolution (eq. 11) with the compiled op, differentiated like ``simulation``.
+
+    Forward: the latent kernel is binarized and packed (HWIO -> OHWI, ``KerasXnorPackBits``),
+    then ``KerasXnorBinConv2D`` computes ``dot * alpha * K + bias`` (ReLU if ``relu``), with
+    ``inputs`` binarized inside the op and K computed from the same real-valued ``inputs``.
+    Backward: the gradients of ``simulation(inputs, kernel, alpha, bias)`` (recomputed under a
+    tape), so they equal the float simulation's exactly, including its sign estimator, weight
+    clipping rule and whether K is differentiated.
+
+    Args:
+        inputs: float NHWC ``[N, H, W, C]`` (computed in float32, returned in its dtype).
+        kernel: float HWIO ``[KH, KW, C, O]`` latent kernel; sign(0) = +1.
+        alpha: float ``[O]`` per-filter scale (ones when scaling is off).
+        bias: float ``[O]`` or None.
+        strides, dilation_rate: 2 ints (or one int for both).
+        padding: "same" or "valid", any case.
+        use_k, relu: bool.
+        simulation: callable ``(inputs, kernel, alpha, bias) -> NHWC`` computing the same
+            function in pure TF (``bias`` may be None).
+
+    Returns:
+        The op's output ``[N, OH, OW, O]``.
+    """
+    ops = load_ops()
+    strides = _pair(strides, "strides")
+    dilations = _pair(dilation_rate, "dilation_rate")
+    padding = _padding(padding)
+    kernel = tf.convert_to_tensor(kernel)
+    if kernel.shape.rank != 4 or kernel.shape[2] is None:
+        raise ValueError(
+            "bin_conv2d: kernel must be HWIO with a known input-channel axis, got shape %s"
+            % kernel.shape
+        )
+    attrs = {
+        spec.ATTR_STRIDES: list(strides),
+        spec.ATTR_PADDING: padding,
+        spec.ATTR_DILATIONS: list(dilations),
+        spec.ATTR_IN_CHANNELS: int(kernel.shape[2]),
+        spec.ATTR_USE_K: bool(use_k),
+        spec.ATTR_RELU: bool(relu),
+    }
+
+    def forward(x, k, a, b):
+        packed = ops.keras_xnor_pack_bits(tf.transpose(k, [3, 0, 1, 2]))  # OHWI
+        return ops.keras_xnor_bin_conv2d(x, packed, a, b, **attrs)
+
+    return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
+
+
+def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
+    """XNOR fully connected layer with the compiled op, differentiated like ``simulation``.
+
+    ``out = dot * alpha * K + bias`` (ReLU if ``relu``), ``dot = sign(x) sign(W)``,
+    ``K = mean_c |x|`` per sample (1 when not ``use_k``). Gradients as in :func:`bin_conv2d`.
+
+    Args:
+        inputs: float ``[N, C]``.
+        kernel: float ``[C, units]`` latent kernel.
+        alpha: float ``[units]``; bias: float ``[units]`` or None.
+        use_k, relu: bool.
+        simulation: callable ``(inputs, kernel, alpha, bias) -> [N, units]`` in pure TF.
+    """
+    ops = load_ops()
+    kernel = tf.convert_to_tensor(kernel)
+    if kernel.shape.rank != 2 or kernel.shape[0] is None:
+        raise ValueError(
+            "bin_dense: kernel must be [in_features, units] with known in_features, got "
+            "shape %s" % kernel.shape
+        )
+    attrs = {
+        spec.ATTR_IN_CHANNELS: int(kernel.shape[0]),
+        spec.ATTR_USE_K: bool(use_k),
+        spec.ATTR_RELU: bool(relu),
+    }
+
+    def forward(x, k, a, b):
+        packed = ops.keras_xnor_pack_bits(tf.transpose(k))  # [units, words]
+        return ops.keras_xnor_bin_dense(x, packed, a, b, **attrs)
+
+    return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
+
+
+def _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias):
+    """Runs ``forward`` (float32) and differentiates it as ``simulation``."""
+    inputs = tf.convert_to_tensor(inputs)
+    out_dtype = inputs.dtype if inputs.dtype.is_floating else tf.float32
+    x = _as_float32(inputs)
+    k = _as_float32(kernel)
+    a = _as_float32(alpha)
+    has_bias = bias is not None
+    b = _as_float32(bias) if has_bias else tf.zeros_like(a)
+
+    @tf.custom_gradient
+    def run(x, k, a, b):
+        def grad(dy):
+            sources = [x, k, a, b]
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                y_sim = simulation(x, k, a, b if has_bias else None)
+            grads = tape.gradient(
+                y_sim,
+                sources,
+                output_gradients=tf.cast(dy, y_sim.dtype),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            return [tf.cast(g, s.dtype) for g, s in zip(grads, sources)]
+
+        return forward(x, k, a, b), grad
+
+    return tf.cast(run(x, k, a, b), out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients of the raw ops (used when the ops are called directly, not via bin_conv2d/bin_dense).
+
+
+def _attr(op, name):
+    value = op.get_attr(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw_op_gradient(reference, op, dy, attr_names):
+    x, packed, alpha, bias = op.inputs
+    attrs = {name: _attr(op, name) for name in attr_names}
+    sources = [x, alpha, bias]
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        y = reference(x, packed, alpha, bias, **attrs)
+    dx, dalpha, dbias = tape.gradient(
+        y, sources, output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return dx, None, dalpha, dbias  # the packed filter is integer: no gradient
+
+
+def _bin_conv2d_grad(op, dy):
+    """Straight-through for the input, exact for K, alpha and bias (bin_conv2d_reference)."""
+    names = [
+        spec.ATTR_STRIDES,
+        spec.ATTR_PADDING,
+        spec.ATTR_DILATIONS,
+        spec.ATTR_IN_CHANNELS,
+        spec.ATTR_USE_K,
+        spec.ATTR_RELU,
+    ]
+    return _raw_op_gradient(bin_conv2d_reference, op, dy, names)
+
+
+def _bin_dense_grad(op, dy):
+    """As :func:`_bin_conv2d_grad`, through bin_dense_reference."""
+    names = [spec.ATTR_IN_CHANNELS, spec.ATTR_USE_K, spec.ATTR_RELU]
+    return _raw_op_gradient(bin_dense_reference, op, dy, names)
+
+
+def _register_gradients():
+    for name, function in (
+        (spec.BIN_CONV2D_OP, _bin_conv2d_grad),
+        (spec.BIN_DENSE_OP, _bin_dense_grad),
+    ):
+        try:
+            tf.RegisterGradient(name)(function)
+        except KeyError:  # already registered (module reloaded)
+            pass
+    try:
+        tf.no_gradient(spec.PACK_BITS_OP)
+    except KeyError:
+        pass
+
+
+_register_gradients()
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument helpers.
+
+
+def _as_float32(x):
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        pair = tuple(int(v) for v in value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError("%s must be one int or 2 ints >= 1, got %r" % (name, value))
+    return pair
+
+
+def _padding(padding):
+    text = padding.decode() if isinstance(padding, bytes) else str(padding)
+    text = text.upper()
+    if text not in (spec.PADDING_SAME, spec.PADDING_VALID):
+        raise ValueError('padding must be "same" or "valid", got %r' % (padding,))
+    return text
