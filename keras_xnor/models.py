@@ -57,7 +57,8 @@ def _xl():
 class _Builder:
     """Creates the layers of one network of one kind with consistent naming and options."""
 
-    def __init__(self, kind, block_order, kernel_scale, use_k, weight_decay=None):
+    def __init__(self, kind, block_order, kernel_scale, use_k, weight_decay=None,
+                 implementation=None):
         if kind not in KINDS:
             raise ValueError("kind must be one of %s, got %r" % (KINDS, kind))
         if block_order not in BLOCK_ORDERS:
@@ -73,6 +74,13 @@ class _Builder:
         self.kernel_scale = kernel_scale
         self.use_k = use_k
         self.regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+        self.implementation = implementation
+
+    def _binary_options(self):
+        options = dict(kernel_scale=self.kernel_scale)
+        if self.implementation is not None:
+            options["implementation"] = self.implementation
+        return options
 
     # -- single layers -------------------------------------------------------------------
 
@@ -89,9 +97,10 @@ class _Builder:
         if self.kind == "float":
             return self.float_conv(filters, kernel_size, strides, padding, name)
         xl = _xl()
-        common = dict(strides=strides, padding=padding, use_bias=False,
-                      kernel_scale=self.kernel_scale, name=name)
+        common = dict(strides=strides, padding=padding, use_bias=False, name=name,
+                      **self._binary_options())
         if self.kind == "bwn":
+            common.pop("implementation", None)
             return xl.BWNConv2D(filters, kernel_size, **common)
         return xl.BinConv2D(filters, kernel_size, use_k=self.use_k, **common)
 
@@ -100,8 +109,9 @@ class _Builder:
             return keras.layers.Dense(units, use_bias=False, kernel_initializer="he_normal",
                                       kernel_regularizer=self.regularizer, name=name)
         xl = _xl()
-        common = dict(use_bias=False, kernel_scale=self.kernel_scale, name=name)
+        common = dict(use_bias=False, name=name, **self._binary_options())
         if self.kind == "bwn":
+            common.pop("implementation", None)
             return xl.BWNDense(units, **common)
         return xl.BinDense(units, use_k=self.use_k, **common)
 
@@ -170,7 +180,7 @@ def _check_common(num_classes, input_shape):
 
 def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
             block_order="BACP", use_k=True, classifier_activation="softmax",
-            weight_decay=None, name=None):
+            weight_decay=None, implementation=None, name=None):
     """AlexNet as trained in the XNOR-Net paper (BatchNorm, no LRN, no dropout).
 
     Layout (224x224 input; the feature map sizes match the original 55-27-13-6)::
@@ -196,13 +206,15 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
         use_k: xnor only: scale by the K map of eq. 11 (False = alpha only).
         classifier_activation: activation of the last layer ("softmax" or None for logits).
         weight_decay: optional L2 factor on the full-precision kernels.
+        implementation: xnor layers' ``implementation`` ("auto", "simulation" or
+            "compiled"; default: the layers' default, "auto").
         name: model name (default "<kind>_alexnet").
 
     Returns:
         An uncompiled ``keras.Model``.
     """
     _check_common(num_classes, input_shape)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)  # 224 -> 55 as in the paper
     x = b.stem(x, b.float_conv(96, 11, 4, "valid", "conv1"),
@@ -223,7 +235,7 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
 
 def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
              block_order="BACP", use_k=True, classifier_activation="softmax",
-             weight_decay=None, name=None):
+             weight_decay=None, implementation=None, name=None):
     """ResNet-18 (He et al. 2016) with binary 3x3 convolutions, as in the XNOR-Net paper.
 
     Stem: 7x7/2 conv, 64 (float) -> BN -> ReLU -> 3x3/2 max-pool. Then four stages of two
@@ -249,7 +261,7 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
         An uncompiled ``keras.Model``.
     """
     _check_common(num_classes, input_shape)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = b.stem(inputs, b.float_conv(64, 7, 2, "same", "conv1"),
                keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1"))
@@ -289,7 +301,7 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
 
 def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="mean_abs",
           block_order="BACP", use_k=True, classifier_activation="softmax",
-          weight_decay=None, width=1, name=None):
+          weight_decay=None, width=1, implementation=None, name=None):
     """A small XNOR/BWN/float net for 28x28 inputs (Fashion-MNIST, MNIST).
 
     Layout (channel counts times ``width``; multiples of 32 so the binary layers pack
@@ -311,7 +323,7 @@ def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="me
     if int(width) != width or width < 1:
         raise ValueError("width must be a positive integer, got %r" % (width,))
     w = int(width)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = b.stem(inputs, b.float_conv(32 * w, 3, 1, "same", "conv1"),
                keras.layers.MaxPooling2D(2, name="pool1"))

@@ -1,0 +1,471 @@
+"""The training loop behind ``python -m keras_xnor.training.train`` (and the demo).
+
+:func:`train` builds a model of :mod:`keras_xnor.models`, its dataset and recipe, fits it
+with ``model.fit`` (optionally under a ``tf.distribute`` strategy), checkpoints the full
+model after every epoch, evaluates on the test split and writes::
+
+    OUTPUT_DIR/metrics.json          test_accuracy, test_loss, history, run settings
+    OUTPUT_DIR/model.keras           the final model (keras.models.load_model-able)
+    OUTPUT_DIR/history.csv           one row per epoch (appended across resumes)
+    OUTPUT_DIR/logs/                 TensorBoard logs
+    OUTPUT_DIR/checkpoints/          epoch_NNN.keras + latest.json (the last two kept)
+
+Resuming: a checkpoint is the whole compiled model (weights, optimizer slots and
+``optimizer.iterations``, which drives the lr schedule) plus the number of finished epochs;
+``resume=True`` loads the newest one and continues with the next epoch, so a run killed at
+any point loses at most the epoch in progress.
+
+Under MultiWorkerMirroredStrategy only the chief (worker 0 when there is no "chief" task)
+writes OUTPUT_DIR; the other workers write their logs and final model to
+OUTPUT_DIR/worker_<i>/ and resume from the chief's checkpoints (shared file system).
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_xnor import models
+from keras_xnor.training import datasets, recipes
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.json"
+CRASH_EXIT_CODE = 75
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one run; the CLI flags map one-to-one onto these fields.
+
+    Attributes:
+        model: a :mod:`keras_xnor.models` name, e.g. "xnor_small", "bwn_resnet18".
+        dataset: "fashion_mnist" or "imagenet2012".
+        output_dir: where results, checkpoints and logs go.
+        recipe: a :mod:`recipes` name (default: the model's, see recipes.default_for).
+        epochs, batch_size, learning_rate: override the recipe's.
+        strategy: "default" (no distribution), "mirrored" (all local devices) or
+            "multi_worker" (MultiWorkerMirroredStrategy, cluster from TF_CONFIG).
+        resume: continue from the newest checkpoint in output_dir (fresh start if none).
+        overwrite: delete earlier checkpoints/results in output_dir instead of refusing.
+        data_dir: Fashion-MNIST IDX folder, or the tfds data dir for ImageNet.
+        manual_dir: ImageNet: folder with the ILSVRC2012 tars.
+        download: allow tfds to download Fashion-MNIST when it is not installed.
+        steps_per_epoch: cap on the steps of an epoch (the training set repeats).
+        max_train_examples, max_test_examples: use only the first N examples.
+        kernel_scale, block_order, use_k, width: model options (the ablations).
+        implementation: how xnor layers run: "auto" (compiled op on CPU when the library
+            is there), "simulation" (pure TF) or "compiled".
+        augment: random horizontal flips (Fashion-MNIST).
+        validate: evaluate on the test split after every epoch (for the curves).
+        seed: random seed (weights init, shuffling).
+        jit_compile: XLA-compile the train step (off: the binary ops are custom ops).
+        verbose: Keras progress output (1 = progress bar, 2 = one line per epoch, 0 = none).
+        crash_after_epoch: testing aid: exit abruptly (code 75) right after the checkpoint
+            of this epoch (1-based), as if the process had been killed.
+    """
+
+    model: str = "xnor_small"
+    dataset: str = "fashion_mnist"
+    output_dir: str = "out/train"
+    recipe: str = None
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    strategy: str = "default"
+    resume: bool = False
+    overwrite: bool = False
+    data_dir: str = None
+    manual_dir: str = None
+    download: bool = False
+    steps_per_epoch: int = None
+    max_train_examples: int = None
+    max_test_examples: int = None
+    kernel_scale: str = "mean_abs"
+    block_order: str = "BACP"
+    use_k: bool = True
+    width: int = 1
+    implementation: str = "auto"
+    augment: bool = False
+    validate: bool = True
+    seed: int = 0
+    jit_compile: bool = False
+    verbose: object = 1
+    crash_after_epoch: int = None
+
+
+# --------------------------------------------------------------------------------------
+# Distribution
+# --------------------------------------------------------------------------------------
+
+
+def make_strategy(name):
+    """The ``tf.distribute`` strategy called ``name`` (see TrainConfig.strategy).
+
+    Must run before any other TensorFlow op in the process when ``name="multi_worker"``.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "--strategy=multi_worker needs the cluster in the TF_CONFIG environment "
+                "variable, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
+                "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' on the "
+                "first machine (index 1 on the second).")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError("unknown strategy %r; known: %s" % (name, ", ".join(STRATEGIES)))
+
+
+def _worker_role(strategy):
+    """(is_chief, task_id, num_workers) of this process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True, 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    num_workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                        and "chief" not in spec)
+    return is_chief, task_id, max(1, num_workers)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def _atomic_write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir):
+    """(path, finished_epochs) of the newest checkpoint in output_dir, or (None, 0)."""
+    ckpt_dir = os.path.join(output_dir, CHECKPOINT_DIR)
+    try:
+        with open(os.path.join(ckpt_dir, LATEST)) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None, 0
+    path = os.path.join(ckpt_dir, state["file"])
+    if not os.path.isfile(path):
+        return None, 0
+    return path, int(state["epoch"])
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the full compiled model after every epoch, atomically, keeping the last ``keep``.
+
+    ``latest.json`` is written after the ``.keras`` file is complete, so a crash while
+    saving leaves the previous checkpoint as the latest one.
+    """
+
+    def __init__(self, output_dir, keep=2, write=True):
+        super().__init__()
+        self.ckpt_dir = os.path.join(output_dir, CHECKPOINT_DIR)
+        self.keep = int(keep)
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        name = "epoch_%03d.keras" % (epoch + 1)
+        tmp = os.path.join(self.ckpt_dir, "tmp_" + name)
+        self.model.save(tmp)
+        os.replace(tmp, os.path.join(self.ckpt_dir, name))
+        _atomic_write_json(os.path.join(self.ckpt_dir, LATEST),
+                           {"epoch": epoch + 1, "file": name, "time": time.time()})
+        saved = sorted(f for f in os.listdir(self.ckpt_dir)
+                       if f.startswith("epoch_") and f.endswith(".keras"))
+        for old in saved[:-self.keep]:
+            os.remove(os.path.join(self.ckpt_dir, old))
+
+
+class CrashAfterEpoch(keras.callbacks.Callback):
+    """Testing aid: ends the process abruptly after an epoch, like a kill -9 would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = int(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            print("Simulated crash after epoch %d (--crash_after_epoch)." % self.epoch,
+                  flush=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_CODE)
+
+
+class ScalarSummaries(keras.callbacks.Callback):
+    """Per-epoch TensorBoard scalars without the ``tensorboard`` package.
+
+    ``keras.callbacks.TensorBoard`` needs the tensorboard pip package (tf.summary.scalar
+    lives there); this writes the same event files (``logs/train``, ``logs/validation``,
+    tags ``epoch_<metric>``, scalars plugin) with TensorFlow's own ``tf.summary.write``.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+        self._metadata = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def _writer(self, split):
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(
+                os.path.join(self.log_dir, split))
+        return self._writers[split]
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.write("epoch_" + name, tf.constant(float(value)), step=epoch,
+                                 metadata=self._metadata)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+def tensorboard_callback(log_dir):
+    """keras.callbacks.TensorBoard when tensorboard is installed, else ScalarSummaries."""
+    try:
+        import tensorboard  # noqa: F401, PLC0415 (optional dependency)
+    except ImportError:
+        return ScalarSummaries(log_dir)
+    return keras.callbacks.TensorBoard(log_dir, write_graph=False)
+
+
+def _read_history(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = []
+    for row in rows:
+        entry = {}
+        for k, v in row.items():
+            try:
+                entry[k] = int(v) if k == "epoch" else float(v)
+            except (TypeError, ValueError):
+                entry[k] = v
+        history.append(entry)
+    return history
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+def _validate(config):
+    if config.model not in models.NAMES or config.model in ("small", "alexnet", "resnet18"):
+        raise ValueError("unknown --model %r; choose one of: %s" % (
+            config.model, ", ".join(n for n in models.NAMES if "_" in n)))
+    if config.dataset not in datasets.DATASETS:
+        raise ValueError("unknown --dataset %r; choose one of: %s"
+                         % (config.dataset, ", ".join(datasets.DATASETS)))
+    if config.strategy not in STRATEGIES:
+        raise ValueError("unknown --strategy %r; choose one of: %s"
+                         % (config.strategy, ", ".join(STRATEGIES)))
+    for field in ("epochs", "batch_size", "steps_per_epoch", "max_train_examples",
+                  "max_test_examples", "crash_after_epoch"):
+        value = getattr(config, field)
+        if value is not None and int(value) <= 0:
+            raise ValueError("--%s must be positive, got %r" % (field, value))
+    if not config.output_dir:
+        raise ValueError("--output_dir is required")
+    if "small" in config.model and config.dataset != "fashion_mnist":
+        raise ValueError("the small nets take 28x28 inputs; use --dataset=fashion_mnist")
+    if "small" not in config.model and config.dataset == "fashion_mnist":
+        raise ValueError("%s is an ImageNet network (224x224); use --dataset=imagenet2012 or "
+                         "a *_small model for Fashion-MNIST" % config.model)
+
+
+def _model_kwargs(config, info, recipe):
+    kwargs = dict(num_classes=info["num_classes"], input_shape=info["input_shape"],
+                  kernel_scale=config.kernel_scale, block_order=config.block_order,
+                  weight_decay=recipe.weight_decay)
+    if config.model.startswith("xnor"):
+        kwargs["use_k"] = config.use_k
+    elif not config.use_k:
+        raise ValueError("--nouse_k applies to xnor models only")
+    if "small" in config.model:
+        kwargs["width"] = config.width
+    if config.implementation != "auto":
+        kwargs["implementation"] = config.implementation
+    return kwargs
+
+
+def _prepare_output_dir(config, write_dir, is_chief):
+    os.makedirs(write_dir, exist_ok=True)
+    if not is_chief or config.resume:
+        return
+    stale = [p for p in (CHECKPOINT_DIR, "metrics.json", "history.csv", "model.keras", "logs")
+             if os.path.exists(os.path.join(config.output_dir, p))]
+    if not stale:
+        return
+    if not config.overwrite:
+        raise ValueError(
+            "%s already holds a run (%s). Pass --resume to continue it, --overwrite to "
+            "start over, or choose another --output_dir." % (config.output_dir, ", ".join(stale)))
+    for p in stale:
+        path = os.path.join(config.output_dir, p)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def train(config=None, strategy=None, **overrides):
+    """Runs one training job and returns its metrics (also written to metrics.json).
+
+    Args:
+        config: a :class:`TrainConfig` (default: TrainConfig()).
+        strategy: an existing tf.distribute strategy (default: made from config.strategy).
+        **overrides: TrainConfig fields to replace.
+
+    Returns:
+        dict with at least ``test_accuracy``, ``test_loss``, ``epochs_completed`` and
+        ``history`` (one dict per epoch).
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    _validate(config)
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
+    is_chief, task_id, num_workers = _worker_role(strategy)
+    write_dir = config.output_dir if is_chief else os.path.join(config.output_dir,
+                                                                "worker_%d" % task_id)
+    _prepare_output_dir(config, write_dir, is_chief)
+    keras.utils.set_random_seed(config.seed)
+
+    recipe = recipes.get(config.recipe) if config.recipe else recipes.default_for(config.model)
+    batch_size = int(config.batch_size or recipe.batch_size)
+    epochs = int(config.epochs or recipe.epochs)
+    # Multi-worker: every worker must run the same number of steps (collectives), so the
+    # training set repeats and epochs are counted in full global batches.
+    repeat_train = bool(config.steps_per_epoch) or num_workers > 1
+    data_kwargs = dict(max_train_examples=config.max_train_examples,
+                       max_test_examples=config.max_test_examples, repeat_train=repeat_train)
+    if config.dataset == "fashion_mnist":
+        data_kwargs.update(data_dir=config.data_dir, download=config.download,
+                           shuffle_seed=config.seed, augment=config.augment)
+    else:
+        data_kwargs.update(data_dir=config.data_dir, manual_dir=config.manual_dir,
+                           recipe="alexnet" if "alexnet" in config.model else "resnet18")
+    train_ds, test_ds, info = datasets.get_datasets(config.dataset, batch_size, **data_kwargs)
+
+    if config.steps_per_epoch:
+        steps_per_epoch = int(config.steps_per_epoch)
+    elif info.get("train_examples"):
+        count = info["train_examples"]
+        steps_per_epoch = (count // batch_size) if repeat_train else math.ceil(count / batch_size)
+        if steps_per_epoch == 0:
+            raise ValueError("batch_size %d exceeds the %d training examples"
+                             % (batch_size, count))
+    else:
+        raise ValueError("the size of the training split is unknown; pass --steps_per_epoch")
+    test_steps = None
+    if num_workers > 1 and info.get("test_examples"):
+        # Equal, full test batches on every worker (a partial last batch could differ).
+        test_steps = max(1, info["test_examples"] // batch_size)
+        test_ds = test_ds.repeat()
+
+    ckpt_path, done_epochs = (latest_checkpoint(config.output_dir) if config.resume
+                              else (None, 0))
+    with strategy.scope():
+        if ckpt_path:
+            print("Resuming from %s (%d of %d epochs done)." % (ckpt_path, done_epochs, epochs),
+                  flush=True)
+            model = keras.models.load_model(ckpt_path)
+        else:
+            if config.resume:
+                print("--resume: no checkpoint in %s, starting from scratch."
+                      % config.output_dir, flush=True)
+            model = models.get(config.model, **_model_kwargs(config, info, recipe))
+            metrics = ["accuracy"]
+            if info["num_classes"] > 10:
+                metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
+            model.compile(
+                optimizer=recipe.build_optimizer(steps_per_epoch, epochs, config.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=metrics, jit_compile=bool(config.jit_compile))
+
+    callbacks = [
+        EpochCheckpoint(config.output_dir, write=is_chief),
+        keras.callbacks.CSVLogger(os.path.join(write_dir, "history.csv"), append=True),
+        tensorboard_callback(os.path.join(write_dir, "logs")),
+    ]
+    if config.crash_after_epoch:
+        callbacks.append(CrashAfterEpoch(config.crash_after_epoch))
+
+    print("Training %s on %s: recipe %s (%s); %d epochs of %d steps, batch %d, strategy %s "
+          "(%d replica(s), %d worker(s))." % (
+              config.model, config.dataset, recipe.name, recipe.description, epochs,
+              steps_per_epoch, batch_size, config.strategy, strategy.num_replicas_in_sync,
+              num_workers), flush=True)
+    start = time.time()
+    if done_epochs < epochs:
+        model.fit(train_ds, epochs=epochs, initial_epoch=done_epochs,
+                  steps_per_epoch=steps_per_epoch if repeat_train else None,
+                  validation_data=test_ds if config.validate else None,
+                  validation_steps=test_steps if config.validate else None,
+                  callbacks=callbacks, verbose=config.verbose)
+    train_seconds = time.time() - start
+
+    results = model.evaluate(test_ds, steps=test_steps, return_dict=True,
+                             verbose=0 if config.verbose == 0 else 2)
+    model_path = os.path.join(write_dir, "model.keras")
+    model.save(model_path)
+    history = _read_history(os.path.join(write_dir, "history.csv"))
+    metrics = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "recipe": recipe.name,
+        "recipe_description": recipe.description,
+        "test_accuracy": float(results["accuracy"]),
+        "test_loss": float(results["loss"]),
+        "epochs": epochs,
+        "epochs_completed": len({row.get("epoch") for row in history}) if history else epochs,
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch_size,
+        "train_examples": info.get("train_examples"),
+        "test_examples": info.get("test_examples"),
+        "params": int(model.count_params()),
+        "train_seconds_this_run": round(train_seconds, 2),
+        "resumed_from_epoch": done_epochs if ckpt_path else None,
+        "num_workers": num_workers,
+        "num_replicas": int(strategy.num_replicas_in_sync),
+        "model_path": model_path,
+        "history": history,
+        "config": dataclasses.asdict(config),
+    }
+    if "top5" in results:
+        metrics["test_top5_accuracy"] = float(results["top5"])
+    _atomic_write_json(os.path.join(write_dir, "metrics.json"), metrics)
+    print("test_accuracy=%.4f test_loss=%.4f; wrote %s" % (
+        metrics["test_accuracy"], metrics["test_loss"],
+        os.path.join(write_dir, "metrics.json")), flush=True)
+    return metrics
