@@ -1,0 +1,414 @@
+"""Keras model -> .tflite with bitpacked binary layers (custom ops) and float builtins.
+
+How it works. The model is cloned (``keras.models.clone_model``) and every XNOR layer
+(:class:`keras_xnor.BinConv2D` / :class:`keras_xnor.BinDense` with sign quantizers) is replaced by
+an export twin that calls the raw ``KerasXnorBinConv2D`` / ``KerasXnorBinDense`` TF op with
+**constant** operands computed once in numpy:
+
+* ``filter``: ``sign(W)`` packed to int32 words, OHWI for conv / ``[units, words]`` for dense,
+  32 channels per word, channel ``c`` in bit ``c % 32`` of word ``c // 32``, set bit = -1,
+  ``sign(0) = +1``, padding bits 0 (``keras_xnor.spec``). 1 bit per weight instead of 32.
+* ``alpha``: the layer's own per-filter scale (``layer.get_alpha()``: eq. 6 ``mean|W|``, the
+  learned weight, or ones).
+* ``bias``: the layer's bias (zeros without one).
+
+The TFLite converter (``allow_custom_ops``) keeps these ops as custom ops whose
+custom_options are a FlexBuffer map of the op attributes; everything else becomes builtins.
+The layers say what they are (their class); nothing is recognised by graph shape.
+
+BatchNorm folding. If a BatchNormalization (inference statistics, channel axis last) is the
+only consumer of a binary layer's output and the binary layer has no activation, then with
+``s = gamma / sqrt(var + eps)``::
+
+    BN(dot * alpha * K + b) = dot * (alpha * s) * K + (s * (b - mean) + beta)
+
+exactly (up to float rounding), so the BN is dropped and its scale/shift go into alpha/bias.
+"""
+
+import glob
+import os
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from keras_xnor import quantizers, spec
+from keras_xnor.layers import BinConv2D, BinDense
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__import__("keras_xnor").__file__)), "_ops")
+
+_raw_ops_module = None
+
+
+def _raw_ops():
+    """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
+    global _raw_ops_module
+    if _raw_ops_module is not None:
+        return _raw_ops_module
+    module = None
+    try:
+        from keras_xnor import ops  # noqa: PLC0415
+
+        load = getattr(ops, "load_ops", None)
+        if load is not None:
+            module = load()
+    except ImportError:
+        module = None
+    if module is None or not hasattr(module, "keras_xnor_bin_conv2d"):
+        paths = sorted(glob.glob(os.path.join(_OPS_DIR, "_keras_xnor_ops*.so")))
+        if not paths:
+            raise RuntimeError(
+                "keras_xnor.tflite_export needs the keras-xnor TF op library "
+                "(keras_xnor/_ops/_keras_xnor_ops*.so) to emit the binary custom ops, and it "
+                "is not built. Build it with `make ops` (or `pip install --no-build-isolation "
+                "-e .`)."
+            )
+        module = tf.load_op_library(paths[0])
+    _raw_ops_module = module
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# Numpy packing (the exporter's half of the bit contract in keras_xnor/spec.py)
+
+
+def pack_signs(values):
+    """Packs ``sign(values)`` along the last axis into int32 words (keras_xnor.spec layout).
+
+    Args:
+        values: float array ``[..., C]``.
+
+    Returns:
+        int32 array ``[..., ceil(C / 32)]``; bit ``c % 32`` of word ``c // 32`` is 1 iff
+        ``values[..., c] < 0`` (so 0, -0.0 and NaN give +1 = bit 0); padding bits are 0.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    channels = values.shape[-1]
+    words = spec.packed_words(channels)
+    bits = (values < 0).astype(np.uint8)
+    pad = words * spec.BITS_PER_WORD - channels
+    if pad:
+        bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes per word, LSB first
+    packed = np.ascontiguousarray(packed).reshape(values.shape[:-1] + (words, 4))
+    return packed.view("<u4").reshape(values.shape[:-1] + (words,)).astype(np.uint32).view(np.int32)
+
+
+def _is_relu(activation):
+    return activation is keras.activations.relu
+
+
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def _exportable(layer):
+    """Why a BinConv2D/BinDense cannot become a custom op ("" when it can)."""
+    if not quantizers.is_sign_kind(layer.input_quantizer):
+        return "its input_quantizer is not a sign quantizer"
+    if not quantizers.is_sign_kind(layer.kernel_quantizer):
+        return "its kernel_quantizer is not a sign quantizer"
+    if getattr(layer, "groups", 1) != 1:
+        return "groups != 1"
+    if isinstance(layer, BinConv2D) and getattr(layer, "data_format", "channels_last") != "channels_last":
+        return "data_format is not channels_last"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Export twins: layers that emit the raw op with constant packed weights
+
+
+class _ExportBinConv2D(keras.layers.Layer):
+    """Inference-only twin of a BinConv2D: KerasXnorBinConv2D with constant operands."""
+
+    def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
+        super().__init__(name=source.name, **kwargs)
+        self._filter = filter_words
+        self._alpha = np.asarray(alpha, np.float32)
+        self._bias = np.asarray(bias, np.float32)
+        self._relu = relu
+        self._activation = activation
+        self._strides = [int(s) for s in source.strides]
+        self._dilations = [int(d) for d in source.dilation_rate]
+        self._padding = source.padding.upper()
+        self._use_k = bool(source.use_k)
+        self._in_channels = int(source.kernel.shape[2])
+        self._filters = int(source.filters)
+        self._kernel_size = tuple(int(k) for k in source.kernel_size)
+        self._source_output_shape = source.compute_output_shape
+
+    def call(self, inputs, mask=None):  # noqa: ARG002 (functional graphs may pass one)
+        outputs = _raw_ops().keras_xnor_bin_conv2d(
+            tf.cast(inputs, tf.float32),
+            tf.constant(self._filter),
+            tf.constant(self._alpha),
+            tf.constant(self._bias),
+            strides=self._strides,
+            padding=self._padding,
+            dilations=self._dilations,
+            in_channels=self._in_channels,
+            use_k=self._use_k,
+            relu=self._relu,
+        )
+        return outputs if self._activation is None else self._activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return self._source_output_shape(input_shape)
+
+
+class _ExportBinDense(keras.layers.Layer):
+    """Inference-only twin of a BinDense: KerasXnorBinDense with constant operands."""
+
+    def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
+        super().__init__(name=source.name, **kwargs)
+        self._filter = filter_words
+        self._alpha = np.asarray(alpha, np.float32)
+        self._bias = np.asarray(bias, np.float32)
+        self._relu = relu
+        self._activation = activation
+        self._use_k = bool(source.use_k)
+        self._in_features = int(source.kernel.shape[0])
+        self._units = int(source.units)
+
+    def call(self, inputs, mask=None):  # noqa: ARG002 (functional graphs may pass one)
+        x = tf.cast(inputs, tf.float32)
+        rank = x.shape.rank
+        flat = x if rank == 2 else tf.reshape(x, [-1, self._in_features])
+        outputs = _raw_ops().keras_xnor_bin_dense(
+            flat,
+            tf.constant(self._filter),
+            tf.constant(self._alpha),
+            tf.constant(self._bias),
+            in_channels=self._in_features,
+            use_k=self._use_k,
+            relu=self._relu,
+        )
+        if rank != 2:
+            outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self._units]], axis=0))
+        return outputs if self._activation is None else self._activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self._units,)
+
+
+class _FoldedAway(keras.layers.Layer):
+    """Stands in for a BatchNormalization folded into the preceding binary layer."""
+
+    def call(self, inputs, training=None, mask=None):  # noqa: ARG002 (BN's call signature)
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding plan
+
+
+def _single_input(layer):
+    try:
+        value = layer.input
+    except (AttributeError, ValueError):  # shared layer or not connected
+        return None
+    return value if not isinstance(value, (list, tuple)) else None
+
+
+def _foldable_bn(bn, rank):
+    if not isinstance(bn, keras.layers.BatchNormalization):
+        return False
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    if axis is None or axis not in (-1, rank - 1):
+        return False
+    return not getattr(bn, "synchronized", False) and not getattr(bn, "renorm", False)
+
+
+def _fold_plan(model):
+    """Maps id(binary layer) -> BatchNormalization to fold, for eligible pairs.
+
+    Eligible: the binary layer is exportable and has no activation, its (single) output is
+    consumed by exactly one layer in the model, and that layer is a BatchNormalization over the
+    last axis whose input is exactly that output.
+    """
+    layers = _all_layers(model)
+    consumers = {}
+    for layer in layers:
+        try:
+            inputs = layer.input
+        except (AttributeError, ValueError):
+            continue
+        for tensor in tf.nest.flatten(inputs):
+            consumers.setdefault(id(tensor), []).append(layer)
+    outputs = set(id(t) for t in tf.nest.flatten(model.outputs)) if hasattr(model, "outputs") else set()
+    plan = {}
+    for layer in layers:
+        if not isinstance(layer, (BinConv2D, BinDense)) or _exportable(layer):
+            continue
+        if not _is_linear(layer.activation):
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(out, (list, tuple)) or id(out) in outputs:
+            continue
+        users = consumers.get(id(out), [])
+        if len(users) != 1 or _single_input(users[0]) is not out:
+            continue
+        rank = len(out.shape)
+        if _foldable_bn(users[0], rank):
+            plan[id(layer)] = users[0]
+    return plan
+
+
+def _all_layers(model):
+    result = []
+    for layer in model.layers:
+        result.append(layer)
+        if isinstance(layer, keras.Model):
+            result.extend(_all_layers(layer))
+    return result
+
+
+def _bn_scale_shift(bn):
+    mean = np.asarray(bn.moving_mean, np.float64)
+    var = np.asarray(bn.moving_variance, np.float64)
+    gamma = np.asarray(bn.gamma, np.float64) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta, np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + float(bn.epsilon))
+    return scale, beta - scale * mean
+
+
+def _make_twin(layer, bn):
+    """The export twin of a BinConv2D / BinDense, with `bn` (or None) folded in."""
+    kernel = np.asarray(layer.kernel, np.float32)
+    alpha = np.asarray(layer.get_alpha(), np.float64).reshape(-1)
+    units = kernel.shape[-1]
+    bias = np.zeros(units) if layer.bias is None else np.asarray(layer.bias, np.float64)
+    if bn is not None:
+        scale, shift = _bn_scale_shift(bn)
+        alpha = alpha * scale
+        bias = bias * scale + shift
+    relu = _is_relu(layer.activation)
+    activation = None if (relu or _is_linear(layer.activation)) else layer.activation
+    if isinstance(layer, BinConv2D):
+        ohwi = np.transpose(kernel, (3, 0, 1, 2))  # HWIO -> OHWI, packed along I
+        return _ExportBinConv2D(layer, pack_signs(ohwi), alpha, bias, relu, activation)
+    return _ExportBinDense(layer, pack_signs(kernel.T), alpha, bias, relu, activation)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def export_model(model, fold_batch_norm=True):
+    """The inference clone of `model` that the converter sees (binary layers as raw ops).
+
+    Args:
+        model: a built Keras Sequential or Functional model.
+        fold_batch_norm: fold eligible BatchNormalization layers into the preceding binary
+            layer's alpha/bias (see the module docstring).
+
+    Returns:
+        A new Keras model sharing no state with `model`; binary layers are replaced by export
+        twins, folded BatchNorm layers by a pass-through.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError("convert() expects a keras.Model, got %r" % type(model).__name__)
+    if not model.built:
+        raise ValueError(
+            "convert(): the model is not built; call it on data or build it with an input "
+            "shape first."
+        )
+    is_graph_model = isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+    if not is_graph_model:
+        raise ValueError(
+            "convert(): %s is a subclassed model; export needs a Sequential or Functional "
+            "model (its layer graph is what tells which BatchNorm can be folded). Rebuild it "
+            "with the functional API." % type(model).__name__
+        )
+    plan = _fold_plan(model) if fold_batch_norm else {}
+    folded = {id(bn) for bn in plan.values()}
+    problems = []
+
+    def clone_layer(layer):
+        if isinstance(layer, (BinConv2D, BinDense)):
+            reason = _exportable(layer)
+            if reason:
+                problems.append("%s (%s)" % (layer.name, reason))
+            else:
+                return _make_twin(layer, plan.get(id(layer)))
+        if id(layer) in folded:
+            return _FoldedAway(name=layer.name + "_folded")
+        config = layer.get_config()
+        clone = layer.__class__.from_config(config)
+        return clone
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    # Layers cloned from their config start with fresh weights: copy the trained ones (names
+    # are kept by from_config and by the twins).
+    sources = {layer.name: layer for layer in _all_layers(model)}
+    for target in _all_layers(clone):
+        if isinstance(target, (_ExportBinConv2D, _ExportBinDense, keras.Model)):
+            continue
+        source = sources.get(target.name)
+        if source is not None and source.weights:
+            target.set_weights(source.get_weights())
+    if problems:
+        import warnings  # noqa: PLC0415
+
+        warnings.warn(
+            "keras_xnor.tflite_export: these binary layers are exported as float simulation "
+            "(not bitpacked): " + ", ".join(problems),
+            stacklevel=3,
+        )
+    return clone
+
+
+def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None):
+    """Converts a Keras model to a .tflite flatbuffer with bitpacked binary layers.
+
+    Binary layers (``BinConv2D``, ``BinDense`` with sign quantizers) become the custom ops
+    ``KerasXnorBinConv2D`` / ``KerasXnorBinDense`` with int32-packed constant weights (about 32x
+    smaller than float); all other layers become TFLite builtins (run by XNNPACK). Run the
+    result with :class:`keras_xnor.tflite_export.Interpreter`, which loads the keras-xnor
+    delegate.
+
+    Args:
+        model: a built Sequential or Functional Keras model.
+        fold_batch_norm: fold a BatchNorm that directly and solely follows a binary layer into
+            its alpha/bias (module docstring).
+        batch_size: fixed batch dimension for the inputs, or None for a dynamic batch
+            (resize with ``interpreter.resize_tensor_input`` then ``allocate_tensors``).
+        input_shapes: optional list of full input shapes (with batch) overriding the model's.
+
+    Returns:
+        The .tflite flatbuffer as bytes.
+    """
+    clone = export_model(model, fold_batch_norm=fold_batch_norm)
+    inputs = tf.nest.flatten(clone.inputs)
+    if input_shapes is not None:
+        if len(input_shapes) != len(inputs):
+            raise ValueError(
+                "convert(): input_shapes has %d shapes for %d model inputs"
+                % (len(input_shapes), len(inputs))
+            )
+        shapes = [tuple(s) for s in input_shapes]
+    else:
+        shapes = [(batch_size,) + tuple(t.shape[1:]) for t in inputs]
+    if any(tuple(shape) != (None,) + tuple(t.shape[1:]) for shape, t in zip(shapes, inputs)):
+        new_inputs = [keras.Input(batch_shape=shape) for shape in shapes]
+        outputs = clone(new_inputs[0] if len(new_inputs) == 1 else new_inputs)
+        clone = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outputs)
+    # from_keras_model freezes the float weights into constants (from_concrete_functions would
+    # keep them as resource variables).
+    converter = tf.lite.TFLiteConverter.from_keras_model(clone)
+    converter.allow_custom_ops = True
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter's messages are long; keep ours first
+        raise RuntimeError(
+            "keras_xnor.tflite_export.convert: the TFLite converter failed: %s" % error
+        ) from error

@@ -1,0 +1,46 @@
+"""Command line: ``python -m keras_xnor.tflite_export MODEL.keras OUT.tflite``."""
+
+import argparse
+import os
+import sys
+
+
+def run(argv=None):
+    """Entry point (console script ``keras-xnor-export``). Returns the process exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_xnor.tflite_export",
+        description="Convert a Keras model with keras-xnor layers to a .tflite whose binary "
+        "layers are bitpacked custom ops (run it with keras_xnor.tflite_export.Interpreter).",
+    )
+    parser.add_argument("model", help="input Keras model (.keras)")
+    parser.add_argument("output", help="output .tflite path")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="fixed batch size (default: dynamic, resize at run time)")
+    parser.add_argument("--no_fold_batch_norm", action="store_true",
+                        help="keep BatchNorm layers that follow binary layers as builtins")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.model):
+        parser.error("model file %r does not exist" % args.model)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
+
+    import keras  # noqa: PLC0415 (slow imports after argument checks)
+
+    import keras_xnor  # noqa: F401,PLC0415 (registers the layers for deserialization)
+    from keras_xnor.tflite_export import convert  # noqa: PLC0415
+
+    try:
+        model = keras.saving.load_model(args.model)
+    except Exception as error:  # noqa: BLE001 (report any load failure plainly)
+        print("error: could not load %s: %s" % (args.model, error), file=sys.stderr)
+        return 2
+    data = convert(model, batch_size=args.batch_size,
+                   fold_batch_norm=not args.no_fold_batch_norm)
+    with open(args.output, "wb") as f:
+        f.write(data)
+    print("wrote %s (%d bytes)" % (args.output, len(data)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
