@@ -293,6 +293,17 @@ class _ScaledBinaryMixin:
             and ops.compiled_ops_available()
         )
 
+    def _disable_jit_if_compiled(self):
+        # The custom op has no XLA kernel: keep model.fit(jit_compile="auto") off XLA when
+        # this layer will run it (forced, or auto on a CPU-only machine with the library).
+        if self.implementation == "simulation" or self._check_compiled_possible():
+            return
+        if self.implementation == "compiled" or not tf.config.list_logical_devices("GPU"):
+            from keras_xnor import ops  # noqa: PLC0415
+
+            if self.implementation == "compiled" or ops.compiled_ops_available():
+                self.supports_jit = False
+
     def _relu_fused(self):
         return self.activation is keras.activations.relu
 
@@ -641,7 +652,7 @@ class BinConv2D(BWNConv2D):
                     "BinConv2D(implementation='compiled') is not possible: %s. Use "
                     "implementation='auto' or 'simulation'." % "; ".join(reasons)
                 )
-            self.supports_jit = False  # a custom op has no XLA kernel
+        self._disable_jit_if_compiled()
 
     def call(self, inputs):
         x = self._prepare_input(inputs)
@@ -903,7 +914,7 @@ class BinDense(BWNDense):
                     "BinDense(implementation='compiled') is not possible: %s. Use "
                     "implementation='auto' or 'simulation'." % "; ".join(reasons)
                 )
-            self.supports_jit = False
+        self._disable_jit_if_compiled()
 
     def call(self, inputs):
         x = self._prepare_input(inputs)

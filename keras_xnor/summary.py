@@ -3,7 +3,9 @@
 For each layer (nested models are expanded) :func:`summary` reports, **per sample**:
 
 * ``input_bits`` / ``weight_bits``: precision of the operands of the layer's multiply
-  (1 for sign quantizers, 32 for float; ``None`` for layers without a kernel).
+  (1 for sign quantizers, 32 for float; ``None`` for layers without a kernel). They come from
+  the layer's own quantizers: a ``QuantConv2D`` fed by a ``BinaryActivation`` counts as XNOR
+  only with ``input_quantizer="ste_sign"`` (a no-op on values that are already ±1).
 * ``binary_params``: 1-bit weights (latent kernels of binary layers; stored as sign bits).
   ``float_params``: every other weight (bias, learned alpha, BatchNorm statistics, float kernels).
   ``scale_params``: per-filter ``alpha = mean|W|`` values that are not weights during training
@@ -157,8 +159,6 @@ def _layer_summary(layer):
         scaling_ops=0,
         speedup=None,
     )
-    if isinstance(layer, xnor_layers.BinaryActivation):
-        row["input_bits"] = FLOAT_BITS
     if not isinstance(layer, _CONV_TYPES + _DENSE_TYPES) or not layer.built:
         return row
 

@@ -427,3 +427,154 @@ def test_implementation_auto_uses_simulation_without_library():
     layer(x)
     if not keras_xnor.ops.compiled_ops_available():
         assert not layer._use_compiled(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Property test against the NumPy reference
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 40), f=st.integers(1, 3),
+    kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.integers(1, 2),
+    padding=st.sampled_from(["same", "valid"]), seed=st.integers(0, 2**16),
+)
+def test_bin_conv2d_property_matches_numpy(h, w, c, f, kh, kw, stride, padding, seed):
+    if padding == "valid" and (h < kh or w < kw):
+        return  # no output position; rejected at build (tested separately)
+    rng = np.random.RandomState(seed)
+    x = rng.randn(2, h, w, c).astype(np.float32)
+    layer = keras_xnor.BinConv2D(f, (kh, kw), strides=stride, padding=padding,
+                                 implementation="simulation")
+    layer.build(x.shape)
+    _randomize(layer, seed + 1)
+    kern, bias = layer.get_weights()
+    ref, _ = np_xnor_conv(x, kern, bias, (stride, stride), padding, (1, 1))
+    np.testing.assert_allclose(layer(x).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled op path (keras_xnor.ops): same numbers and gradients as the simulation
+
+needs_ops = pytest.mark.skipif(
+    not keras_xnor.ops.compiled_ops_available(),
+    reason="compiled op library not built (make ops)",
+)
+
+
+def _twins(cls, *args, **kwargs):
+    compiled = cls(*args, implementation="compiled", **kwargs)
+    simulated = cls(*args, implementation="simulation", **kwargs)
+    return compiled, simulated
+
+
+def _forward_and_grads(layer, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    sources = [x] + list(layer.trainable_weights)
+    return y.numpy(), [g.numpy() for g in tape.gradient(loss, sources)]
+
+
+@needs_ops
+@pytest.mark.parametrize("h,w,c,f,kernel,strides,padding,dilation", CONV_CASES)
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+def test_compiled_bin_conv2d_matches_simulation(
+    h, w, c, f, kernel, strides, padding, dilation, activation
+):
+    x = np.random.RandomState(0).randn(2, h, w, c).astype(np.float32)
+    compiled, simulated = _twins(
+        keras_xnor.BinConv2D, f, kernel, strides=strides, padding=padding,
+        dilation_rate=dilation, activation=activation, kernel_scale="learned",
+    )
+    compiled.build(x.shape)
+    simulated.build(x.shape)
+    _randomize(compiled, 1)
+    simulated.set_weights(compiled.get_weights())
+    y_c, g_c = _forward_and_grads(compiled, x)
+    y_s, g_s = _forward_and_grads(simulated, x)
+    np.testing.assert_allclose(y_c, y_s, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+@pytest.mark.parametrize("h,w,c,f,kernel,strides,padding,dilation", CONV_CASES)
+def test_compiled_bin_conv2d_dot_is_bit_identical(h, w, c, f, kernel, strides, padding, dilation):
+    x = np.random.RandomState(5).randn(3, h, w, c).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0
+    compiled, simulated = _twins(
+        keras_xnor.BinConv2D, f, kernel, strides=strides, padding=padding,
+        dilation_rate=dilation, use_k=False, kernel_scale="none", use_bias=False,
+    )
+    compiled.build(x.shape)
+    simulated.build(x.shape)
+    _randomize(compiled, 2)
+    simulated.set_weights(compiled.get_weights())
+    np.testing.assert_array_equal(compiled(x).numpy(), simulated(x).numpy())
+
+
+@needs_ops
+@pytest.mark.parametrize("shape", [(4, 37), (3, 2, 70), (1, 1)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_compiled_bin_dense_matches_simulation(shape, activation):
+    x = np.random.RandomState(0).randn(*shape).astype(np.float32)
+    compiled, simulated = _twins(keras_xnor.BinDense, 5, activation=activation)
+    compiled.build(x.shape)
+    simulated.build(x.shape)
+    _randomize(compiled, 3)
+    simulated.set_weights(compiled.get_weights())
+    y_c, g_c = _forward_and_grads(compiled, x)
+    y_s, g_s = _forward_and_grads(simulated, x)
+    assert y_c.shape == shape[:-1] + (5,)
+    np.testing.assert_allclose(y_c, y_s, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+def test_auto_uses_compiled_op_on_cpu_and_disables_xla(monkeypatch):
+    calls = []
+    real = keras_xnor.ops.bin_conv2d
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras_xnor.ops, "bin_conv2d", spy)
+    layer = keras_xnor.BinConv2D(2, 3, activation="relu", padding="same")
+    layer(np.zeros((1, 4, 4, 3), np.float32))
+    assert len(calls) == 1 and calls[0]["relu"] is True and calls[0]["padding"] == "same"
+    assert layer.supports_jit is False
+    keras_xnor.BinConv2D(2, 3, activation="tanh", implementation="simulation")(
+        np.zeros((1, 4, 4, 3), np.float32)
+    )
+    keras_xnor.BinConv2D(2, 3, input_quantizer=quantizers.MeanAbsSign())(
+        np.zeros((1, 4, 4, 3), np.float32)
+    )
+    assert len(calls) == 1  # forced simulation / non-sign quantizer: no op
+
+
+def test_without_library_auto_simulates_and_compiled_raises(monkeypatch):
+    ops = keras_xnor.ops
+
+    def missing():
+        raise ops.CompiledOpsError("not built; run `make ops`")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("op called")
+
+    monkeypatch.setattr(ops, "compiled_ops_available", lambda: False)
+    monkeypatch.setattr(ops, "load_ops", missing)
+    monkeypatch.setattr(ops, "bin_conv2d", must_not_run)
+    monkeypatch.setattr(ops, "bin_dense", must_not_run)
+    x = np.random.RandomState(0).randn(1, 4, 4, 3).astype(np.float32)
+    keras_xnor.BinConv2D(2, 3)(x)
+    keras_xnor.BinDense(2)(x.reshape(1, -1))
+    with pytest.raises(ImportError, match="make ops"):
+        keras_xnor.BinConv2D(2, 3, implementation="compiled")(x)
