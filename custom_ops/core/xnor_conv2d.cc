@@ -131,8 +131,13 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
-  (void)parallel_for;
   switch (resolve_path(path)) {
+    case KernelPath::kAvx2:
+      internal::conv2d_avx2(args, parallel_for);
+      break;
+    case KernelPath::kPortable:
+      internal::conv2d_portable(args, parallel_for);
+      break;
     default:
       internal::conv2d_reference(args);
       break;
@@ -161,8 +166,13 @@ void xnor_dense(int batch, int in_features, int units, const float* input,
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
-  (void)parallel_for;
   switch (resolve_path(path)) {
+    case KernelPath::kAvx2:
+      internal::dense_avx2(args, parallel_for);
+      break;
+    case KernelPath::kPortable:
+      internal::dense_portable(args, parallel_for);
+      break;
     default:
       internal::dense_reference(args);
       break;

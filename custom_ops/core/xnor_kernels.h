@@ -8,6 +8,7 @@
 #ifndef KERAS_XNOR_CORE_XNOR_KERNELS_H_
 #define KERAS_XNOR_CORE_XNOR_KERNELS_H_
 
+#include <cstddef>
 #include <cstdint>
 
 #include "custom_ops/core/parallel.h"
@@ -42,6 +43,40 @@ struct DenseArgs {
 // The oracle: plain loops, no blocking, serial (ignores parallel_for).
 void conv2d_reference(const ConvArgs& args);
 void dense_reference(const DenseArgs& args);
+
+// Fast paths. The AVX2 ones live in *_avx2.cc files and may only be called after
+// kernel_path_available(KernelPath::kAvx2) returned true.
+void conv2d_portable(const ConvArgs& args, const ParallelFor& parallel_for);
+void dense_portable(const DenseArgs& args, const ParallelFor& parallel_for);
+void conv2d_avx2(const ConvArgs& args, const ParallelFor& parallel_for);
+void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
+
+// Sign-packs `pixels` rows of `in_c` floats (bitpack.h layout) and, when mean_abs is not null,
+// stores mean_c |x| of each row: the A of eq. 11 before the box filter.
+void pack_rows_portable(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
+                        float* mean_abs, const ParallelFor& parallel_for);
+void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
+                    float* mean_abs, const ParallelFor& parallel_for);
+
+// Work decomposition of a conv into independent tasks: `blocks` blocks of `block_pixels`
+// consecutive output pixels (flattened n, oh, ow) times `oc_chunks` chunks of `oc_chunk`
+// output channels. Task t covers block t / oc_chunks and chunk t % oc_chunks, so consecutive
+// tasks share a block (its im2col is built once per range). Depends only on the shape, never
+// on the thread count, so results are identical for any split.
+struct ConvTiling {
+  int block_pixels = 0;
+  std::int64_t blocks = 0;
+  int oc_chunk = 0;
+  int oc_chunks = 0;
+  std::int64_t tasks = 0;
+};
+ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_multiple);
+
+// Per-thread scratch memory, 64-byte aligned, reused across calls (grows, never shrinks):
+// `slot` names independent buffers (kScratch*). Contents are unspecified on return.
+enum ScratchSlot { kScratchPacked = 0, kScratchMeanAbs, kScratchPatches, kScratchMasks, kScratchTile,
+                   kScratchCount };
+void* thread_scratch(std::size_t bytes, int slot);
 
 }  // namespace internal
 }  // namespace keras_xnor

@@ -1,0 +1,40 @@
+// Popcount roofline: the best sustained rate of binary multiply-accumulates (bit-MACs; one
+// XOR + popcount of one bit pair = 1 op) that this CPU reaches with the same instruction mix
+// as the binary GEMM microkernels, operands in registers, no memory traffic. Benchmarks divide
+// a kernel's measured rate by it ("% of roofline"), measured in the same run on the same
+// machine, so clock and noisy neighbours affect both alike.
+//
+// AVX2 CPUs: 256-bit XOR, nibble-LUT popcount (vpshufb), byte accumulators (the kernels' loop).
+// Otherwise: 64-bit XOR + scalar popcount.
+//
+// This is the only code in the core that creates threads: it measures the machine, not a
+// kernel call, so it cannot use a caller's ParallelFor, and it must pin one busy loop per
+// thread for the whole measurement. Exported with C linkage so Python benchmarks can call it
+// through ctypes from the delegate library without TensorFlow.
+#ifndef KERAS_XNOR_CORE_ROOFLINE_H_
+#define KERAS_XNOR_CORE_ROOFLINE_H_
+
+extern "C" {
+
+// Runs the loop on `num_threads` threads (>= 1) for at least `min_seconds` in total and
+// returns the best observed bit-MACs per second summed over the threads.
+__attribute__((visibility("default"))) double keras_xnor_popcount_roofline(int num_threads,
+                                                                          double min_seconds);
+
+// auto_kernel_path_name(): "avx2" or "portable".
+__attribute__((visibility("default"))) const char* keras_xnor_core_kernel_path();
+
+}  // extern "C"
+
+namespace keras_xnor {
+namespace internal {
+
+// One thread's loop: runs `iterations` steps and returns the bit-MACs done; `sink` defeats
+// dead-code elimination.
+double roofline_loop_avx2(long long iterations, unsigned long long* sink);
+double roofline_loop_scalar(long long iterations, unsigned long long* sink);
+
+}  // namespace internal
+}  // namespace keras_xnor
+
+#endif  // KERAS_XNOR_CORE_ROOFLINE_H_

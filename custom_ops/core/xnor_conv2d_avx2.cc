@@ -1,0 +1,266 @@
+// AVX2 path of the binary conv: sign-pack + mean|x| pass, im2col of the packed input into
+// pixel-lane blocks, the xnor_gemm_*_avx2 microkernels, and the fused output stage
+//   out = (n_valid - 2 * popcount) * alpha[c] * K + bias[c]  (ReLU if asked).
+// SAME borders: padded taps get patch bits 0 and a 0 mask, so they add nothing to the
+// popcount, and n_valid counts only real taps: bit-exact with the float simulation.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "custom_ops/core/xnor_gemm_avx2.h"
+#include "custom_ops/core/xnor_kernels.h"
+
+namespace keras_xnor {
+namespace internal {
+namespace {
+
+constexpr int kBlock = 16;  // output pixels per im2col block (two 8-lane vectors)
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One block of up to 16 output pixels, im2col'ed.
+struct Block {
+  std::int64_t first = 0;  // first output pixel (flattened n, oh, ow)
+  int count = 0;           // real pixels in the block
+  bool border = false;     // some pixel has a padded tap: use masks
+  alignas(32) float k[kBlock];
+  alignas(32) std::int32_t n_valid[kBlock];
+};
+
+struct Geometry {
+  const Conv2DShape* s;
+  int in_words, taps, kw;
+  const std::uint32_t* bits;
+  const float* mean_abs;  // null without K
+};
+
+void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std::uint32_t* patches,
+                 std::uint32_t* masks, Block* b) {
+  const Conv2DShape& s = *g.s;
+  b->first = first;
+  b->count = static_cast<int>(std::min<std::int64_t>(kBlock, total - first));
+  const int span_h = (s.k_h - 1) * s.dilation_h, span_w = (s.k_w - 1) * s.dilation_w;
+  int ih0[kBlock], iw0[kBlock], img[kBlock];
+  bool border = false;
+  for (int j = 0; j < b->count; ++j) {
+    const std::int64_t p = first + j;
+    const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
+    img[j] = static_cast<int>(p / hw);
+    const int rem = static_cast<int>(p % hw);
+    ih0[j] = (rem / s.out_w) * s.stride_h - s.pad_top;
+    iw0[j] = (rem % s.out_w) * s.stride_w - s.pad_left;
+    border |= ih0[j] < 0 || iw0[j] < 0 || ih0[j] + span_h >= s.in_h || iw0[j] + span_w >= s.in_w;
+  }
+  b->border = border;
+  const int words = g.in_words;
+  for (int j = 0; j < kBlock; ++j) {
+    if (j >= b->count) {
+      for (int k = 0; k < g.kw; ++k) patches[k * kBlock + j] = 0;
+      if (border) for (int k = 0; k < g.kw; ++k) masks[k * kBlock + j] = 0;
+      b->k[j] = 0.0f;
+      b->n_valid[j] = 0;
+      continue;
+    }
+    float ksum = 0.0f;
+    int valid = 0;
+    int k = 0;
+    for (int i = 0; i < s.k_h; ++i) {
+      const int ih = ih0[j] + i * s.dilation_h;
+      const bool row_ok = ih >= 0 && ih < s.in_h;
+      for (int t = 0; t < s.k_w; ++t, k += words) {
+        const int iw = iw0[j] + t * s.dilation_w;
+        std::uint32_t* dst = patches + k * kBlock + j;
+        if (row_ok && iw >= 0 && iw < s.in_w) {
+          const std::int64_t pix = (static_cast<std::int64_t>(img[j]) * s.in_h + ih) * s.in_w + iw;
+          const std::uint32_t* src = g.bits + pix * words;
+          for (int q = 0; q < words; ++q) dst[q * kBlock] = src[q];
+          if (border) for (int q = 0; q < words; ++q) masks[(k + q) * kBlock + j] = ~0u;
+          if (g.mean_abs != nullptr) ksum += g.mean_abs[pix];
+          ++valid;
+        } else {
+          for (int q = 0; q < words; ++q) dst[q * kBlock] = 0;
+          for (int q = 0; q < words; ++q) masks[(k + q) * kBlock + j] = 0;
+        }
+      }
+    }
+    b->k[j] = g.mean_abs != nullptr ? ksum / static_cast<float>(g.taps) : 1.0f;
+    b->n_valid[j] = valid * s.in_c;
+  }
+}
+
+// Output stage for one tile: pops [nr][16] -> out rows of the block's pixels, channels
+// [oc0, oc0 + nr) clipped to out_c.
+template <int NR>
+void store_tile(const ConvArgs& a, const Block& b, int lanes, int oc0, const std::int32_t* pops) {
+  const int out_c = a.shape.out_c;
+  const int nr = std::min(NR, out_c - oc0);
+  alignas(32) float res[NR][kBlock];
+  const __m256 zero = _mm256_setzero_ps();
+  for (int v = 0; v < lanes / 8; ++v) {
+    const __m256i nv = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.n_valid + v * 8));
+    const __m256 kv = _mm256_load_ps(b.k + v * 8);
+    for (int j = 0; j < NR; ++j) {
+      const int c = oc0 + std::min(j, nr - 1);
+      const __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16 + v * 8));
+      const __m256i dot = _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
+      __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(a.alpha[c]));
+      if (a.use_k) r = _mm256_mul_ps(r, kv);
+      if (a.bias != nullptr) r = _mm256_add_ps(r, _mm256_set1_ps(a.bias[c]));
+      if (a.relu) r = _mm256_max_ps(r, zero);
+      _mm256_store_ps(res[j] + v * 8, r);
+    }
+  }
+  float* out = a.output + b.first * out_c + oc0;
+  if (NR == 4 && nr == 4) {
+    for (int v = 0; v < lanes / 8; ++v) {
+      const __m256 r0 = _mm256_load_ps(res[0] + v * 8), r1 = _mm256_load_ps(res[1] + v * 8);
+      const __m256 r2 = _mm256_load_ps(res[2 % NR] + v * 8), r3 = _mm256_load_ps(res[3 % NR] + v * 8);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+      const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                           _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+      // u[i] holds pixel i (low half) and pixel i + 4 (high half) of this vector.
+      for (int i = 0; i < 8; ++i) {
+        const int j = v * 8 + i;
+        if (j >= b.count) break;
+        const __m128 q = (i < 4) ? _mm256_castps256_ps128(u[i]) : _mm256_extractf128_ps(u[i - 4], 1);
+        _mm_storeu_ps(out + static_cast<std::int64_t>(j) * out_c, q);
+      }
+    }
+    return;
+  }
+  for (int j = 0; j < b.count; ++j) {
+    float* row = out + static_cast<std::int64_t>(j) * out_c;
+    for (int c = 0; c < nr; ++c) row[c] = res[c][j];
+  }
+}
+
+}  // namespace
+
+void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
+                    float* mean_abs, const ParallelFor& parallel_for) {
+  const int words = packed_words(in_c);
+  const int full = in_c / kBitsPerWord;
+  parallel_for(pixels, 2 * in_c, [&](std::int64_t begin, std::int64_t end) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (std::int64_t p = begin; p < end; ++p) {
+      const float* x = input + p * in_c;
+      PackedWord* out = bits + p * words;
+      __m256 acc = _mm256_setzero_ps();
+      for (int w = 0; w < full; ++w) {
+        const float* xw = x + w * kBitsPerWord;
+        std::uint32_t word = 0;
+        for (int q = 0; q < 4; ++q) {
+          const __m256 v = _mm256_loadu_ps(xw + q * 8);
+          // x < 0 (ordered): -0.0 and NaN give 0, i.e. sign +1.
+          word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
+                  << (q * 8);
+          acc = _mm256_add_ps(acc, _mm256_and_ps(v, abs_mask));
+        }
+        out[w] = static_cast<PackedWord>(word);
+      }
+      float tail_sum = 0.0f;
+      if (full < words) {
+        std::uint32_t word = 0;
+        for (int c = full * kBitsPerWord; c < in_c; ++c) {
+          word |= static_cast<std::uint32_t>(x[c] < 0.0f) << (c - full * kBitsPerWord);
+          tail_sum += std::fabs(x[c]);
+        }
+        out[full] = static_cast<PackedWord>(word);
+      }
+      if (mean_abs != nullptr) mean_abs[p] = (hsum(acc) + tail_sum) / static_cast<float>(in_c);
+    }
+  });
+}
+
+void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
+  const Conv2DShape& s = a.shape;
+  Geometry g;
+  g.s = &s;
+  g.in_words = packed_words(s.in_c);
+  g.taps = s.k_h * s.k_w;
+  g.kw = g.taps * g.in_words;
+  const std::int64_t in_pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
+  auto* bits = static_cast<std::uint32_t*>(
+      thread_scratch(static_cast<std::size_t>(in_pixels) * g.in_words * 4, kScratchPacked));
+  float* mean_abs = a.use_k ? static_cast<float*>(thread_scratch(
+                                  static_cast<std::size_t>(in_pixels) * 4, kScratchMeanAbs))
+                            : nullptr;
+  pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
+                 parallel_for);
+  g.bits = bits;
+  g.mean_abs = mean_abs;
+
+  const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
+  const ConvTiling tiling = plan_conv_tiling(s, kBlock, 8);
+  const std::int64_t cost = static_cast<std::int64_t>(kBlock) * tiling.oc_chunk * g.kw;
+  parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
+    const std::size_t block_bytes = static_cast<std::size_t>(g.kw) * kBlock * 4;
+    auto* patches = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchPatches));
+    auto* masks = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchMasks));
+    auto* pops = static_cast<std::int32_t*>(thread_scratch(8 * 16 * 4, kScratchTile));
+    Block block;
+    std::int64_t cached = -1;
+    const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+    for (std::int64_t t = begin; t < end; ++t) {
+      const std::int64_t bi = t / tiling.oc_chunks;
+      const int chunk = static_cast<int>(t % tiling.oc_chunks);
+      if (bi != cached) {
+        build_block(g, bi * kBlock, total, patches, masks, &block);
+        cached = bi;
+      }
+      const int oc_begin = chunk * tiling.oc_chunk;
+      const int oc_end = std::min(s.out_c, oc_begin + tiling.oc_chunk);
+      const std::uint32_t* m = block.border ? masks : nullptr;
+      if (block.count > 8) {
+        for (int oc = oc_begin; oc < oc_end; oc += 4) {
+          const std::uint32_t* w[4];
+          for (int j = 0; j < 4; ++j) {
+            w[j] = filter + static_cast<std::int64_t>(std::min(oc + j, s.out_c - 1)) * g.kw;
+          }
+          xnor_gemm_16x4_avx2(patches, m, g.kw, w, pops);
+          store_tile<4>(a, block, 16, oc, pops);
+        }
+      } else {
+        for (int oc = oc_begin; oc < oc_end; oc += 8) {
+          const std::uint32_t* w[8];
+          for (int j = 0; j < 8; ++j) {
+            w[j] = filter + static_cast<std::int64_t>(std::min(oc + j, s.out_c - 1)) * g.kw;
+          }
+          xnor_gemm_8x8_avx2(patches, m, g.kw, w, pops);
+          store_tile<8>(a, block, 8, oc, pops);
+        }
+      }
+    }
+  });
+}
+
+void dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
+  ConvArgs c;
+  c.shape.batch = a.batch;
+  c.shape.in_h = c.shape.in_w = 1;
+  c.shape.in_c = a.in_features;
+  c.shape.out_c = a.units;
+  c.shape.k_h = c.shape.k_w = 1;
+  c.shape.out_h = c.shape.out_w = 1;
+  c.input = a.input;
+  c.filter = a.filter;
+  c.alpha = a.alpha;
+  c.bias = a.bias;
+  c.use_k = a.use_k;
+  c.relu = a.relu;
+  c.output = a.output;
+  conv2d_avx2(c, parallel_for);
+}
+
+}  // namespace internal
+}  // namespace keras_xnor

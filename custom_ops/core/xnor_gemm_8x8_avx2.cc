@@ -1,0 +1,18 @@
+// 8 pixels x 8 output channels AVX2 binary GEMM microkernel (see xnor_gemm_avx2.h).
+#include "custom_ops/core/xnor_gemm_avx2.h"
+#include "custom_ops/core/xnor_gemm_tile_avx2.h"
+
+namespace keras_xnor {
+namespace internal {
+
+void xnor_gemm_8x8_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+                        const std::uint32_t* const* weights, std::int32_t* pops) {
+  if (masks != nullptr) {
+    gemm_tile_avx2<1, 8, true>(patches, masks, kw, weights, pops);
+  } else {
+    gemm_tile_avx2<1, 8, false>(patches, masks, kw, weights, pops);
+  }
+}
+
+}  // namespace internal
+}  // namespace keras_xnor
