@@ -285,11 +285,12 @@ def _zero_padded_conv(x, w, strides, padding, dilations):
     top, bottom = _explicit_pads(_dim(x, 1), k_h, strides[0], dilations[0], padding)
     left, right = _explicit_pads(_dim(x, 2), k_w, strides[1], dilations[1], padding)
     x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    # tf.nn.convolution (not conv2d): its dilated path has a CPU gradient. It rejects
+    # stride > 1 together with dilation > 1, so such convs run at stride 1 and subsample.
     if max(dilations) > 1 and max(strides) > 1:
-        # Some TF kernels reject stride > 1 together with dilation > 1: subsample instead.
-        y = tf.nn.conv2d(x, w, strides=1, padding="VALID", dilations=list(dilations))
+        y = tf.nn.convolution(x, w, strides=1, padding="VALID", dilations=list(dilations))
         return y[:, :: strides[0], :: strides[1], :]
-    return tf.nn.conv2d(
+    return tf.nn.convolution(
         x, w, strides=list(strides), padding="VALID", dilations=list(dilations)
     )
 
