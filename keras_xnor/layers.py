@@ -258,8 +258,6 @@ class _ScaledBinaryMixin:
             reasons.append("input_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
         if not quantizers.is_sign_kind(self.kernel_quantizer):
             reasons.append("kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
-        if getattr(self, "groups", 1) != 1:
-            reasons.append("groups must be 1")
         return reasons
 
     def _use_compiled(self, inputs):
@@ -579,7 +577,7 @@ class BinConv2D(BWNConv2D):
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, groups == 1, the dtype is float32 and the layer runs on CPU; otherwise the
+    quantizers, the dtype is float32 and the layer runs on CPU; otherwise the
     float simulation (an ordinary conv of ±1 tensors, then the scales). ``"simulation"`` and
     ``"compiled"`` force a path. Both give the same result (the dot products exactly) and the
     same gradients. The op fuses ReLU only; other activations run after it.
@@ -644,6 +642,13 @@ class BinConv2D(BWNConv2D):
             **kwargs,
         )
         self.use_k = bool(use_k)
+        if self.groups != 1:
+            raise ValueError(
+                "BinConv2D supports groups=1 only (eq. 11's K map averages |I| over all input "
+                "channels), got groups=%d. For grouped binary convolutions use BWNConv2D or "
+                "QuantConv2D(input_quantizer='ste_sign', kernel_quantizer='mean_abs_sign')."
+                % self.groups
+            )
         self.implementation = _implementation(implementation, type(self).__name__)
         if self.implementation == "compiled":
             reasons = self._check_compiled_possible()

@@ -364,8 +364,9 @@ def get(identifier):
         if not callable(obj):
             raise ValueError("Quantizer config %r did not deserialize to a callable." % (identifier,))
         return obj
-    if identifier in _FUNCTIONS:
-        return _FUNCTIONS[identifier]()
+    for function, cls in _FUNCTIONS.items():
+        if identifier is function:
+            return cls()
     if callable(identifier):
         return identifier
     raise ValueError(

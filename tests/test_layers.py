@@ -130,6 +130,25 @@ def test_quant_conv2d_without_quantizers_equals_keras_conv2d():
     np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_grouped_quant_and_bwn_conv2d():
+    x = np.random.RandomState(0).randn(2, 6, 6, 4).astype(np.float32)
+    ours = keras_xnor.QuantConv2D(6, 3, groups=2)
+    ref = keras.layers.Conv2D(6, 3, groups=2)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    _randomize(ours, 5)
+    ref.set_weights(ours.get_weights())
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-6)
+    bwn = keras_xnor.BWNConv2D(6, 3, groups=2, use_bias=False)
+    bwn.build(x.shape)
+    (kern,) = bwn.get_weights()
+    assert kern.shape == (3, 3, 2, 6)
+    ref = keras.layers.Conv2D(6, 3, groups=2, use_bias=False)
+    ref.build(x.shape)
+    ref.set_weights([_sign(kern) * np.abs(kern).reshape(-1, 6).mean(0)])
+    np.testing.assert_allclose(bwn(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_quant_conv2d_with_quantizers():
     x = np.random.RandomState(0).randn(2, 6, 6, 3).astype(np.float32)
     layer = keras_xnor.QuantConv2D(
@@ -403,6 +422,8 @@ def test_binary_layers_clip_latent_weights_by_default():
             "sign quantizer",
         ),
         (lambda: keras_xnor.BinaryActivation(quantizer=None), "ste_sign"),
+        (lambda: keras_xnor.BinConv2D(4, 3, groups=2), "BWNConv2D"),
+        (lambda: keras_xnor.QuantConv2D(4, 3, groups=3), "divisible"),
     ],
 )
 def test_bad_arguments_raise_value_error_saying_what_to_do(make, match):
@@ -419,6 +440,17 @@ def test_too_small_input_for_valid_padding():
     layer = keras_xnor.BinConv2D(2, 5)
     with pytest.raises(ValueError, match="padding='same'"):
         layer(np.zeros((1, 3, 3, 2), np.float32))
+
+
+def test_package_exports():
+    for name in ("BinConv2D", "BinDense", "BWNConv2D", "BWNDense", "QuantConv2D", "QuantDense",
+                 "BinaryActivation", "summary", "quantizers", "constraints", "spec", "ops",
+                 "models", "__version__"):
+        assert hasattr(keras_xnor, name), name
+        assert name in dir(keras_xnor)
+    assert callable(keras_xnor.ops.compiled_ops_available)
+    with pytest.raises(AttributeError):
+        keras_xnor.no_such_thing  # noqa: B018
 
 
 def test_implementation_auto_uses_simulation_without_library():
