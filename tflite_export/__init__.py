@@ -26,3 +26,7 @@ __all__ = [
     "load_delegate",
     "HOW_TO_LOAD",
 ]
+
+from keras_xnor.tflite_export._inspect import builtin_op_names, custom_ops  # noqa: E402
+
+__all__ += ["custom_ops", "builtin_op_names"]

@@ -1,0 +1,200 @@
+"""Keras vs TFLite + keras-xnor delegate: the exported model computes what the Keras model does.
+
+Every binary layer type (BinConv2D SAME / VALID / stride 2 / non-square kernel, BinDense, fused
+ReLU, BN after a binary conv and dense to exercise folding), batch > 1, 1 and 2 threads, and
+inputs resized after allocation. The integer path (no scales, no bias) is compared bit-exactly.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+import keras_xnor  # noqa: E402
+from keras_xnor import tflite_export  # noqa: E402
+from keras_xnor.tflite_export import Interpreter, builtin_op_names, convert, custom_ops  # noqa: E402
+
+
+def _randomize_batch_norms(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2.0, n), rng.normal(0, 0.3, n), rng.normal(0, 0.3, n),
+                 rng.uniform(0.5, 2.0, n)]
+            )
+
+
+def _all_kinds_model(rng):
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras_xnor.BinConv2D(40, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)  # folded into the conv above
+    x = keras.layers.ReLU()(x)
+    x = keras_xnor.BinConv2D(33, 3, strides=2, padding="valid", activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)  # after a ReLU: not folded
+    x = keras_xnor.BinConv2D(16, (3, 2), strides=2, padding="same", kernel_scale="none",
+                             use_k=False)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras_xnor.BinDense(70, kernel_scale="learned")(x)
+    x = keras.layers.BatchNormalization()(x)  # folded into the dense above
+    x = keras.layers.Dense(10)(x)
+    model = keras.Model(inp, x)
+    _randomize_batch_norms(model, rng)
+    return model
+
+
+@pytest.fixture(scope="module")
+def all_kinds():
+    rng = np.random.default_rng(0)
+    model = _all_kinds_model(rng)
+    return model, convert(model)
+
+
+def _run(interpreter, x):
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_keras_and_tflite_agree_with_resizes(all_kinds, num_threads):
+    model, data = all_kinds
+    rng = np.random.default_rng(num_threads)
+    interpreter = Interpreter(model_content=data, num_threads=num_threads)
+    # Batch > 1, then a different batch and spatial size on the same interpreter.
+    for shape in [(3, 13, 11, 3), (1, 9, 16, 3), (4, 13, 11, 3)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        expected = model(x, training=False).numpy()
+        got = _run(interpreter, x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_binary_layers_are_custom_ops_and_bn_is_folded(all_kinds):
+    _, data = all_kinds
+    names = builtin_op_names(data)
+    assert names.count("KerasXnorBinConv2D") == 3
+    assert names.count("KerasXnorBinDense") == 1
+    # BN -> MUL + ADD when not folded. Left: the one after the ReLU'd conv and the one before
+    # the dense (the converter folds the BN after the float conv itself).
+    assert names.count("MUL") == 2 and names.count("ADD") == 2, names
+    ops = custom_ops(data)
+    # Folded BN: alpha and bias of the first conv carry the BN's scale and shift.
+    first = ops[0]
+    assert first["options"]["padding"] == "SAME"
+    assert first["inputs"][0] is None  # run-time input
+    assert first["inputs"][1].dtype == np.int32 and first["inputs"][1].shape == (40, 3, 3, 1)
+
+
+def _integer_model():
+    inp = keras.Input((9, 7, 37))
+    a = keras_xnor.BinConv2D(5, 3, padding="same", kernel_scale="none", use_k=False,
+                             use_bias=False)(inp)
+    b = keras_xnor.BinConv2D(6, 3, strides=2, padding="valid", kernel_scale="none", use_k=False,
+                             use_bias=False)(inp)
+    c = keras_xnor.BinConv2D(7, (2, 3), strides=2, padding="same", kernel_scale="none",
+                             use_k=False, use_bias=False)(inp)
+    d = keras_xnor.BinDense(65, kernel_scale="none", use_k=False, use_bias=False)(
+        keras.layers.Flatten()(inp))
+    return keras.Model(inp, [a, b, c, d])
+
+
+def test_integer_path_is_bit_exact():
+    model = _integer_model()
+    data = convert(model)
+    x = np.random.default_rng(5).standard_normal((2, 9, 7, 37)).astype(np.float32)
+    x[0, 0, 0, :5] = 0.0  # sign(0) = +1 on both sides
+    expected = [y.numpy() for y in model(x, training=False)]
+    interpreter = Interpreter(model_content=data, num_threads=2)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    outputs = {tuple(d["shape"]): interpreter.get_tensor(d["index"])
+               for d in interpreter.get_output_details()}
+    for want in expected:
+        got = outputs[want.shape]
+        assert np.array_equal(got, want), np.abs(got - want).max()
+        assert np.array_equal(got, np.round(got))  # integer dot products
+
+
+def test_packed_weights_are_constants_and_32x_smaller():
+    inp = keras.Input((8, 8, 256))
+    x = keras_xnor.BinConv2D(256, 3, padding="same")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras_xnor.BinDense(512)(x))
+    data = convert(model)
+    float_bytes = 4 * (3 * 3 * 256 * 256 + 256 * 512)
+    assert len(data) < float_bytes / 25, (len(data), float_bytes)
+    conv, dense = custom_ops(data)
+    kernel = np.asarray(model.layers[1].kernel)
+    expected = tflite_export.pack_signs(np.transpose(kernel, (3, 0, 1, 2)))
+    np.testing.assert_array_equal(conv["inputs"][1], expected)
+    np.testing.assert_allclose(conv["inputs"][2], np.mean(np.abs(kernel), axis=(0, 1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(
+        dense["inputs"][1], tflite_export.pack_signs(np.asarray(model.layers[3].kernel).T))
+    assert "PackBits" not in " ".join(builtin_op_names(data))
+
+
+def test_pack_signs_layout():
+    values = np.zeros((2, 40), np.float32)
+    values[0, [0, 31, 32, 39]] = -1.0
+    values[1, :] = -0.0  # -0.0 is +1: no bits
+    values[1, 5] = np.nan  # NaN is +1
+    packed = tflite_export.pack_signs(values)
+    assert packed.dtype == np.int32 and packed.shape == (2, 2)
+    assert packed[0, 0] == np.int32(np.uint32(1 | 1 << 31).view(np.int32))
+    assert packed[0, 1] == (1 | 1 << 7)
+    assert packed[1].tolist() == [0, 0]
+
+
+def test_subclassed_model_is_refused_clearly():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras_xnor.BinConv2D(4, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Sub()
+    model(np.zeros((1, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="functional"):
+        convert(model)
+
+
+def test_cli_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    inp = keras.Input((6, 6, 4))
+    x = keras_xnor.BinConv2D(8, 3, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+    _randomize_batch_norms(model, rng)
+    path = str(tmp_path / "m.keras")
+    out = str(tmp_path / "m.tflite")
+    model.save(path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_xnor.tflite_export", path, out],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    x = rng.standard_normal((2, 6, 6, 4)).astype(np.float32)
+    got = _run(Interpreter(model_path=out), x)
+    np.testing.assert_allclose(got, model(x, training=False).numpy(), rtol=1e-4, atol=1e-4)
+    from keras_xnor.tflite_export import cli  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run([str(tmp_path / "missing.keras"), out])
+    assert exit_info.value.code != 0
