@@ -58,7 +58,7 @@ class _Builder:
     """Creates the layers of one network of one kind with consistent naming and options."""
 
     def __init__(self, kind, block_order, kernel_scale, use_k, weight_decay=None,
-                 implementation=None):
+                 implementation=None, synchronized_batchnorm=False):
         if kind not in KINDS:
             raise ValueError("kind must be one of %s, got %r" % (KINDS, kind))
         if block_order not in BLOCK_ORDERS:
@@ -75,6 +75,7 @@ class _Builder:
         self.use_k = use_k
         self.regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
         self.implementation = implementation
+        self.synchronized_batchnorm = bool(synchronized_batchnorm)
 
     def _binary_options(self):
         options = dict(kernel_scale=self.kernel_scale)
@@ -85,7 +86,8 @@ class _Builder:
     # -- single layers -------------------------------------------------------------------
 
     def bn(self, name):
-        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=name)
+        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=name,
+                                               synchronized=self.synchronized_batchnorm)
 
     def float_conv(self, filters, kernel_size, strides, padding, name, use_bias=False):
         return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
@@ -180,7 +182,8 @@ def _check_common(num_classes, input_shape):
 
 def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
             block_order="BACP", use_k=True, classifier_activation="softmax",
-            weight_decay=None, implementation=None, name=None):
+            weight_decay=None, implementation=None, synchronized_batchnorm=False,
+            name=None):
     """AlexNet as trained in the XNOR-Net paper (BatchNorm, no LRN, no dropout).
 
     Layout (224x224 input; the feature map sizes match the original 55-27-13-6)::
@@ -208,13 +211,17 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
         weight_decay: optional L2 factor on the full-precision kernels.
         implementation: xnor layers' ``implementation`` ("auto", "simulation" or
             "compiled"; default: the layers' default, "auto").
+        synchronized_batchnorm: BatchNorm statistics over the global batch of all
+            replicas of a tf.distribute strategy (keeps the moving averages identical on
+            every worker); no effect without a strategy.
         name: model name (default "<kind>_alexnet").
 
     Returns:
         An uncompiled ``keras.Model``.
     """
     _check_common(num_classes, input_shape)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
+                 synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)  # 224 -> 55 as in the paper
     x = b.stem(x, b.float_conv(96, 11, 4, "valid", "conv1"),
@@ -235,7 +242,8 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
 
 def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
              block_order="BACP", use_k=True, classifier_activation="softmax",
-             weight_decay=None, implementation=None, name=None):
+             weight_decay=None, implementation=None, synchronized_batchnorm=False,
+            name=None):
     """ResNet-18 (He et al. 2016) with binary 3x3 convolutions, as in the XNOR-Net paper.
 
     Stem: 7x7/2 conv, 64 (float) -> BN -> ReLU -> 3x3/2 max-pool. Then four stages of two
@@ -261,7 +269,8 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
         An uncompiled ``keras.Model``.
     """
     _check_common(num_classes, input_shape)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
+                 synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = b.stem(inputs, b.float_conv(64, 7, 2, "same", "conv1"),
                keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1"))
@@ -301,7 +310,8 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
 
 def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="mean_abs",
           block_order="BACP", use_k=True, classifier_activation="softmax",
-          weight_decay=None, width=1, implementation=None, name=None):
+          weight_decay=None, width=1, implementation=None, synchronized_batchnorm=False,
+            name=None):
     """A small XNOR/BWN/float net for 28x28 inputs (Fashion-MNIST, MNIST).
 
     Layout (channel counts times ``width``; multiples of 32 so the binary layers pack
@@ -323,7 +333,8 @@ def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="me
     if int(width) != width or width < 1:
         raise ValueError("width must be a positive integer, got %r" % (width,))
     w = int(width)
-    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation)
+    b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
+                 synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = b.stem(inputs, b.float_conv(32 * w, 3, 1, "same", "conv1"),
                keras.layers.MaxPooling2D(2, name="pool1"))

@@ -94,7 +94,7 @@ def main(argv):
     strategy = trainer.make_strategy(config.strategy)
     try:
         trainer.train(config, strategy=strategy)
-    except (datasets.DataNotFoundError, datasets.CorruptDataError, ValueError) as e:
+    except (datasets.DataNotFoundError, datasets.CorruptDataError, trainer.ConfigError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     return 0

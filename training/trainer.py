@@ -41,6 +41,10 @@ LATEST = "latest.json"
 CRASH_EXIT_CODE = 75
 
 
+class ConfigError(ValueError):
+    """A bad combination of settings; the message says what to change."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Settings of one run; the CLI flags map one-to-one onto these fields.
@@ -106,6 +110,34 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------
 
 
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with the ``reduce`` that Keras 3's ``fit`` expects.
+
+    Keras 3 calls ``strategy.reduce`` in two ways the multi-worker strategy rejects
+    (keras-team/keras#20585): on the (x, y) tuple of the first batch, to learn the input
+    shapes, and with ``axis=0`` on the scalar loss and metrics of each step. This reduces
+    each element of a nested value separately and treats ``axis`` on a scalar as a plain
+    cross-replica mean, which is what the single-worker strategies do.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super(_MultiWorkerMirroredStrategy, self)
+
+        def reduce_one(v):
+            if axis is not None and _rank(v) == 0:
+                return parent.reduce(reduce_op, v, axis=None)
+            return parent.reduce(reduce_op, v, axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _rank(value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = value.values[0] if hasattr(value, "values") else value
+    shape = getattr(value, "shape", None)
+    return None if shape is None else shape.rank
+
+
 def make_strategy(name):
     """The ``tf.distribute`` strategy called ``name`` (see TrainConfig.strategy).
 
@@ -117,13 +149,13 @@ def make_strategy(name):
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError(
+            raise ConfigError(
                 "--strategy=multi_worker needs the cluster in the TF_CONFIG environment "
                 "variable, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
                 "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' on the "
                 "first machine (index 1 on the second).")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError("unknown strategy %r; known: %s" % (name, ", ".join(STRATEGIES)))
+        return _MultiWorkerMirroredStrategy()
+    raise ConfigError("unknown strategy %r; known: %s" % (name, ", ".join(STRATEGIES)))
 
 
 def _worker_role(strategy):
@@ -281,36 +313,37 @@ def _read_history(path):
 
 def _validate(config):
     if config.model not in models.NAMES or config.model in ("small", "alexnet", "resnet18"):
-        raise ValueError("unknown --model %r; choose one of: %s" % (
+        raise ConfigError("unknown --model %r; choose one of: %s" % (
             config.model, ", ".join(n for n in models.NAMES if "_" in n)))
     if config.dataset not in datasets.DATASETS:
-        raise ValueError("unknown --dataset %r; choose one of: %s"
+        raise ConfigError("unknown --dataset %r; choose one of: %s"
                          % (config.dataset, ", ".join(datasets.DATASETS)))
     if config.strategy not in STRATEGIES:
-        raise ValueError("unknown --strategy %r; choose one of: %s"
+        raise ConfigError("unknown --strategy %r; choose one of: %s"
                          % (config.strategy, ", ".join(STRATEGIES)))
     for field in ("epochs", "batch_size", "steps_per_epoch", "max_train_examples",
                   "max_test_examples", "crash_after_epoch"):
         value = getattr(config, field)
         if value is not None and int(value) <= 0:
-            raise ValueError("--%s must be positive, got %r" % (field, value))
+            raise ConfigError("--%s must be positive, got %r" % (field, value))
     if not config.output_dir:
-        raise ValueError("--output_dir is required")
+        raise ConfigError("--output_dir is required")
     if "small" in config.model and config.dataset != "fashion_mnist":
-        raise ValueError("the small nets take 28x28 inputs; use --dataset=fashion_mnist")
+        raise ConfigError("the small nets take 28x28 inputs; use --dataset=fashion_mnist")
     if "small" not in config.model and config.dataset == "fashion_mnist":
-        raise ValueError("%s is an ImageNet network (224x224); use --dataset=imagenet2012 or "
+        raise ConfigError("%s is an ImageNet network (224x224); use --dataset=imagenet2012 or "
                          "a *_small model for Fashion-MNIST" % config.model)
 
 
-def _model_kwargs(config, info, recipe):
+def _model_kwargs(config, info, recipe, num_replicas=1):
     kwargs = dict(num_classes=info["num_classes"], input_shape=info["input_shape"],
                   kernel_scale=config.kernel_scale, block_order=config.block_order,
-                  weight_decay=recipe.weight_decay)
+                  weight_decay=recipe.weight_decay,
+                  synchronized_batchnorm=num_replicas > 1)
     if config.model.startswith("xnor"):
         kwargs["use_k"] = config.use_k
     elif not config.use_k:
-        raise ValueError("--nouse_k applies to xnor models only")
+        raise ConfigError("--nouse_k applies to xnor models only")
     if "small" in config.model:
         kwargs["width"] = config.width
     if config.implementation != "auto":
@@ -327,7 +360,7 @@ def _prepare_output_dir(config, write_dir, is_chief):
     if not stale:
         return
     if not config.overwrite:
-        raise ValueError(
+        raise ConfigError(
             "%s already holds a run (%s). Pass --resume to continue it, --overwrite to "
             "start over, or choose another --output_dir." % (config.output_dir, ", ".join(stale)))
     for p in stale:
@@ -382,10 +415,10 @@ def train(config=None, strategy=None, **overrides):
         count = info["train_examples"]
         steps_per_epoch = (count // batch_size) if repeat_train else math.ceil(count / batch_size)
         if steps_per_epoch == 0:
-            raise ValueError("batch_size %d exceeds the %d training examples"
+            raise ConfigError("batch_size %d exceeds the %d training examples"
                              % (batch_size, count))
     else:
-        raise ValueError("the size of the training split is unknown; pass --steps_per_epoch")
+        raise ConfigError("the size of the training split is unknown; pass --steps_per_epoch")
     test_steps = None
     if num_workers > 1 and info.get("test_examples"):
         # Equal, full test batches on every worker (a partial last batch could differ).
@@ -403,7 +436,8 @@ def train(config=None, strategy=None, **overrides):
             if config.resume:
                 print("--resume: no checkpoint in %s, starting from scratch."
                       % config.output_dir, flush=True)
-            model = models.get(config.model, **_model_kwargs(config, info, recipe))
+            model = models.get(config.model, **_model_kwargs(
+                config, info, recipe, strategy.num_replicas_in_sync))
             metrics = ["accuracy"]
             if info["num_classes"] > 10:
                 metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
