@@ -1,0 +1,137 @@
+"""The compiled ops under the real layers: BinConv2D / BinDense with implementation="compiled"
+against the same layers with implementation="simulation" (the float oracle).
+
+Forward: bit-exact where the maths is integer (no scales), float stage within 1e-5 relative.
+Backward: the compiled path differentiates the simulation, so gradients agree to rounding.
+Training: model.fit with tf.function (Keras' jit_compile="auto" is off on CPU) follows the
+simulation's loss curve.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_xnor
+from keras_xnor import ops
+
+pytestmark = pytest.mark.skipif(
+    not ops.compiled_ops_available(), reason="compiled ops not built (run `make ops`)"
+)
+
+
+def twin_layers(cls, input_shape, **kwargs):
+    compiled = cls(implementation="compiled", **kwargs)
+    simulated = cls(implementation="simulation", **kwargs)
+    compiled.build(input_shape)
+    simulated.build(input_shape)
+    rng = np.random.default_rng(0)
+    weights = [rng.uniform(-1, 1, w.shape).astype(np.float32) for w in compiled.get_weights()]
+    compiled.set_weights(weights)
+    simulated.set_weights(weights)
+    return compiled, simulated
+
+
+def input_batch(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 0.8).astype(np.float32)
+    x[rng.random(shape) < 0.05] = 0.0
+    return tf.constant(x)
+
+
+def run(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * y) / 2
+    return y, tape.gradient(loss, [x] + layer.trainable_weights)
+
+
+CONV_CASES = [
+    dict(filters=8, kernel_size=3, padding="same"),
+    dict(filters=5, kernel_size=(5, 3), strides=2, padding="valid", use_bias=False),
+    dict(filters=7, kernel_size=3, dilation_rate=2, padding="same", activation="relu"),
+    dict(filters=6, kernel_size=1, kernel_scale="learned", use_k=False),
+    dict(filters=4, kernel_size=3, strides=(2, 1), kernel_scale="none", padding="same"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONV_CASES)
+@pytest.mark.parametrize("channels", [1, 33, 70])
+def test_bin_conv2d_layer_compiled_equals_simulation(kwargs, channels):
+    shape = (2, 11, 10, channels)
+    compiled, simulated = twin_layers(keras_xnor.BinConv2D, shape, **kwargs)
+    x = input_batch(shape)
+    y_c, g_c = run(compiled, x)
+    y_s, g_s = run(simulated, x)
+    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bin_conv2d_layer_integer_path_is_bit_exact():
+    kwargs = dict(filters=9, kernel_size=3, padding="same", kernel_scale="none", use_k=False,
+                  use_bias=False)
+    shape = (3, 9, 7, 45)
+    compiled, simulated = twin_layers(keras_xnor.BinConv2D, shape, **kwargs)
+    x = input_batch(shape, seed=5)
+    np.testing.assert_array_equal(compiled(x).numpy(), simulated(x).numpy())
+
+
+@pytest.mark.parametrize("input_shape", [(3, 70), (2, 4, 33)])
+@pytest.mark.parametrize("kwargs", [dict(units=10), dict(units=3, use_k=False,
+                                                          activation="relu", use_bias=False)])
+def test_bin_dense_layer_compiled_equals_simulation(input_shape, kwargs):
+    compiled, simulated = twin_layers(keras_xnor.BinDense, input_shape, **kwargs)
+    x = input_batch(input_shape)
+    y_c, g_c = run(compiled, x)
+    y_s, g_s = run(simulated, x)
+    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def small_model(implementation):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((12, 12, 3)),
+        keras.layers.Conv2D(16, 3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras_xnor.BinConv2D(32, 3, padding="same", implementation=implementation),
+        keras.layers.MaxPooling2D(),
+        keras.layers.BatchNormalization(),
+        keras_xnor.BinConv2D(32, 3, strides=2, implementation=implementation),
+        keras.layers.Flatten(),
+        keras.layers.BatchNormalization(),
+        keras_xnor.BinDense(16, implementation=implementation),
+        keras.layers.Dense(4),
+    ])
+
+
+@pytest.mark.parametrize("jit_compile", ["auto", False])
+def test_model_fit_with_compiled_ops_follows_simulation(jit_compile):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 12, 12, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    histories = {}
+    for implementation in ("compiled", "simulation"):
+        model = small_model(implementation)
+        model.compile(optimizer=keras.optimizers.SGD(0.05),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit_compile)
+        history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+        assert model.jit_compile is False  # no XLA on a CPU-only machine / custom op
+        histories[implementation] = history.history["loss"]
+    assert all(np.isfinite(histories["compiled"]))
+    assert histories["compiled"][-1] < histories["compiled"][0]
+    np.testing.assert_allclose(histories["compiled"], histories["simulation"], rtol=2e-3)
+
+
+def test_auto_implementation_trains_even_when_xla_is_requested():
+    # The op has no XLA kernel: layers that will run it must opt the model out of XLA.
+    model = small_model("auto")
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    x = np.random.default_rng(1).standard_normal((16, 12, 12, 3)).astype(np.float32)
+    history = model.fit(x, np.zeros((16, 4), np.float32), batch_size=8, verbose=0)
+    assert model.jit_compile is False
+    assert np.isfinite(history.history["loss"][0])
