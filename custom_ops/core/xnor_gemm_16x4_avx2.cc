@@ -8,9 +8,9 @@ namespace internal {
 void xnor_gemm_16x4_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
                          const std::uint32_t* const* weights, std::int32_t* pops) {
   if (masks != nullptr) {
-    gemm_tile_avx2<2, 4, true>(patches, masks, kw, weights, pops);
+    gemm_tile_16x4<true>(patches, masks, kw, weights, pops);
   } else {
-    gemm_tile_avx2<2, 4, false>(patches, masks, kw, weights, pops);
+    gemm_tile_16x4<false>(patches, masks, kw, weights, pops);
   }
 }
 

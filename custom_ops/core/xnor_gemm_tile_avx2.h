@@ -2,6 +2,10 @@
 // Include ONLY from *_avx2.cc files: it is compiled with AVX2 enabled, and its definitions are
 // in an anonymous namespace so no AVX2 code can leak into a baseline translation unit through
 // the linker's choice of an inline copy. See xnor_gemm_avx2.h for the layouts.
+//
+// The k step is written in inline assembly: it needs 15 of the 16 ymm registers (8 byte
+// accumulators, LUT, nibble mask, 2 patch vectors, broadcast weight, 2 temporaries), and GCC's
+// scheduler spilled accumulators to the stack when given the intrinsics.
 #ifndef KERAS_XNOR_CORE_XNOR_GEMM_TILE_AVX2_H_
 #define KERAS_XNOR_CORE_XNOR_GEMM_TILE_AVX2_H_
 
@@ -14,55 +18,157 @@ namespace keras_xnor {
 namespace internal {
 namespace {
 
-template <int MV, int NR, bool kMasked>
-inline void gemm_tile_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+// acc += bytewise popcount(a XOR w [AND mask]).
+#define KX_XOR_POP_ACC(a, acc, mask)       \
+  "vpxor " a ", %[w], %[t1]\n\t"           \
+  mask                                     \
+  "vpand %[low], %[t1], %[t2]\n\t"         \
+  "vpsrlw $4, %[t1], %[t1]\n\t"            \
+  "vpand %[low], %[t1], %[t1]\n\t"         \
+  "vpshufb %[t2], %[lut], %[t2]\n\t"       \
+  "vpshufb %[t1], %[lut], %[t1]\n\t"       \
+  "vpaddb %[t1], %[t2], %[t2]\n\t"         \
+  "vpaddb %[t2], " acc ", " acc "\n\t"
+#define KX_MASK0 "vpand (%[m]), %[t1], %[t1]\n\t"
+#define KX_MASK1 "vpand 32(%[m]), %[t1], %[t1]\n\t"
+
+inline __m256i widen_bytes_to_int32(__m256i acc) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(acc, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+}
+
+inline void store_or_add(std::int32_t* dst, __m256i v, bool first) {
+  __m256i* p = reinterpret_cast<__m256i*>(dst);
+  _mm256_store_si256(p, first ? v : _mm256_add_epi32(_mm256_load_si256(p), v));
+}
+
+// 16 pixels (2 vectors) x 4 channels.
+template <bool kMasked>
+inline void gemm_tile_16x4(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
                            const std::uint32_t* const* weights, std::int32_t* pops) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
-  const std::uint32_t* w[NR];
-  for (int j = 0; j < NR; ++j) w[j] = weights[j];
+  const std::uint32_t *w0 = weights[0], *w1 = weights[1], *w2 = weights[2], *w3 = weights[3];
   for (int k0 = 0; k0 < kw; k0 += 31) {
     const int k1 = std::min(kw, k0 + 31);
-    __m256i acc[MV][NR];
-    for (int v = 0; v < MV; ++v)
-      for (int j = 0; j < NR; ++j) acc[v][j] = _mm256_setzero_si256();
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c03 = c00;
+    __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
     for (int k = k0; k < k1; ++k) {
-      __m256i a[MV];
-      for (int v = 0; v < MV; ++v) {
-        a[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(patches + k * 16 + v * 8));
-      }
-      for (int j = 0; j < NR; ++j) {
-        const __m256i wj = _mm256_set1_epi32(static_cast<int>(w[j][k]));
-        for (int v = 0; v < MV; ++v) {
-          __m256i x = _mm256_xor_si256(a[v], wj);
-          if (kMasked) {
-            x = _mm256_and_si256(
-                x, _mm256_load_si256(reinterpret_cast<const __m256i*>(masks + k * 16 + v * 8)));
-          }
-          const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low));
-          const __m256i hi =
-              _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
-          acc[v][j] = _mm256_add_epi8(acc[v][j], _mm256_add_epi8(lo, hi));
-        }
+      const std::uint32_t* p = patches + k * 16;
+      const std::uint32_t* m = kMasked ? masks + k * 16 : nullptr;
+      __m256i a0, a1, wv, t1, t2;
+      if (kMasked) {
+        __asm__(
+            "vmovdqa (%[p]), %[a0]\n\t"
+            "vmovdqa 32(%[p]), %[a1]\n\t"
+            "vpbroadcastd (%[w0]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c00]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c10]", KX_MASK1)
+            "vpbroadcastd (%[w1]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c01]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c11]", KX_MASK1)
+            "vpbroadcastd (%[w2]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c02]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c12]", KX_MASK1)
+            "vpbroadcastd (%[w3]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c03]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c13]", KX_MASK1)
+            : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
+              [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
+              [a0] "=&x"(a0), [a1] "=&x"(a1), [w] "=&x"(wv), [t1] "=&x"(t1), [t2] "=&x"(t2)
+            : [p] "r"(p), [m] "r"(m), [w0] "r"(w0 + k), [w1] "r"(w1 + k), [w2] "r"(w2 + k),
+              [w3] "r"(w3 + k), [lut] "x"(lut), [low] "x"(low)
+            : "memory");
+      } else {
+        __asm__(
+            "vmovdqa (%[p]), %[a0]\n\t"
+            "vmovdqa 32(%[p]), %[a1]\n\t"
+            "vpbroadcastd (%[w0]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c00]", "") KX_XOR_POP_ACC("%[a1]", "%[c10]", "")
+            "vpbroadcastd (%[w1]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c01]", "") KX_XOR_POP_ACC("%[a1]", "%[c11]", "")
+            "vpbroadcastd (%[w2]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c02]", "") KX_XOR_POP_ACC("%[a1]", "%[c12]", "")
+            "vpbroadcastd (%[w3]), %[w]\n\t"
+            KX_XOR_POP_ACC("%[a0]", "%[c03]", "") KX_XOR_POP_ACC("%[a1]", "%[c13]", "")
+            : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
+              [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
+              [a0] "=&x"(a0), [a1] "=&x"(a1), [w] "=&x"(wv), [t1] "=&x"(t1), [t2] "=&x"(t2)
+            : [p] "r"(p), [w0] "r"(w0 + k), [w1] "r"(w1 + k), [w2] "r"(w2 + k),
+              [w3] "r"(w3 + k), [lut] "x"(lut), [low] "x"(low)
+            : "memory");
       }
     }
-    // Widen bytes to int32 lanes: (b0+b1) + (b2+b3) per lane.
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    for (int j = 0; j < NR; ++j) {
-      for (int v = 0; v < MV; ++v) {
-        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(acc[v][j], ones8), ones16);
-        __m256i* dst = reinterpret_cast<__m256i*>(pops + j * 16 + v * 8);
-        _mm256_store_si256(dst, k0 == 0 ? s : _mm256_add_epi32(_mm256_load_si256(dst), s));
-      }
-    }
+    const bool first = k0 == 0;
+    store_or_add(pops + 0 * 16, widen_bytes_to_int32(c00), first);
+    store_or_add(pops + 0 * 16 + 8, widen_bytes_to_int32(c10), first);
+    store_or_add(pops + 1 * 16, widen_bytes_to_int32(c01), first);
+    store_or_add(pops + 1 * 16 + 8, widen_bytes_to_int32(c11), first);
+    store_or_add(pops + 2 * 16, widen_bytes_to_int32(c02), first);
+    store_or_add(pops + 2 * 16 + 8, widen_bytes_to_int32(c12), first);
+    store_or_add(pops + 3 * 16, widen_bytes_to_int32(c03), first);
+    store_or_add(pops + 3 * 16 + 8, widen_bytes_to_int32(c13), first);
   }
-  if (kw == 0) {
-    for (int j = 0; j < NR; ++j)
-      for (int v = 0; v < MV; ++v)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(pops + j * 16 + v * 8), _mm256_setzero_si256());
+  if (kw <= 0) {
+    for (int i = 0; i < 4 * 16; i += 8) store_or_add(pops + i, _mm256_setzero_si256(), true);
   }
 }
+
+// 8 pixels (1 vector) x 8 channels.
+template <bool kMasked>
+inline void gemm_tile_8x8(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+                          const std::uint32_t* const* weights, std::int32_t* pops) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                       2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const std::uint32_t* w[8];
+  for (int j = 0; j < 8; ++j) w[j] = weights[j];
+  for (int k0 = 0; k0 < kw; k0 += 31) {
+    const int k1 = std::min(kw, k0 + 31);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0,
+            c7 = c0;
+    for (int k = k0; k < k1; ++k) {
+      const std::uint32_t* p = patches + k * 16;
+      const std::uint32_t* m = kMasked ? masks + k * 16 : nullptr;
+      __m256i a0, wv, t1, t2;
+      // Two statements of four channels each (one asm may have at most 30 operands); the
+      // second reloads the patch vector, which is cheaper than passing it through.
+#define KX_8X8_HALF(MASK, A, B, C, D)                                                       \
+  "vmovdqa (%[p]), %[a0]\n\t"                                                               \
+  "vpbroadcastd (%[wa]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" A "]", MASK)               \
+  "vpbroadcastd (%[wb]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" B "]", MASK)               \
+  "vpbroadcastd (%[wc]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" C "]", MASK)               \
+  "vpbroadcastd (%[wd]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" D "]", MASK)
+#define KX_8X8_OPERANDS(A, B, C, D, J)                                                       \
+  : [A] "+x"(A), [B] "+x"(B), [C] "+x"(C), [D] "+x"(D), [a0] "=&x"(a0), [w] "=&x"(wv),       \
+    [t1] "=&x"(t1), [t2] "=&x"(t2)                                                           \
+  : [p] "r"(p), [m] "r"(m), [wa] "r"(w[J] + k), [wb] "r"(w[J + 1] + k),                      \
+    [wc] "r"(w[J + 2] + k), [wd] "r"(w[J + 3] + k), [lut] "x"(lut), [low] "x"(low)           \
+  : "memory"
+      if (kMasked) {
+        __asm__(KX_8X8_HALF(KX_MASK0, "c0", "c1", "c2", "c3") KX_8X8_OPERANDS(c0, c1, c2, c3, 0));
+        __asm__(KX_8X8_HALF(KX_MASK0, "c4", "c5", "c6", "c7") KX_8X8_OPERANDS(c4, c5, c6, c7, 4));
+      } else {
+        __asm__(KX_8X8_HALF("", "c0", "c1", "c2", "c3") KX_8X8_OPERANDS(c0, c1, c2, c3, 0));
+        __asm__(KX_8X8_HALF("", "c4", "c5", "c6", "c7") KX_8X8_OPERANDS(c4, c5, c6, c7, 4));
+      }
+#undef KX_8X8_HALF
+#undef KX_8X8_OPERANDS
+    }
+    const bool first = k0 == 0;
+    store_or_add(pops + 0 * 16, widen_bytes_to_int32(c0), first);
+    store_or_add(pops + 1 * 16, widen_bytes_to_int32(c1), first);
+    store_or_add(pops + 2 * 16, widen_bytes_to_int32(c2), first);
+    store_or_add(pops + 3 * 16, widen_bytes_to_int32(c3), first);
+    store_or_add(pops + 4 * 16, widen_bytes_to_int32(c4), first);
+    store_or_add(pops + 5 * 16, widen_bytes_to_int32(c5), first);
+    store_or_add(pops + 6 * 16, widen_bytes_to_int32(c6), first);
+    store_or_add(pops + 7 * 16, widen_bytes_to_int32(c7), first);
+  }
+  if (kw <= 0) {
+    for (int j = 0; j < 8; ++j) store_or_add(pops + j * 16, _mm256_setzero_si256(), true);
+  }
+}
+
+#undef KX_XOR_POP_ACC
+#undef KX_MASK0
+#undef KX_MASK1
 
 }  // namespace
 }  // namespace internal
