@@ -213,12 +213,13 @@ def _load_fashion_mnist_tfds(download, tfds_data_dir=None):
     return splits["train"], splits["test"]
 
 
-def load_fashion_mnist(data_dir=None, download=False):
+def load_fashion_mnist(data_dir=None, download=False, tfds_data_dir=None):
     """Loads Fashion-MNIST as uint8 numpy arrays.
 
     Args:
         data_dir: optional folder with the four IDX files (see module docstring).
         download: allow tfds to download ``fashion_mnist`` when the files are not here.
+        tfds_data_dir: the tfds data dir for the tfds fallback (default: tfds's).
 
     Returns:
         ``((x_train [60000, 28, 28] uint8, y_train [60000] uint8), (x_test, y_test))``.
@@ -230,7 +231,7 @@ def load_fashion_mnist(data_dir=None, download=False):
     paths = find_fashion_mnist(data_dir)
     if paths is None:
         try:
-            return _load_fashion_mnist_tfds(download)
+            return _load_fashion_mnist_tfds(download, tfds_data_dir)
         except Exception as e:  # noqa: BLE001 (any tfds failure means "not available")
             raise DataNotFoundError(_missing_fashion_mnist_message()
                                     + "\n(tfds: %s)" % str(e).splitlines()[0]) from None
