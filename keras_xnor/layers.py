@@ -260,7 +260,7 @@ class _ScaledBinaryMixin:
             reasons.append("kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
         return reasons
 
-    def _use_compiled(self, inputs):
+    def _use_compiled(self, inputs, training=None):
         if self.implementation == "simulation":
             return False
         from keras_xnor import ops  # noqa: PLC0415 (optional native library)
@@ -284,8 +284,11 @@ class _ScaledBinaryMixin:
                     "use implementation='auto'." % type(self).__name__
                 )
             return True
+        # Training: the backward pass re-runs the simulation's forward under a tape anyway
+        # (ops.bin_conv2d differentiates the simulation), so the op would only add work.
         return (
-            inputs.dtype == tf.float32
+            not training
+            and inputs.dtype == tf.float32
             and not self._check_compiled_possible()
             and _on_cpu(inputs)
             and ops.compiled_ops_available()
@@ -577,10 +580,13 @@ class BinConv2D(BWNConv2D):
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, the dtype is float32 and the layer runs on CPU; otherwise the
-    float simulation (an ordinary conv of ±1 tensors, then the scales). ``"simulation"`` and
-    ``"compiled"`` force a path. Both give the same result (the dot products exactly) and the
-    same gradients. The op fuses ReLU only; other activations run after it.
+    quantizers, the dtype is float32, the layer runs on CPU and it is not training; otherwise
+    the float simulation (an ordinary conv of ±1 tensors, then the scales). In training the
+    op's backward pass has to re-run the simulation's forward anyway, so "auto" trains with
+    the simulation alone. ``"simulation"`` and ``"compiled"`` force a path (``"compiled"``
+    also in training: forward by the op, gradients of the simulation). Both paths give the
+    same dot products bit for bit, the same outputs up to float rounding of the scales, and
+    the same gradients. The op fuses ReLU only; other activations run after it.
 
     Args:
         use_k: multiply by the K map (default True); False drops it (``K = 1``).
@@ -659,12 +665,12 @@ class BinConv2D(BWNConv2D):
                 )
         self._disable_jit_if_compiled()
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = self._prepare_input(inputs)
         kernel = tf.convert_to_tensor(self.kernel)
         alpha = self.get_alpha()
         bias = self._bias_tensor()
-        if not self._use_compiled(x):
+        if not self._use_compiled(x, training):
             return self._activate(self._simulate(x, kernel, alpha, bias))
         from keras_xnor import ops  # noqa: PLC0415
 
@@ -921,12 +927,12 @@ class BinDense(BWNDense):
                 )
         self._disable_jit_if_compiled()
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = self._prepare_input(inputs)
         kernel = tf.convert_to_tensor(self.kernel)
         alpha = self.get_alpha()
         bias = self._bias_tensor()
-        if not self._use_compiled(x):
+        if not self._use_compiled(x, training):
             return self._activate(self._simulate(x, kernel, alpha, bias))
         from keras_xnor import ops  # noqa: PLC0415
 

@@ -583,6 +583,8 @@ def test_auto_uses_compiled_op_on_cpu_and_disables_xla(monkeypatch):
     layer(np.zeros((1, 4, 4, 3), np.float32))
     assert len(calls) == 1 and calls[0]["relu"] is True and calls[0]["padding"] == "same"
     assert layer.supports_jit is False
+    layer(np.zeros((1, 4, 4, 3), np.float32), training=True)
+    assert len(calls) == 1  # auto trains with the simulation (the op's backward needs it)
     keras_xnor.BinConv2D(2, 3, activation="tanh", implementation="simulation")(
         np.zeros((1, 4, 4, 3), np.float32)
     )

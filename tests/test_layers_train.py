@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_xnor
 
@@ -57,3 +58,35 @@ def test_mixed_model_fit_decreases_loss_and_keeps_latent_weights_clipped():
         if isinstance(layer, (keras_xnor.BWNConv2D, keras_xnor.BWNDense)):
             kernel = layer.kernel.numpy()
             assert np.abs(kernel).max() <= 1.0, layer.name
+
+
+@pytest.mark.skipif(
+    not keras_xnor.ops.compiled_ops_available(), reason="compiled op library not built (make ops)"
+)
+def test_fit_with_forced_compiled_op_matches_simulation_training():
+    """implementation="compiled" in model.fit (graph mode): forward by the op, gradients of the
+    simulation, so training follows the simulation's trajectory up to float rounding."""
+    x, y = _data(n=64, seed=1)
+    losses = {}
+    for impl in ("compiled", "simulation"):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 2)),
+                keras.layers.Conv2D(8, 3, padding="same"),
+                keras.layers.BatchNormalization(),
+                keras_xnor.BinConv2D(8, 3, padding="same", activation="relu", implementation=impl),
+                keras.layers.Flatten(),
+                keras.layers.BatchNormalization(),
+                keras_xnor.BinDense(16, implementation=impl),
+                keras.layers.Dense(4),
+            ]
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        losses[impl] = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history[
+            "loss"
+        ]
+    np.testing.assert_allclose(losses["compiled"], losses["simulation"], rtol=1e-3)
