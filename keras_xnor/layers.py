@@ -137,8 +137,6 @@ def _on_cpu(tensor):
 class _QuantizedLayer(keras.layers.Layer):
     """Common state of the quantized layers: quantizers, bias, activation, binary gradient."""
 
-    _fusable_relu = False
-
     def _init_common(
         self,
         activation,
@@ -251,7 +249,6 @@ class _ScaledBinaryMixin:
             return tf.convert_to_tensor(self.alpha)
         return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
 
-
     def _check_compiled_possible(self):
         reasons = []
         if not quantizers.is_sign_kind(self.input_quantizer):
@@ -272,7 +269,8 @@ class _ScaledBinaryMixin:
             if reasons:
                 raise ValueError(
                     "%s(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'." % (type(self).__name__, "; ".join(reasons))
+                    "implementation='auto' or 'simulation'."
+                    % (type(self).__name__, "; ".join(reasons))
                 )
             if not ops.compiled_ops_available():
                 load = getattr(ops, "load_ops", None)
@@ -402,7 +400,8 @@ class QuantConv2D(_QuantizedLayer):
     def build(self, input_shape):
         if len(input_shape) != 4:
             raise ValueError(
-                "%s expects NHWC inputs of rank 4, got shape %s." % (type(self).__name__, input_shape)
+                "%s expects NHWC inputs of rank 4, got shape %s."
+                % (type(self).__name__, input_shape)
             )
         channels = input_shape[-1]
         if channels is None:

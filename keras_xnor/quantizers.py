@@ -300,7 +300,8 @@ class MeanAbsSign(Quantizer):
 
     Meant for kernels (output filters on the last axis), e.g.
     ``QuantConv2D(..., kernel_quantizer="mean_abs_sign")``. The gradient is the exact derivative
-    of ``alpha(W) * ste_sign(W)``, i.e. the paper's ``dC/dW_i = dC/dW~_i (1/n + alpha 1_{|W_i|<=1})``
+    of ``alpha(W) * ste_sign(W)``, i.e. the paper's
+    ``dC/dW_i = dC/dW~_i (1/n + alpha 1_{|W_i|<=1})``
     plus the cross terms through ``alpha``. Not sign-kind (the values are scaled).
 
     Args:
@@ -356,13 +357,16 @@ def get(identifier):
         if cls is None:
             raise ValueError(
                 "Unknown quantizer %r. Use one of %s, None (no quantization), a "
-                "keras_xnor.quantizers.Quantizer instance or a callable." % (identifier, _valid_names())
+                "keras_xnor.quantizers.Quantizer instance or a callable."
+                % (identifier, _valid_names())
             )
         return cls()
     if isinstance(identifier, dict):
         obj = keras.saving.deserialize_keras_object(identifier)
         if not callable(obj):
-            raise ValueError("Quantizer config %r did not deserialize to a callable." % (identifier,))
+            raise ValueError(
+                "Quantizer config %r did not deserialize to a callable." % (identifier,)
+            )
         return obj
     for function, cls in _FUNCTIONS.items():
         if identifier is function:
@@ -376,7 +380,7 @@ def get(identifier):
 
 
 def serialize(quantizer):
-    """Config of a quantizer (``None`` stays ``None``); inverse of :func:`get` / :func:`deserialize`."""
+    """Config of a quantizer (``None`` stays ``None``); inverse of :func:`deserialize`."""
     if quantizer is None:
         return None
     return keras.saving.serialize_keras_object(quantizer)
@@ -388,7 +392,7 @@ def deserialize(config):
 
 
 def is_sign_kind(quantizer):
-    """True when ``quantizer``'s forward pass is exactly ``sign`` (what the XNOR kernels compute)."""
+    """True when ``quantizer``'s forward pass is exactly ``sign`` (as in the XNOR kernels)."""
     return bool(getattr(quantizer, "sign_kind", False))
 
 

@@ -157,7 +157,13 @@ def test_get_unknown_name_lists_valid_names():
 
 
 @pytest.mark.parametrize(
-    "q", [quantizers.SteSign(), quantizers.SteSign(None), quantizers.ApproxSign(), quantizers.MeanAbsSign()]
+    "q",
+    [
+        quantizers.SteSign(),
+        quantizers.SteSign(None),
+        quantizers.ApproxSign(),
+        quantizers.MeanAbsSign(),
+    ],
 )
 def test_quantizer_serialization_round_trip(q):
     config = quantizers.serialize(q)
@@ -175,7 +181,7 @@ def test_mean_abs_sign_is_alpha_times_sign_with_exact_gradient():
     alpha = np.abs(w).mean(0)
     b = np.where(w < 0, -1.0, 1.0)
     np.testing.assert_allclose(y, alpha * b, rtol=1e-6)
-    # d/dW_j sum_i alpha B_i = B_j/n * sum_i B_i... : (1/n) sign(W_j) * sum_i B_i + alpha 1_{|W_j|<=1}
+    # d/dW_j of sum_i alpha(W) B_i = (1/n) sign(W_j) sum_i B_i + alpha 1_{|W_j| <= 1}
     n = w.shape[0]
     expected = np.sign(w) / n * b.sum(0) + alpha * (np.abs(w) <= 1)
     np.testing.assert_allclose(g, expected, rtol=1e-5)
