@@ -78,7 +78,10 @@ class Recipe:
             raise ValueError("steps_per_epoch must be positive, got %r" % (steps_per_epoch,))
         epochs = int(epochs or self.epochs)
         if self.schedule == "step":
-            boundaries = [int(e) * steps_per_epoch for e in self.decay_epochs]
+            # PiecewiseConstantDecay switches *after* a boundary (step > b), and the step
+            # seen by the lr is the number of finished steps: the first step of epoch e
+            # sees e * steps_per_epoch, so the boundary is one less.
+            boundaries = [int(e) * steps_per_epoch - 1 for e in self.decay_epochs]
             values = [self.learning_rate * self.decay_factor ** i
                       for i in range(len(boundaries) + 1)]
             if not boundaries:
