@@ -142,6 +142,35 @@ _CONV_TYPES = (xnor_layers.QuantConv2D, keras.layers.Conv2D)
 _DENSE_TYPES = (xnor_layers.QuantDense, keras.layers.Dense)
 
 
+def _input_shape(layer):
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+
+
+def _other_float_macs(layer, shape):
+    """Multiply-accumulates of the float Keras layers that have them, else None."""
+    L = keras.layers
+    if shape is None:
+        return None
+    positions = _known_prod(shape[1:-1])
+    if positions is None:
+        return None
+    if isinstance(layer, (L.Conv1D, L.Conv3D)):
+        return positions * math.prod(layer.kernel.shape)
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        return positions * math.prod(layer.kernel.shape)
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        return positions * (
+            math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)
+        )
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        in_positions = _known_prod((_input_shape(layer) or (None, None))[1:-1])
+        return None if in_positions is None else in_positions * math.prod(layer.kernel.shape)
+    return None
+
+
 def _layer_summary(layer):
     shape = _output_shape(layer)
     weights = list(layer.weights)
@@ -159,7 +188,12 @@ def _layer_summary(layer):
         scaling_ops=0,
         speedup=None,
     )
-    if not isinstance(layer, _CONV_TYPES + _DENSE_TYPES) or not layer.built:
+    if not layer.built:
+        return row
+    if not isinstance(layer, _CONV_TYPES + _DENSE_TYPES):
+        macs = _other_float_macs(layer, shape)
+        if macs is not None:
+            row.update(input_bits=FLOAT_BITS, weight_bits=FLOAT_BITS, float_macs=macs)
         return row
 
     kernel = layer.kernel

@@ -85,3 +85,23 @@ def test_summary_expands_nested_models_and_counts_quant_layers():
 def test_summary_of_unbuilt_model_raises():
     with pytest.raises(ValueError, match="build"):
         keras_xnor.summary(keras.Sequential([keras_xnor.BinDense(3)]), print_fn=None)
+
+
+def test_summary_counts_float_macs_of_other_keras_conv_layers():
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw"),
+            L.SeparableConv2D(4, 3, name="sep"),
+            L.Conv2DTranspose(2, 3, strides=2, name="tr"),
+            L.Reshape((-1, 2)),
+            L.Conv1D(3, 2, name="c1"),
+        ]
+    )
+    s = keras_xnor.summary(model, print_fn=None)
+    assert s["dw"].float_macs == 8 * 8 * (3 * 3 * 3 * 2)
+    assert s["sep"].float_macs == 6 * 6 * (3 * 3 * 6 + 6 * 4)
+    assert s["tr"].float_macs == 6 * 6 * (3 * 3 * 2 * 4)  # per input position
+    assert s["c1"].float_macs == 168 * (2 * 2 * 3)
+    assert s.speedup == 1.0 and s.compression_ratio == 1.0
