@@ -42,57 +42,87 @@ struct Geometry {
   const float* mean_abs;  // null without K
 };
 
+// im2col of one block with AVX2 gathers: for each tap, the 16 pixels' input offsets are one
+// vector add away from the block's base offsets; out-of-image taps are masked off (patch 0,
+// mask 0, no K contribution).
 void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std::uint32_t* patches,
                  std::uint32_t* masks, Block* b) {
   const Conv2DShape& s = *g.s;
   b->first = first;
   b->count = static_cast<int>(std::min<std::int64_t>(kBlock, total - first));
   const int span_h = (s.k_h - 1) * s.dilation_h, span_w = (s.k_w - 1) * s.dilation_w;
-  int ih0[kBlock], iw0[kBlock], img[kBlock];
+  alignas(32) std::int32_t ih0[kBlock], iw0[kBlock], base[kBlock], live[kBlock];
   bool border = false;
-  for (int j = 0; j < b->count; ++j) {
-    const std::int64_t p = first + j;
+  {
     const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
-    img[j] = static_cast<int>(p / hw);
-    const int rem = static_cast<int>(p % hw);
-    ih0[j] = (rem / s.out_w) * s.stride_h - s.pad_top;
-    iw0[j] = (rem % s.out_w) * s.stride_w - s.pad_left;
-    border |= ih0[j] < 0 || iw0[j] < 0 || ih0[j] + span_h >= s.in_h || iw0[j] + span_w >= s.in_w;
-  }
-  b->border = border;
-  const int words = g.in_words;
-  for (int j = 0; j < kBlock; ++j) {
-    if (j >= b->count) {
-      for (int k = 0; k < g.kw; ++k) patches[k * kBlock + j] = 0;
-      if (border) for (int k = 0; k < g.kw; ++k) masks[k * kBlock + j] = 0;
-      b->k[j] = 0.0f;
-      b->n_valid[j] = 0;
-      continue;
-    }
-    float ksum = 0.0f;
-    int valid = 0;
-    int k = 0;
-    for (int i = 0; i < s.k_h; ++i) {
-      const int ih = ih0[j] + i * s.dilation_h;
-      const bool row_ok = ih >= 0 && ih < s.in_h;
-      for (int t = 0; t < s.k_w; ++t, k += words) {
-        const int iw = iw0[j] + t * s.dilation_w;
-        std::uint32_t* dst = patches + k * kBlock + j;
-        if (row_ok && iw >= 0 && iw < s.in_w) {
-          const std::int64_t pix = (static_cast<std::int64_t>(img[j]) * s.in_h + ih) * s.in_w + iw;
-          const std::uint32_t* src = g.bits + pix * words;
-          for (int q = 0; q < words; ++q) dst[q * kBlock] = src[q];
-          if (border) for (int q = 0; q < words; ++q) masks[(k + q) * kBlock + j] = ~0u;
-          if (g.mean_abs != nullptr) ksum += g.mean_abs[pix];
-          ++valid;
-        } else {
-          for (int q = 0; q < words; ++q) dst[q * kBlock] = 0;
-          for (int q = 0; q < words; ++q) masks[(k + q) * kBlock + j] = 0;
+    std::int64_t img = first / hw;
+    int rem = static_cast<int>(first % hw);
+    int oh = rem / s.out_w, ow = rem % s.out_w;
+    for (int j = 0; j < kBlock; ++j) {
+      live[j] = j < b->count ? -1 : 0;
+      ih0[j] = oh * s.stride_h - s.pad_top;
+      iw0[j] = ow * s.stride_w - s.pad_left;
+      // Offset (in pixels) of the tap (0, 0), possibly outside the image; only ever used
+      // for taps that are inside.
+      base[j] = static_cast<std::int32_t>((img * s.in_h + ih0[j]) * s.in_w + iw0[j]);
+      if (j < b->count) {
+        border |= ih0[j] < 0 || iw0[j] < 0 || ih0[j] + span_h >= s.in_h || iw0[j] + span_w >= s.in_w;
+      }
+      if (++ow == s.out_w) {
+        ow = 0;
+        if (++oh == s.out_h) {
+          oh = 0;
+          ++img;
         }
       }
     }
-    b->k[j] = g.mean_abs != nullptr ? ksum / static_cast<float>(g.taps) : 1.0f;
-    b->n_valid[j] = valid * s.in_c;
+  }
+  b->border = border;
+  const int words = g.in_words;
+  const __m256i in_h = _mm256_set1_epi32(s.in_h), in_w = _mm256_set1_epi32(s.in_w);
+  const __m256i vwords = _mm256_set1_epi32(words);
+  const int* src = reinterpret_cast<const int*>(g.bits);
+  for (int v = 0; v < 2; ++v) {
+    const __m256i vih0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(ih0 + v * 8));
+    const __m256i viw0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(iw0 + v * 8));
+    const __m256i vlive = _mm256_load_si256(reinterpret_cast<const __m256i*>(live + v * 8));
+    const __m256i vbase =
+        _mm256_mullo_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(base + v * 8)), vwords);
+    __m256 ksum = _mm256_setzero_ps();
+    __m256i valid = _mm256_setzero_si256();
+    int k = 0;
+    for (int i = 0; i < s.k_h; ++i) {
+      const __m256i ih = _mm256_add_epi32(vih0, _mm256_set1_epi32(i * s.dilation_h));
+      const __m256i row_ok = _mm256_and_si256(
+          vlive, _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), ih),
+                                     _mm256_cmpgt_epi32(in_h, ih)));
+      for (int t = 0; t < s.k_w; ++t, k += words) {
+        const __m256i iw = _mm256_add_epi32(viw0, _mm256_set1_epi32(t * s.dilation_w));
+        const __m256i ok = _mm256_and_si256(
+            row_ok, _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), iw),
+                                        _mm256_cmpgt_epi32(in_w, iw)));
+        const int tap_pixels = i * s.dilation_h * s.in_w + t * s.dilation_w;
+        const __m256i off = _mm256_add_epi32(vbase, _mm256_set1_epi32(tap_pixels * words));
+        for (int q = 0; q < words; ++q) {
+          const __m256i x =
+              _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), src + q, off, ok, 4);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(patches + (k + q) * kBlock + v * 8), x);
+          if (border) _mm256_store_si256(reinterpret_cast<__m256i*>(masks + (k + q) * kBlock + v * 8), ok);
+        }
+        valid = _mm256_sub_epi32(valid, ok);  // ok is -1 for a real tap
+        if (g.mean_abs != nullptr) {
+          const __m256i pix = _mm256_add_epi32(
+              _mm256_load_si256(reinterpret_cast<const __m256i*>(base + v * 8)), _mm256_set1_epi32(tap_pixels));
+          ksum = _mm256_add_ps(ksum, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), g.mean_abs, pix,
+                                                              _mm256_castsi256_ps(ok), 4));
+        }
+      }
+    }
+    _mm256_store_ps(b->k + v * 8, g.mean_abs != nullptr
+                                      ? _mm256_div_ps(ksum, _mm256_set1_ps(static_cast<float>(g.taps)))
+                                      : _mm256_set1_ps(1.0f));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(b->n_valid + v * 8),
+                       _mm256_mullo_epi32(valid, _mm256_set1_epi32(s.in_c)));
   }
 }
 
