@@ -366,7 +366,8 @@ def export_model(model, fold_batch_norm=True):
     return clone
 
 
-def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None):
+def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
+            float_weights="float32"):
     """Converts a Keras model to a .tflite flatbuffer with bitpacked binary layers.
 
     Binary layers (``BinConv2D``, ``BinDense`` with sign quantizers) become the custom ops
@@ -382,10 +383,17 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None):
         batch_size: fixed batch dimension for the inputs, or None for a dynamic batch
             (resize with ``interpreter.resize_tensor_input`` then ``allocate_tensors``).
         input_shapes: optional list of full input shapes (with batch) overriding the model's.
+        float_weights: "float32" (default) or "float16": store the weights of the float
+            layers (first/last layers, projections) as float16, halving their size; they are
+            computed in float32 at run time (XNNPACK). The packed binary weights are unchanged.
 
     Returns:
         The .tflite flatbuffer as bytes.
     """
+    if float_weights not in ("float32", "float16"):
+        raise ValueError(
+            "convert(): float_weights must be 'float32' or 'float16', got %r" % (float_weights,)
+        )
     clone = export_model(model, fold_batch_norm=fold_batch_norm)
     inputs = tf.nest.flatten(clone.inputs)
     if input_shapes is not None:
@@ -406,6 +414,9 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None):
     converter = tf.lite.TFLiteConverter.from_keras_model(clone)
     converter.allow_custom_ops = True
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if float_weights == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
     try:
         return converter.convert()
     except Exception as error:  # the converter's messages are long; keep ours first

@@ -1,0 +1,161 @@
+"""End-to-end TFLite benchmark: XNOR networks on LiteRT + keras-xnor delegate vs float on XNNPACK.
+
+For XNOR-ResNet-18 and XNOR-AlexNet at 224x224 (first and last layers full precision, from
+keras_xnor.models) against the same architectures in float, measured in one run on this machine:
+
+* latency of one image (batch 1), median of N invokes after warm-up, at 1 and 2 threads
+  (the delegate's pool and XNNPACK get the same thread count);
+* .tflite file sizes: float32 baseline, XNOR with float32 float layers, XNOR with float16
+  float-layer weights (``convert(..., float_weights="float16")``).
+
+Usage: python benchmarks/bench_tflite.py [--json PATH] [--runs N] [--models resnet18,alexnet]
+Not a test: it prints and saves numbers, it asserts nothing about time.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+
+def _latency(interpreter, x, runs, warmup=3):
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+
+
+def _float_tflite(model):
+    import tensorflow as tf  # noqa: PLC0415
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return converter.convert()
+
+
+def _build(models, arch, kind):
+    builder = getattr(models, arch)
+    # Logits (no softmax) so that the Keras-vs-TFLite check compares meaningful magnitudes.
+    return builder(kind=kind, num_classes=1000, input_shape=(224, 224, 3),
+                   classifier_activation=None)
+
+
+def _randomize_batch_norms(model, rng):
+    """Gives BatchNorm layers non-trivial statistics (as after training)."""
+    import keras  # noqa: PLC0415
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n),
+                               rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
+
+
+def bench_arch(arch, runs, threads_list, rng):
+    from ai_edge_litert import interpreter as litert  # noqa: PLC0415
+
+    from keras_xnor import models  # noqa: PLC0415
+    from keras_xnor.tflite_export import Interpreter, builtin_op_names, convert  # noqa: PLC0415
+
+    result = {"arch": arch}
+    xnor = _build(models, arch, "xnor")
+    flt = _build(models, arch, "float")
+    _randomize_batch_norms(xnor, rng)
+    _randomize_batch_norms(flt, rng)
+    t = time.time()
+    xnor_bytes = convert(xnor, batch_size=1)
+    xnor16_bytes = convert(xnor, batch_size=1, float_weights="float16")
+    float_bytes = _float_tflite(flt)
+    result["convert_s"] = time.time() - t
+    names = builtin_op_names(xnor_bytes)
+    result["custom_ops"] = sum(n.startswith("KerasXnor") for n in names)
+    result["size_bytes"] = {"float": len(float_bytes), "xnor": len(xnor_bytes),
+                            "xnor_fp16_float_layers": len(xnor16_bytes)}
+    result["size_ratio"] = {"xnor": len(float_bytes) / len(xnor_bytes),
+                            "xnor_fp16_float_layers": len(float_bytes) / len(xnor16_bytes)}
+    x = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
+    # Sanity: the delegate path computes what Keras computes.
+    keras_out = xnor(x, training=False).numpy()
+    check = Interpreter(model_content=xnor_bytes, num_threads=2)
+    check.allocate_tensors()
+    check.set_tensor(check.get_input_details()[0]["index"], x)
+    check.invoke()
+    tfl_out = check.get_tensor(check.get_output_details()[0]["index"])
+    result["max_abs_diff_vs_keras"] = float(np.abs(tfl_out - keras_out).max())
+    result["max_abs_keras_output"] = float(np.abs(keras_out).max())
+    del check
+    result["latency"] = {}
+    for threads in threads_list:
+        entry = {}
+        entry["float_xnnpack"] = _latency(
+            litert.Interpreter(model_content=float_bytes, num_threads=threads), x, runs)
+        entry["xnor_delegate"] = _latency(
+            Interpreter(model_content=xnor_bytes, num_threads=threads), x, runs)
+        entry["xnor_fp16_float_layers"] = _latency(
+            Interpreter(model_content=xnor16_bytes, num_threads=threads), x, runs)
+        entry["speedup"] = entry["float_xnnpack"]["median_ms"] / entry["xnor_delegate"]["median_ms"]
+        entry["speedup_min"] = entry["float_xnnpack"]["min_ms"] / entry["xnor_delegate"]["min_ms"]
+        result["latency"][str(threads)] = entry
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--models", default="resnet18,alexnet")
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    threads_list = [int(t) for t in args.threads.split(",")]
+    from keras_xnor.tflite_export import _interpreter  # noqa: PLC0415
+
+    import ctypes  # noqa: PLC0415
+
+    lib = ctypes.CDLL(_interpreter.delegate_path())
+    lib.keras_xnor_delegate_describe.restype = ctypes.c_char_p
+    described = json.loads(lib.keras_xnor_delegate_describe().decode())
+    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "load_average_at_start": os.getloadavg(),
+              "delegate_kernel": described.get("kernel"), "runs": args.runs, "results": []}
+    for arch in args.models.split(","):
+        result = bench_arch(arch.strip(), args.runs, threads_list, rng)
+        report["results"].append(result)
+        sizes = result["size_bytes"]
+        print("%s: file float %.1f MB, xnor %.2f MB (%.1fx), xnor+fp16 float layers %.2f MB "
+              "(%.1fx); max |tflite - keras| %.2g (outputs up to %.3g)"
+              % (arch, sizes["float"] / 1e6, sizes["xnor"] / 1e6, result["size_ratio"]["xnor"],
+                 sizes["xnor_fp16_float_layers"] / 1e6,
+                 result["size_ratio"]["xnor_fp16_float_layers"],
+                 result["max_abs_diff_vs_keras"], result["max_abs_keras_output"]))
+        for threads, entry in result["latency"].items():
+            print("  %s thread(s): median (min) float/XNNPACK %.1f (%.1f) ms, xnor/delegate "
+                  "%.1f (%.1f) ms -> %.2fx (min %.2fx); xnor+fp16 float layers %.1f (%.1f) ms"
+                  % (threads, entry["float_xnnpack"]["median_ms"],
+                     entry["float_xnnpack"]["min_ms"], entry["xnor_delegate"]["median_ms"],
+                     entry["xnor_delegate"]["min_ms"], entry["speedup"], entry["speedup_min"],
+                     entry["xnor_fp16_float_layers"]["median_ms"],
+                     entry["xnor_fp16_float_layers"]["min_ms"]))
+        sys.stdout.flush()
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
