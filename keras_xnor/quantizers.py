@@ -7,7 +7,7 @@ ops) and follows the one sign convention of :mod:`keras_xnor.spec`::
 
 Activation / weight quantizers (forward is always ``sign``; they differ in the backward pass):
 
-* :func:`ste_sign`: straight-through estimator (XNOR-Net §3.2, after Hubara et al.):
+* :func:`ste_sign`: straight-through estimator (XNOR-Net §3.1-3.2, after Hubara et al.):
   ``d sign(r) / dr := 1_{|r| <= 1}``.
 * :func:`approx_sign`: Bi-Real Net's piecewise-polynomial derivative
   ``2 + 2r`` on ``[-1, 0)``, ``2 - 2r`` on ``[0, 1)``, ``0`` elsewhere.
@@ -73,7 +73,8 @@ def ste_sign(x, clip_value=1.0):
     """Binarize with the straight-through estimator.
 
     Forward: ``q = sign(x)``. Backward: ``dL/dx = dL/dq * 1_{|x| <= clip_value}``
-    (XNOR-Net §3.2: "g_r = g_q 1_{|r| <= 1}"). ``clip_value=None`` passes the gradient unchanged.
+    (XNOR-Net §3.1-3.2 after Hubara et al.: ``d sign(r) / dr = 1_{|r| <= 1}``).
+    ``clip_value=None`` passes the gradient unchanged.
 
     Args:
         x: float tensor.
@@ -96,7 +97,7 @@ def ste_sign(x, clip_value=1.0):
 
 
 def approx_sign(x):
-    """Binarize with the Bi-Real Net approximate derivative (Liu et al., ECCV 2018, eq. 5).
+    """Binarize with the Bi-Real Net approximate derivative (Liu et al., ECCV 2018, ApproxSign).
 
     Forward: ``sign(x)``. Backward: ``dL/dx = dL/dq * d(x)`` with
     ``d(x) = 2 + 2x`` for ``-1 <= x < 0``, ``2 - 2x`` for ``0 <= x < 1`` and ``0`` otherwise,
