@@ -1,8 +1,11 @@
 // AVX2 path of the binary conv: sign-pack + mean|x| pass, im2col of the packed input into
 // pixel-lane blocks, the xnor_gemm_*_avx2 microkernels, and the fused output stage
 //   out = (n_valid - 2 * popcount) * alpha[c] * K + bias[c]  (ReLU if asked).
-// SAME borders: padded taps get patch bits 0 and a 0 mask, so they add nothing to the
-// popcount, and n_valid counts only real taps: bit-exact with the float simulation.
+// SAME borders: a padded tap gets patch bits 0, so its XOR with the weights is the weights and
+// the tile's popcount includes popcount(w[c, tap]) for it. The output stage subtracts that
+// (a per-call table of per-(channel, tap) weight popcounts, masked per lane to the pixels
+// that have the tap padded), and n_valid counts only real taps: the padded tap contributes 0,
+// bit-exact with the float simulation. The microkernels never see a mask.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -27,12 +30,17 @@ float hsum(__m256 v) {
 }
 
 // One block of up to 16 output pixels, im2col'ed.
+constexpr int kMaxTaps = 11 * 11;
+
 struct Block {
   std::int64_t first = 0;  // first output pixel (flattened n, oh, ow)
   int count = 0;           // real pixels in the block
-  bool border = false;     // some pixel has a padded tap: use masks
   alignas(32) float k[kBlock];
   alignas(32) std::int32_t n_valid[kBlock];
+  // Taps padded for at least one pixel of the block, with the lanes (-1) that have them padded.
+  int padded_taps = 0;
+  int padded_tap[kMaxTaps];
+  alignas(32) std::int32_t padded_lanes[kMaxTaps][kBlock];
 };
 
 struct Geometry {
@@ -40,19 +48,21 @@ struct Geometry {
   int in_words, taps, kw;
   const std::uint32_t* bits;
   const float* mean_abs;  // null without K
+  const std::int32_t* tap_pop;  // [out_c][taps] popcount of each tap's weight words; null if VALID
 };
 
 // im2col of one block with AVX2 gathers: for each tap, the 16 pixels' input offsets are one
 // vector add away from the block's base offsets; out-of-image taps are masked off (patch 0,
 // mask 0, no K contribution).
 void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std::uint32_t* patches,
-                 std::uint32_t* masks, Block* b) {
+                 Block* b) {
   const Conv2DShape& s = *g.s;
   b->first = first;
   b->count = static_cast<int>(std::min<std::int64_t>(kBlock, total - first));
   const int span_h = (s.k_h - 1) * s.dilation_h, span_w = (s.k_w - 1) * s.dilation_w;
   alignas(32) std::int32_t ih0[kBlock], iw0[kBlock], base[kBlock], live[kBlock];
   bool border = false;
+  unsigned char tap_padded[kMaxTaps] = {};
   {
     const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
     std::int64_t img = first / hw;
@@ -77,7 +87,6 @@ void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std:
       }
     }
   }
-  b->border = border;
   const int words = g.in_words;
   const __m256i in_h = _mm256_set1_epi32(s.in_h), in_w = _mm256_set1_epi32(s.in_w);
   const __m256i vwords = _mm256_set1_epi32(words);
@@ -107,7 +116,12 @@ void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std:
           const __m256i x =
               _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), src + q, off, ok, 4);
           _mm256_store_si256(reinterpret_cast<__m256i*>(patches + (k + q) * kBlock + v * 8), x);
-          if (border) _mm256_store_si256(reinterpret_cast<__m256i*>(masks + (k + q) * kBlock + v * 8), ok);
+        }
+        if (border) {
+          const __m256i padded = _mm256_andnot_si256(ok, vlive);
+          const int tap = i * s.k_w + t;
+          _mm256_store_si256(reinterpret_cast<__m256i*>(b->padded_lanes[tap] + v * 8), padded);
+          tap_padded[tap] |= !_mm256_testz_si256(padded, padded);
         }
         valid = _mm256_sub_epi32(valid, ok);  // ok is -1 for a real tap
         if (g.mean_abs != nullptr) {
@@ -124,12 +138,19 @@ void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std:
     _mm256_store_si256(reinterpret_cast<__m256i*>(b->n_valid + v * 8),
                        _mm256_mullo_epi32(valid, _mm256_set1_epi32(s.in_c)));
   }
+  b->padded_taps = 0;
+  if (border) {
+    for (int tap = 0; tap < g.taps; ++tap) {
+      if (tap_padded[tap]) b->padded_tap[b->padded_taps++] = tap;
+    }
+  }
 }
 
 // Output stage for one tile: pops [nr][16] -> out rows of the block's pixels, channels
 // [oc0, oc0 + nr) clipped to out_c.
 template <int NR>
-void store_tile(const ConvArgs& a, const Block& b, int lanes, int oc0, const std::int32_t* pops) {
+void store_tile(const ConvArgs& a, const Geometry& g, const Block& b, int lanes, int oc0,
+                const std::int32_t* pops) {
   const int out_c = a.shape.out_c;
   const int nr = std::min(NR, out_c - oc0);
   alignas(32) float res[NR][kBlock];
@@ -139,7 +160,16 @@ void store_tile(const ConvArgs& a, const Block& b, int lanes, int oc0, const std
     const __m256 kv = _mm256_load_ps(b.k + v * 8);
     for (int j = 0; j < NR; ++j) {
       const int c = oc0 + std::min(j, nr - 1);
-      const __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16 + v * 8));
+      __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16 + v * 8));
+      if (b.padded_taps > 0) {
+        const std::int32_t* tp = g.tap_pop + static_cast<std::int64_t>(c) * g.taps;
+        for (int e = 0; e < b.padded_taps; ++e) {
+          const int tap = b.padded_tap[e];
+          const __m256i lanes_mask =
+              _mm256_load_si256(reinterpret_cast<const __m256i*>(b.padded_lanes[tap] + v * 8));
+          pop = _mm256_sub_epi32(pop, _mm256_and_si256(lanes_mask, _mm256_set1_epi32(tp[tap])));
+        }
+      }
       const __m256i dot = _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
       __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(a.alpha[c]));
       if (a.use_k) r = _mm256_mul_ps(r, kv);
@@ -229,6 +259,21 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
                  parallel_for);
   g.bits = bits;
   g.mean_abs = mean_abs;
+  g.tap_pop = nullptr;
+  const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+  if (s.padding == Padding::kSame) {
+    auto* tap_pop = static_cast<std::int32_t*>(
+        thread_scratch(static_cast<std::size_t>(s.out_c) * g.taps * 4, kScratchTapPop));
+    parallel_for(s.out_c, g.kw, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t row = begin * g.taps; row < end * g.taps; ++row) {
+        const std::uint32_t* w = filter + row * g.in_words;
+        std::int32_t pop = 0;
+        for (int q = 0; q < g.in_words; ++q) pop += _mm_popcnt_u32(w[q]);
+        tap_pop[row] = pop;
+      }
+    });
+    g.tap_pop = tap_pop;
+  }
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   const ConvTiling tiling = plan_conv_tiling(s, kBlock, 8);
@@ -236,29 +281,26 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
   parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
     const std::size_t block_bytes = static_cast<std::size_t>(g.kw) * kBlock * 4;
     auto* patches = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchPatches));
-    auto* masks = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchMasks));
     auto* pops = static_cast<std::int32_t*>(thread_scratch(8 * 16 * 4, kScratchTile));
     Block block;
     std::int64_t cached = -1;
-    const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
     for (std::int64_t t = begin; t < end; ++t) {
       const std::int64_t bi = t / tiling.oc_chunks;
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
-        build_block(g, bi * kBlock, total, patches, masks, &block);
+        build_block(g, bi * kBlock, total, patches, &block);
         cached = bi;
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(s.out_c, oc_begin + tiling.oc_chunk);
-      const std::uint32_t* m = block.border ? masks : nullptr;
       if (block.count > 8) {
         for (int oc = oc_begin; oc < oc_end; oc += 4) {
           const std::uint32_t* w[4];
           for (int j = 0; j < 4; ++j) {
             w[j] = filter + static_cast<std::int64_t>(std::min(oc + j, s.out_c - 1)) * g.kw;
           }
-          xnor_gemm_16x4_avx2(patches, m, g.kw, w, pops);
-          store_tile<4>(a, block, 16, oc, pops);
+          xnor_gemm_16x4_avx2(patches, g.kw, w, pops);
+          store_tile<4>(a, g, block, 16, oc, pops);
         }
       } else {
         for (int oc = oc_begin; oc < oc_end; oc += 8) {
@@ -266,8 +308,8 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
           for (int j = 0; j < 8; ++j) {
             w[j] = filter + static_cast<std::int64_t>(std::min(oc + j, s.out_c - 1)) * g.kw;
           }
-          xnor_gemm_8x8_avx2(patches, m, g.kw, w, pops);
-          store_tile<8>(a, block, 8, oc, pops);
+          xnor_gemm_8x8_avx2(patches, g.kw, w, pops);
+          store_tile<8>(a, g, block, 8, oc, pops);
         }
       }
     }

@@ -5,13 +5,9 @@
 namespace keras_xnor {
 namespace internal {
 
-void xnor_gemm_8x8_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
-                        const std::uint32_t* const* weights, std::int32_t* pops) {
-  if (masks != nullptr) {
-    gemm_tile_8x8<true>(patches, masks, kw, weights, pops);
-  } else {
-    gemm_tile_8x8<false>(patches, masks, kw, weights, pops);
-  }
+void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
+                         const std::uint32_t* const* weights, std::int32_t* pops) {
+  gemm_tile_8x8(patches, kw, weights, pops);
 }
 
 }  // namespace internal

@@ -4,8 +4,6 @@
 //   patches  uint32 [kw][16], 64-byte aligned: word k of pixel j at patches[k * 16 + j]
 //            (im2col of the sign-packed input, pixels in vector lanes; lanes past the block's
 //            pixels hold anything, their results are ignored).
-//   masks    nullptr, or uint32 [kw][16] like patches: all ones for a real tap, 0 for a padded
-//            tap (its XOR is cleared so it adds nothing; SAME borders only).
 //   weights  NR pointers to filter rows (OHWI packed, kw words each; read with broadcasts,
 //            so any alignment).
 //   pops     int32 [NR][16]: pops[j * 16 + i] = popcount over k for pixel lane i, channel j.
@@ -20,10 +18,10 @@ namespace keras_xnor {
 namespace internal {
 
 // 16 pixels (two vectors) x 4 channels: the main tile.
-void xnor_gemm_16x4_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+void xnor_gemm_16x4_avx2(const std::uint32_t* patches, int kw,
                          const std::uint32_t* const* weights, std::int32_t* pops);
 // 8 pixels (one vector) x 8 channels: blocks of at most 8 pixels (small outputs, tails).
-void xnor_gemm_8x8_avx2(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
                         const std::uint32_t* const* weights, std::int32_t* pops);
 
 }  // namespace internal

@@ -18,10 +18,9 @@ namespace keras_xnor {
 namespace internal {
 namespace {
 
-// acc += bytewise popcount(a XOR w [AND mask]).
-#define KX_XOR_POP_ACC(a, acc, mask)       \
+// acc += bytewise popcount(a XOR w).
+#define KX_XOR_POP_ACC(a, acc)             \
   "vpxor " a ", %[w], %[t1]\n\t"           \
-  mask                                     \
   "vpand %[low], %[t1], %[t2]\n\t"         \
   "vpsrlw $4, %[t1], %[t1]\n\t"            \
   "vpand %[low], %[t1], %[t1]\n\t"         \
@@ -29,8 +28,6 @@ namespace {
   "vpshufb %[t1], %[lut], %[t1]\n\t"       \
   "vpaddb %[t1], %[t2], %[t2]\n\t"         \
   "vpaddb %[t2], " acc ", " acc "\n\t"
-#define KX_MASK0 "vpand (%[m]), %[t1], %[t1]\n\t"
-#define KX_MASK1 "vpand 32(%[m]), %[t1], %[t1]\n\t"
 
 inline __m256i widen_bytes_to_int32(__m256i acc) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(acc, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
@@ -42,8 +39,7 @@ inline void store_or_add(std::int32_t* dst, __m256i v, bool first) {
 }
 
 // 16 pixels (2 vectors) x 4 channels.
-template <bool kMasked>
-inline void gemm_tile_16x4(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+inline void gemm_tile_16x4(const std::uint32_t* patches, int kw,
                            const std::uint32_t* const* weights, std::int32_t* pops) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -55,38 +51,19 @@ inline void gemm_tile_16x4(const std::uint32_t* patches, const std::uint32_t* ma
     __m256i c10 = c00, c11 = c00, c12 = c00, c13 = c00;
     for (int k = k0; k < k1; ++k) {
       const std::uint32_t* p = patches + k * 16;
-      const std::uint32_t* m = kMasked ? masks + k * 16 : nullptr;
       __m256i a0, a1, wv, t1, t2;
-      if (kMasked) {
+      {
         __asm__(
             "vmovdqa (%[p]), %[a0]\n\t"
             "vmovdqa 32(%[p]), %[a1]\n\t"
             "vpbroadcastd (%[w0]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c00]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c10]", KX_MASK1)
+            KX_XOR_POP_ACC("%[a0]", "%[c00]") KX_XOR_POP_ACC("%[a1]", "%[c10]")
             "vpbroadcastd (%[w1]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c01]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c11]", KX_MASK1)
+            KX_XOR_POP_ACC("%[a0]", "%[c01]") KX_XOR_POP_ACC("%[a1]", "%[c11]")
             "vpbroadcastd (%[w2]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c02]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c12]", KX_MASK1)
+            KX_XOR_POP_ACC("%[a0]", "%[c02]") KX_XOR_POP_ACC("%[a1]", "%[c12]")
             "vpbroadcastd (%[w3]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c03]", KX_MASK0) KX_XOR_POP_ACC("%[a1]", "%[c13]", KX_MASK1)
-            : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
-              [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
-              [a0] "=&x"(a0), [a1] "=&x"(a1), [w] "=&x"(wv), [t1] "=&x"(t1), [t2] "=&x"(t2)
-            : [p] "r"(p), [m] "r"(m), [w0] "r"(w0 + k), [w1] "r"(w1 + k), [w2] "r"(w2 + k),
-              [w3] "r"(w3 + k), [lut] "x"(lut), [low] "x"(low)
-            : "memory");
-      } else {
-        __asm__(
-            "vmovdqa (%[p]), %[a0]\n\t"
-            "vmovdqa 32(%[p]), %[a1]\n\t"
-            "vpbroadcastd (%[w0]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c00]", "") KX_XOR_POP_ACC("%[a1]", "%[c10]", "")
-            "vpbroadcastd (%[w1]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c01]", "") KX_XOR_POP_ACC("%[a1]", "%[c11]", "")
-            "vpbroadcastd (%[w2]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c02]", "") KX_XOR_POP_ACC("%[a1]", "%[c12]", "")
-            "vpbroadcastd (%[w3]), %[w]\n\t"
-            KX_XOR_POP_ACC("%[a0]", "%[c03]", "") KX_XOR_POP_ACC("%[a1]", "%[c13]", "")
+            KX_XOR_POP_ACC("%[a0]", "%[c03]") KX_XOR_POP_ACC("%[a1]", "%[c13]")
             : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
               [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
               [a0] "=&x"(a0), [a1] "=&x"(a1), [w] "=&x"(wv), [t1] "=&x"(t1), [t2] "=&x"(t2)
@@ -111,8 +88,7 @@ inline void gemm_tile_16x4(const std::uint32_t* patches, const std::uint32_t* ma
 }
 
 // 8 pixels (1 vector) x 8 channels.
-template <bool kMasked>
-inline void gemm_tile_8x8(const std::uint32_t* patches, const std::uint32_t* masks, int kw,
+inline void gemm_tile_8x8(const std::uint32_t* patches, int kw,
                           const std::uint32_t* const* weights, std::int32_t* pops) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -125,29 +101,23 @@ inline void gemm_tile_8x8(const std::uint32_t* patches, const std::uint32_t* mas
             c7 = c0;
     for (int k = k0; k < k1; ++k) {
       const std::uint32_t* p = patches + k * 16;
-      const std::uint32_t* m = kMasked ? masks + k * 16 : nullptr;
       __m256i a0, wv, t1, t2;
       // Two statements of four channels each (one asm may have at most 30 operands); the
       // second reloads the patch vector, which is cheaper than passing it through.
-#define KX_8X8_HALF(MASK, A, B, C, D)                                                       \
+#define KX_8X8_HALF(A, B, C, D)                                                             \
   "vmovdqa (%[p]), %[a0]\n\t"                                                               \
-  "vpbroadcastd (%[wa]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" A "]", MASK)               \
-  "vpbroadcastd (%[wb]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" B "]", MASK)               \
-  "vpbroadcastd (%[wc]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" C "]", MASK)               \
-  "vpbroadcastd (%[wd]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" D "]", MASK)
+  "vpbroadcastd (%[wa]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" A "]")                     \
+  "vpbroadcastd (%[wb]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" B "]")                     \
+  "vpbroadcastd (%[wc]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" C "]")                     \
+  "vpbroadcastd (%[wd]), %[w]\n\t" KX_XOR_POP_ACC("%[a0]", "%[" D "]")      
 #define KX_8X8_OPERANDS(A, B, C, D, J)                                                       \
   : [A] "+x"(A), [B] "+x"(B), [C] "+x"(C), [D] "+x"(D), [a0] "=&x"(a0), [w] "=&x"(wv),       \
     [t1] "=&x"(t1), [t2] "=&x"(t2)                                                           \
-  : [p] "r"(p), [m] "r"(m), [wa] "r"(w[J] + k), [wb] "r"(w[J + 1] + k),                      \
+  : [p] "r"(p), [wa] "r"(w[J] + k), [wb] "r"(w[J + 1] + k),                      \
     [wc] "r"(w[J + 2] + k), [wd] "r"(w[J + 3] + k), [lut] "x"(lut), [low] "x"(low)           \
   : "memory"
-      if (kMasked) {
-        __asm__(KX_8X8_HALF(KX_MASK0, "c0", "c1", "c2", "c3") KX_8X8_OPERANDS(c0, c1, c2, c3, 0));
-        __asm__(KX_8X8_HALF(KX_MASK0, "c4", "c5", "c6", "c7") KX_8X8_OPERANDS(c4, c5, c6, c7, 4));
-      } else {
-        __asm__(KX_8X8_HALF("", "c0", "c1", "c2", "c3") KX_8X8_OPERANDS(c0, c1, c2, c3, 0));
-        __asm__(KX_8X8_HALF("", "c4", "c5", "c6", "c7") KX_8X8_OPERANDS(c4, c5, c6, c7, 4));
-      }
+      __asm__(KX_8X8_HALF("c0", "c1", "c2", "c3") KX_8X8_OPERANDS(c0, c1, c2, c3, 0));
+      __asm__(KX_8X8_HALF("c4", "c5", "c6", "c7") KX_8X8_OPERANDS(c4, c5, c6, c7, 4));
 #undef KX_8X8_HALF
 #undef KX_8X8_OPERANDS
     }
@@ -167,8 +137,6 @@ inline void gemm_tile_8x8(const std::uint32_t* patches, const std::uint32_t* mas
 }
 
 #undef KX_XOR_POP_ACC
-#undef KX_MASK0
-#undef KX_MASK1
 
 }  // namespace
 }  // namespace internal
