@@ -297,7 +297,9 @@ class _ScaledBinaryMixin:
         # this layer will run it (forced, or auto on a CPU-only machine with the library).
         if self.implementation == "simulation" or self._check_compiled_possible():
             return
-        if self.implementation == "compiled" or not tf.config.list_logical_devices("GPU"):
+        # list_physical_devices does not initialize the TF runtime (device configuration such
+        # as memory growth must stay possible after building a model).
+        if self.implementation == "compiled" or not tf.config.list_physical_devices("GPU"):
             from keras_xnor import ops  # noqa: PLC0415
 
             if self.implementation == "compiled" or ops.compiled_ops_available():
