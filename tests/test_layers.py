@@ -108,6 +108,20 @@ def test_bin_conv2d_dot_product_is_exact(h, w, c, f, kernel, strides, padding, d
     np.testing.assert_array_equal(layer(x).numpy(), dot.astype(np.float32))
 
 
+@pytest.mark.parametrize("implementation", ["simulation", "auto"])
+def test_same_padding_taps_contribute_zero_to_dot_and_k(implementation):
+    """1x1 image, 3x3 kernel, SAME: only the centre tap is inside the image."""
+    x = np.array([[[[-0.6, 0.3]]]], np.float32)
+    layer = keras_xnor.BinConv2D(1, 3, padding="same", use_bias=False, kernel_scale="none",
+                                 implementation=implementation)
+    layer.build(x.shape)
+    kernel = -np.ones((3, 3, 2, 1), np.float32)  # every padded tap would add -sign(0) = -1
+    kernel[1, 1, :, 0] = [-0.5, 0.5]  # centre: sign(x) . sign(w) = (-1)(-1) + (1)(1) = 2
+    layer.set_weights([kernel])
+    k = (0.6 + 0.3) / 2 / 9  # mean_c |x| over the one valid tap, divided by kh * kw
+    np.testing.assert_allclose(layer(x).numpy(), [[[[2 * k]]]], rtol=1e-6)
+
+
 def test_bwn_conv2d_matches_numpy_eq4():
     x = np.random.RandomState(0).randn(2, 6, 6, 4).astype(np.float32)
     layer = keras_xnor.BWNConv2D(3, 3, padding="same")
