@@ -21,6 +21,8 @@ namespace internal {
 namespace {
 
 constexpr int kBlock = 16;  // output pixels per im2col block (two 8-lane vectors)
+// Dense layers with fewer rows than this use the GEMV kernel (rows would leave lanes empty).
+constexpr int kGemvMaxBatch = 8;
 
 float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -317,21 +319,54 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
 }
 
 void dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
-  ConvArgs c;
-  c.shape.batch = a.batch;
-  c.shape.in_h = c.shape.in_w = 1;
-  c.shape.in_c = a.in_features;
-  c.shape.out_c = a.units;
-  c.shape.k_h = c.shape.k_w = 1;
-  c.shape.out_h = c.shape.out_w = 1;
-  c.input = a.input;
-  c.filter = a.filter;
-  c.alpha = a.alpha;
-  c.bias = a.bias;
-  c.use_k = a.use_k;
-  c.relu = a.relu;
-  c.output = a.output;
-  conv2d_avx2(c, parallel_for);
+  if (a.batch >= kGemvMaxBatch) {
+    // Enough rows to fill pixel lanes: the dense layer is a 1x1 conv on a 1x1 image.
+    ConvArgs c;
+    c.shape.batch = a.batch;
+    c.shape.in_h = c.shape.in_w = 1;
+    c.shape.in_c = a.in_features;
+    c.shape.out_c = a.units;
+    c.shape.k_h = c.shape.k_w = 1;
+    c.shape.out_h = c.shape.out_w = 1;
+    c.input = a.input;
+    c.filter = a.filter;
+    c.alpha = a.alpha;
+    c.bias = a.bias;
+    c.use_k = a.use_k;
+    c.relu = a.relu;
+    c.output = a.output;
+    conv2d_avx2(c, parallel_for);
+    return;
+  }
+  // GEMV: each unit quad streams its weight rows once per input row.
+  const int words = packed_words(a.in_features);
+  auto* bits = static_cast<std::uint32_t*>(
+      thread_scratch(static_cast<std::size_t>(a.batch) * words * 4, kScratchPacked));
+  auto* mean_abs = static_cast<float*>(thread_scratch(static_cast<std::size_t>(a.batch) * 4, kScratchMeanAbs));
+  pack_rows_avx2(a.input, a.batch, a.in_features, reinterpret_cast<PackedWord*>(bits),
+                 a.use_k ? mean_abs : nullptr, serial_for);
+  const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+  const int quads = (a.units + 3) / 4;
+  parallel_for(quads, static_cast<std::int64_t>(4) * words * a.batch, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t q = begin; q < end; ++q) {
+      const int u0 = static_cast<int>(q * 4);
+      const std::uint32_t* w[4];
+      for (int j = 0; j < 4; ++j) w[j] = filter + static_cast<std::int64_t>(std::min(u0 + j, a.units - 1)) * words;
+      const int nu = std::min(4, a.units - u0);
+      for (int n = 0; n < a.batch; ++n) {
+        std::int32_t pops[4];
+        xnor_gemv_1x4_avx2(bits + static_cast<std::int64_t>(n) * words, words, w, pops);
+        float* out = a.output + static_cast<std::int64_t>(n) * a.units + u0;
+        for (int j = 0; j < nu; ++j) {
+          float v = static_cast<float>(a.in_features - 2 * pops[j]) * a.alpha[u0 + j];
+          if (a.use_k) v *= mean_abs[n];
+          if (a.bias != nullptr) v += a.bias[u0 + j];
+          if (a.relu && v < 0.0f) v = 0.0f;
+          out[j] = v;
+        }
+      }
+    }
+  });
 }
 
 }  // namespace internal

@@ -24,6 +24,11 @@ void xnor_gemm_16x4_avx2(const std::uint32_t* patches, int kw,
 void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
                         const std::uint32_t* const* weights, std::int32_t* pops);
 
+// Dense layer at small batch: pops[j] = popcount(x XOR weights[j]) over `words` words, j < 4.
+// Reads exactly `words` words of x and of each weight row (any alignment).
+void xnor_gemv_1x4_avx2(const std::uint32_t* x, int words, const std::uint32_t* const* weights,
+                        std::int32_t* pops);
+
 }  // namespace internal
 }  // namespace keras_xnor
 
