@@ -1,0 +1,227 @@
+"""Benchmark of the XNOR convolution op against float convolutions (not a test).
+
+For ResNet-18's four 3x3 stages and AlexNet conv2-conv5 (batch 1, SAME), it measures:
+
+* TF float ``tf.nn.conv2d`` (oneDNN/Eigen),
+* TFLite float with XNNPACK (a one-conv model from ``TFLiteConverter``, run by
+  ``ai_edge_litert.interpreter.Interpreter(num_threads=t)``),
+* our ``KerasXnorBinConv2D`` (float input binarized and packed inside, K map, alpha, bias;
+  the filter pre-packed as in an exported model),
+
+and prints the speed-ups plus our binary rate in bit-MACs/s (one XNOR+popcount of one bit
+pair, ``N*OH*OW*O*KH*KW*C`` per conv) against the popcount roofline
+(``keras_xnor_popcount_roofline`` from the core, loaded from the TF-free delegate library)
+measured in the same worker process. TensorFlow fixes its intra-op pool at start-up, so every
+thread count runs in its own subprocess.
+
+Times are per conv call: TF graphs chain ``--unroll`` calls in one ``tf.function`` (grappler
+off so nothing is deduplicated) to hide Python's per-call cost; TFLite times one ``invoke``.
+Each figure is the median (and min) over repeats lasting at least ``--min-seconds``.
+
+Usage::
+
+    python benchmarks/bench_conv.py [--threads 1 2] [--json build/bench_conv.json]
+"""
+
+import argparse
+import ctypes
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name, input H = W, in channels, out channels, kernel, stride
+SHAPES = [
+    ("resnet18_conv2_x", 56, 64, 64, 3, 1),
+    ("resnet18_conv3_x", 28, 128, 128, 3, 1),
+    ("resnet18_conv4_x", 14, 256, 256, 3, 1),
+    ("resnet18_conv5_x", 7, 512, 512, 3, 1),
+    ("alexnet_conv2", 27, 96, 256, 5, 1),
+    ("alexnet_conv3", 13, 256, 384, 3, 1),
+    ("alexnet_conv4", 13, 384, 384, 3, 1),
+    ("alexnet_conv5", 13, 384, 256, 3, 1),
+]
+TARGETS = {"vs_tflite": 8.0, "vs_tf": 15.0, "roofline": 0.70}  # at 2 threads, ResNet-18
+
+
+def bit_macs(size, c_in, c_out, k, stride):
+    out = -(-size // stride)
+    return out * out * c_out * k * k * c_in
+
+
+def time_calls(fn, per_call, min_seconds, min_repeats=7):
+    """Median and min seconds per conv of ``fn`` (which runs ``per_call`` convs)."""
+    for _ in range(3):
+        fn()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) / per_call)
+    return statistics.median(samples), min(samples)
+
+
+def delegate_library():
+    matches = sorted(glob.glob(os.path.join(ROOT, "keras_xnor", "_ops", "_keras_xnor_delegate*.so")))
+    if not matches:
+        raise SystemExit("no _keras_xnor_delegate*.so: run `make ops` first")
+    library = ctypes.CDLL(matches[0])
+    library.keras_xnor_popcount_roofline.restype = ctypes.c_double
+    library.keras_xnor_popcount_roofline.argtypes = [ctypes.c_int, ctypes.c_double]
+    library.keras_xnor_core_kernel_path.restype = ctypes.c_char_p
+    return library
+
+
+def worker(args):
+    """Runs every shape at one thread count; prints one JSON document."""
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    # Chained identical calls must all run: no grappler deduplication or folding.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    from keras_xnor import ops  # noqa: PLC0415
+
+    module = ops.load_ops()
+    delegate = delegate_library()
+    roofline = delegate.keras_xnor_popcount_roofline(args.threads, args.roofline_seconds)
+    rng = np.random.default_rng(0)
+    results = []
+    for name, size, c_in, c_out, k, stride in SHAPES:
+        if args.only and not any(part in name for part in args.only):
+            continue
+        x = tf.constant(rng.standard_normal((1, size, size, c_in)).astype(np.float32))
+        w = tf.constant(rng.standard_normal((k, k, c_in, c_out)).astype(np.float32) * 0.05)
+        packed = ops.pack_bits(tf.transpose(w, [3, 0, 1, 2]))
+        alpha = tf.constant(rng.uniform(0.5, 1.0, c_out).astype(np.float32))
+        bias = tf.zeros([c_out])
+        attrs = dict(strides=[stride, stride], padding="SAME", dilations=[1, 1],
+                     in_channels=c_in, use_k=True, relu=False)
+
+        def chained(conv):
+            @tf.function(autograph=False)
+            def run():
+                y = None
+                for _ in range(args.unroll):
+                    with tf.control_dependencies([] if y is None else [y]):
+                        y = conv()
+                return y
+
+            return run
+
+        tf_float = chained(lambda: tf.nn.conv2d(x, w, stride, "SAME"))
+        ours = chained(lambda: module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs))
+        tf_ms = time_calls(tf_float, args.unroll, args.min_seconds)
+        our_ms = time_calls(ours, args.unroll, args.min_seconds)
+
+        spec_in = tf.TensorSpec([1, size, size, c_in], tf.float32)
+        concrete = tf.function(lambda v: tf.nn.conv2d(v, w, stride, "SAME")).get_concrete_function(
+            spec_in
+        )
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        interpreter = Interpreter(model_content=converter.convert(), num_threads=args.threads)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.numpy())
+        tflite_ms = time_calls(interpreter.invoke, 1, args.min_seconds)
+
+        macs = bit_macs(size, c_in, c_out, k, stride)
+        results.append({
+            "shape": name, "size": size, "in_channels": c_in, "out_channels": c_out,
+            "kernel": k, "stride": stride, "threads": args.threads, "bit_macs": macs,
+            "tf_float_ms": 1e3 * tf_ms[0], "tf_float_ms_min": 1e3 * tf_ms[1],
+            "tflite_xnnpack_ms": 1e3 * tflite_ms[0], "tflite_xnnpack_ms_min": 1e3 * tflite_ms[1],
+            "xnor_ms": 1e3 * our_ms[0], "xnor_ms_min": 1e3 * our_ms[1],
+            "speedup_vs_tf": tf_ms[0] / our_ms[0],
+            "speedup_vs_tflite": tflite_ms[0] / our_ms[0],
+            "bit_macs_per_s": macs / our_ms[0], "bit_macs_per_s_best": macs / our_ms[1],
+        })
+    roofline = max(roofline, delegate.keras_xnor_popcount_roofline(args.threads,
+                                                                   args.roofline_seconds))
+    for row in results:
+        row["roofline_bit_macs_per_s"] = roofline
+        row["fraction_of_roofline"] = row["bit_macs_per_s"] / roofline
+        row["fraction_of_roofline_best"] = row["bit_macs_per_s_best"] / roofline
+    print(json.dumps({
+        "threads": args.threads, "roofline_bit_macs_per_s": roofline,
+        "kernel_path": delegate.keras_xnor_core_kernel_path().decode(),
+        "tf_version": tf.__version__, "results": results,
+    }))
+
+
+def print_table(runs):
+    header = ("%-17s %3s %9s %9s %9s %7s %7s %9s %6s"
+              % ("shape", "thr", "TF ms", "TFLite ms", "XNOR ms", "xTF", "xTFLite",
+                 "Gbop/s", "%roof"))
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        for r in run["results"]:
+            print("%-17s %3d %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%%" % (
+                r["shape"], r["threads"], r["tf_float_ms"], r["tflite_xnnpack_ms"],
+                r["xnor_ms"], r["speedup_vs_tf"], r["speedup_vs_tflite"],
+                r["bit_macs_per_s"] / 1e9, 100 * r["fraction_of_roofline"]))
+        print("  roofline at %d thread(s): %.1f G bit-MACs/s (kernel path %s)"
+              % (run["threads"], run["roofline_bit_macs_per_s"] / 1e9, run["kernel_path"]))
+    for run in runs:
+        resnet = [r for r in run["results"] if r["shape"].startswith("resnet18")]
+        if run["threads"] != 2 or not resnet:
+            continue
+        print("ResNet-18 shapes at 2 threads: min speed-up %.1fx vs TFLite XNNPACK (target %gx), "
+              "%.1fx vs TF (target %gx), min %.0f%% of roofline (target %.0f%%)" % (
+                  min(r["speedup_vs_tflite"] for r in resnet), TARGETS["vs_tflite"],
+                  min(r["speedup_vs_tf"] for r in resnet), TARGETS["vs_tf"],
+                  100 * min(r["fraction_of_roofline"] for r in resnet),
+                  100 * TARGETS["roofline"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--min-seconds", type=float, default=1.0,
+                        help="minimum measuring time per shape and method")
+    parser.add_argument("--unroll", type=int, default=20,
+                        help="conv calls chained in one TF graph call")
+    parser.add_argument("--roofline-seconds", type=float, default=1.0)
+    parser.add_argument("--only", nargs="*", help="substrings of shape names to run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.threads = args.threads[0]
+        return worker(args)
+
+    runs = []
+    for threads in args.threads:
+        command = [sys.executable, os.path.abspath(__file__), "--worker",
+                   "--threads", str(threads), "--min-seconds", str(args.min_seconds),
+                   "--unroll", str(args.unroll), "--roofline-seconds", str(args.roofline_seconds)]
+        if args.only:
+            command += ["--only"] + args.only
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-5000:])
+            raise SystemExit("benchmark worker with %d thread(s) failed" % threads)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print_table(runs)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.processor() or platform.machine(),
+                       "cpu_count": os.cpu_count(), "targets_at_2_threads": TARGETS,
+                       "runs": runs}, f, indent=2)
+        print("wrote", args.json)
+
+
+if __name__ == "__main__":
+    main()
