@@ -1,6 +1,14 @@
 #include "custom_ops/tflite/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define KERAS_XNOR_PAUSE() _mm_pause()
+#else
+#define KERAS_XNOR_PAUSE() std::this_thread::yield()
+#endif
 
 namespace keras_xnor {
 namespace {
@@ -8,6 +16,19 @@ namespace {
 constexpr std::int64_t kMinParallelCost = 20000;
 // Blocks per thread: a few, so uneven blocks (borders, cache effects) balance out.
 constexpr std::int64_t kBlocksPerThread = 4;
+// How long an idle thread polls before blocking.
+constexpr int kSpinMicros = 50;
+
+// Polls `done` for up to kSpinMicros; true if it became true.
+template <typename Predicate>
+bool spin_until(Predicate done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    KERAS_XNOR_PAUSE();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -17,7 +38,7 @@ ThreadPool::ThreadPool(int num_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (std::thread& worker : workers_) worker.join();
@@ -34,16 +55,17 @@ void ThreadPool::run_blocks() {
 void ThreadPool::worker_loop() {
   std::uint64_t seen = 0;
   for (;;) {
-    {
+    auto ready = [&] { return stop_.load() || generation_.load() != seen; };
+    if (!spin_until(ready)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      wake_.wait(lock, ready);
     }
+    if (stop_.load()) return;
+    seen = generation_.load();
     run_blocks();
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      ++workers_finished_;
+      workers_finished_.fetch_add(1);
     }
     done_.notify_one();
   }
@@ -64,15 +86,19 @@ void ThreadPool::parallel_for(std::int64_t n, std::int64_t cost_per_unit, const 
     n_ = n;
     block_ = (n + blocks - 1) / blocks;
     next_.store(0);
-    workers_finished_ = 0;
-    ++generation_;
+    workers_finished_.store(0);
+    generation_.fetch_add(1);  // publishes the job (seq_cst, after the fields above)
   }
   wake_.notify_all();
   run_blocks();
   // Every worker sees every generation exactly once; waiting for all of them guarantees no
   // worker still touches fn_ (which lives on our caller's stack) after we return.
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return workers_finished_ == static_cast<int>(workers_.size()); });
+  const int workers = static_cast<int>(workers_.size());
+  auto all_done = [&] { return workers_finished_.load() == workers; };
+  if (!spin_until(all_done)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, all_done);
+  }
   fn_ = nullptr;
 }
 

@@ -7,6 +7,9 @@
 // returns when every block has returned; small jobs (n * cost below a threshold) run inline on
 // the caller. Calls from several threads at once are serialised (one job at a time), so one pool
 // may serve several interpreters. fn must not call parallel_for on the same pool.
+// Idle workers spin for a short while (kSpinMicros) before sleeping on a condition variable: a
+// network calls parallel_for several times per layer, and a futex wake-up per call would
+// cost more than the work of a small layer.
 #ifndef KERAS_XNOR_TFLITE_THREAD_POOL_H_
 #define KERAS_XNOR_TFLITE_THREAD_POOL_H_
 
@@ -45,9 +48,9 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  std::uint64_t generation_ = 0;
-  int workers_finished_ = 0;
-  bool stop_ = false;
+  std::atomic<std::uint64_t> generation_{0};  // written under mutex_, read spinning
+  std::atomic<int> workers_finished_{0};
+  std::atomic<bool> stop_{false};
 
   // The current job (valid while a generation is running).
   const RangeFn* fn_ = nullptr;
