@@ -498,6 +498,7 @@ CONV_ERRORS = [
     (dict(in_channels=0, x=np.zeros([1, 5, 5, 0], np.float32)), "in_channels must be >= 1"),
     (dict(padding="VALID", f=np.zeros([3, 7, 7, 2], np.int32)), "empty|dilated kernel size"),
     (dict(padding="VALID", dilations=[3, 3]), "empty|dilated kernel size"),
+    (dict(x=np.zeros([1, 0, 5, 40], np.float32)), "input height"),
     (dict(x=tf.zeros([1, 5, 5, 40], tf.int32)), "float"),
     (dict(f=tf.zeros([3, 3, 3, 2], tf.float32)), "int32"),
     (dict(a=tf.ones([3], tf.float64)), "float"),
