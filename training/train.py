@@ -93,7 +93,7 @@ def main(argv):
     config = _config_from_flags()
     strategy = trainer.make_strategy(config.strategy)
     try:
-        trainer.train(config, strategy=strategy)
+        trainer.train(config, distribute_strategy=strategy)
     except (datasets.DataNotFoundError, datasets.CorruptDataError, trainer.ConfigError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

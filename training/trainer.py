@@ -371,12 +371,13 @@ def _prepare_output_dir(config, write_dir, is_chief):
             os.remove(path)
 
 
-def train(config=None, strategy=None, **overrides):
+def train(config=None, distribute_strategy=None, **overrides):
     """Runs one training job and returns its metrics (also written to metrics.json).
 
     Args:
         config: a :class:`TrainConfig` (default: TrainConfig()).
-        strategy: an existing tf.distribute strategy (default: made from config.strategy).
+        distribute_strategy: an existing tf.distribute strategy (default: made from
+            config.strategy).
         **overrides: TrainConfig fields to replace.
 
     Returns:
@@ -385,8 +386,7 @@ def train(config=None, strategy=None, **overrides):
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     _validate(config)
-    if strategy is None:
-        strategy = make_strategy(config.strategy)
+    strategy = distribute_strategy or make_strategy(config.strategy)
     is_chief, task_id, num_workers = _worker_role(strategy)
     write_dir = config.output_dir if is_chief else os.path.join(config.output_dir,
                                                                 "worker_%d" % task_id)
