@@ -21,11 +21,20 @@ std::uint64_t load64(const std::uint32_t* p) {
   return v;
 }
 
+// On x86, build this loop twice, with and without the POPCNT instruction, and let the loader
+// pick (GCC function multiversioning): baseline x86-64 has no popcount instruction and
+// __builtin_popcountll would become a library call. Other ISAs get their native popcount.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KX_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define KX_POPCNT_CLONES
+#endif
+
 // Popcounts of (patch XOR weight) [AND mask] for kRows pixels x kCols channels. Rows of
 // `patches`/`masks` are `stride` words apart; weights rows are `kw` words (any alignment).
 template <bool kMasked>
-void gemm_tile(const std::uint32_t* patches, const std::uint32_t* masks, int stride, int kw,
-               const std::uint32_t* const* w, std::int64_t pops[kRows][kCols]) {
+__attribute__((always_inline)) inline void gemm_tile_impl(const std::uint32_t* patches, const std::uint32_t* masks, int stride,
+                           int kw, const std::uint32_t* const* w, std::int64_t pops[kRows][kCols]) {
   std::int64_t acc[kRows][kCols] = {};
   const int pairs = kw / 2;
   for (int k = 0; k < pairs; ++k) {
@@ -52,6 +61,18 @@ void gemm_tile(const std::uint32_t* patches, const std::uint32_t* masks, int str
   }
   for (int r = 0; r < kRows; ++r)
     for (int c = 0; c < kCols; ++c) pops[r][c] = acc[r][c];
+}
+
+KX_POPCNT_CLONES void gemm_tile_masked(const std::uint32_t* patches, const std::uint32_t* masks,
+                                       int stride, int kw, const std::uint32_t* const* w,
+                                       std::int64_t pops[kRows][kCols]) {
+  gemm_tile_impl<true>(patches, masks, stride, kw, w, pops);
+}
+
+KX_POPCNT_CLONES void gemm_tile_plain(const std::uint32_t* patches, int stride, int kw,
+                                      const std::uint32_t* const* w,
+                                      std::int64_t pops[kRows][kCols]) {
+  gemm_tile_impl<false>(patches, nullptr, stride, kw, w, pops);
 }
 
 }  // namespace
@@ -140,9 +161,9 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
         }
         std::int64_t pops[kRows][kCols];
         if (border) {
-          gemm_tile<true>(patches, masks, kw, kw, w, pops);
+          gemm_tile_masked(patches, masks, kw, kw, w, pops);
         } else {
-          gemm_tile<false>(patches, masks, kw, kw, w, pops);
+          gemm_tile_plain(patches, kw, kw, w, pops);
         }
         const int nc = std::min(kCols, s.out_c - oc);
         for (int r = 0; r < count; ++r) {
