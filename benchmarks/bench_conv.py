@@ -16,7 +16,9 @@ thread count runs in its own subprocess.
 
 Times are per conv call: TF graphs chain ``--unroll`` calls in one ``tf.function`` (grappler
 off so nothing is deduplicated) to hide Python's per-call cost; TFLite times one ``invoke``.
-Each figure is the median (and min) over repeats lasting at least ``--min-seconds``.
+The three methods are timed in interleaved rounds (one call of each per round) so that load
+from other processes hits them alike; each figure is the median (and min) over the rounds,
+which last at least ``--min-seconds`` per method. The JSON also holds min-based figures.
 
 Usage::
 
@@ -55,17 +57,25 @@ def bit_macs(size, c_in, c_out, k, stride):
     return out * out * c_out * k * k * c_in
 
 
-def time_calls(fn, per_call, min_seconds, min_repeats=7):
-    """Median and min seconds per conv of ``fn`` (which runs ``per_call`` convs)."""
-    for _ in range(3):
-        fn()
-    samples = []
+def time_interleaved(methods, min_seconds, min_rounds=7):
+    """Median and min seconds per conv of each method, measured in interleaved rounds.
+
+    ``methods`` maps a name to ``(fn, convs per fn call)``. Each round calls every method
+    once, so load from other processes on the machine hits all methods alike.
+    """
+    for fn, _ in methods.values():
+        for _ in range(3):
+            fn()
+    samples = {name: [] for name in methods}
     start = time.perf_counter()
-    while len(samples) < min_repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) / per_call)
-    return statistics.median(samples), min(samples)
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(methods):
+        for name, (fn, per_call) in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) / per_call)
+        rounds += 1
+    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 
 
 def delegate_library():
@@ -121,9 +131,6 @@ def worker(args):
 
         tf_float = chained(lambda: tf.nn.conv2d(x, w, stride, "SAME"))
         ours = chained(lambda: module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs))
-        tf_ms = time_calls(tf_float, args.unroll, args.min_seconds)
-        our_ms = time_calls(ours, args.unroll, args.min_seconds)
-
         spec_in = tf.TensorSpec([1, size, size, c_in], tf.float32)
         concrete = tf.function(lambda v: tf.nn.conv2d(v, w, stride, "SAME")).get_concrete_function(
             spec_in
@@ -132,7 +139,13 @@ def worker(args):
         interpreter = Interpreter(model_content=converter.convert(), num_threads=args.threads)
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.numpy())
-        tflite_ms = time_calls(interpreter.invoke, 1, args.min_seconds)
+
+        times = time_interleaved(
+            {"tf": (tf_float, args.unroll), "tflite": (interpreter.invoke, 1),
+             "xnor": (ours, args.unroll)},
+            args.min_seconds,
+        )
+        tf_ms, tflite_ms, our_ms = times["tf"], times["tflite"], times["xnor"]
 
         macs = bit_macs(size, c_in, c_out, k, stride)
         results.append({
