@@ -79,7 +79,8 @@ def time_interleaved(methods, min_seconds, min_rounds=7):
 
 
 def delegate_library():
-    matches = sorted(glob.glob(os.path.join(ROOT, "keras_xnor", "_ops", "_keras_xnor_delegate*.so")))
+    pattern = os.path.join(ROOT, "keras_xnor", "_ops", "_keras_xnor_delegate*.so")
+    matches = sorted(glob.glob(pattern))
     if not matches:
         raise SystemExit("no _keras_xnor_delegate*.so: run `make ops` first")
     library = ctypes.CDLL(matches[0])
@@ -156,6 +157,8 @@ def worker(args):
             "xnor_ms": 1e3 * our_ms[0], "xnor_ms_min": 1e3 * our_ms[1],
             "speedup_vs_tf": tf_ms[0] / our_ms[0],
             "speedup_vs_tflite": tflite_ms[0] / our_ms[0],
+            "speedup_vs_tf_best": tf_ms[1] / our_ms[1],
+            "speedup_vs_tflite_best": tflite_ms[1] / our_ms[1],
             "bit_macs_per_s": macs / our_ms[0], "bit_macs_per_s_best": macs / our_ms[1],
         })
     roofline = max(roofline, delegate.keras_xnor_popcount_roofline(args.threads,
@@ -172,16 +175,17 @@ def worker(args):
 
 
 def print_table(runs):
-    header = ("%-17s %3s %9s %9s %9s %7s %7s %9s %6s"
-              % ("shape", "thr", "TF ms", "TFLite ms", "XNOR ms", "xTF", "xTFLite",
+    header = ("%-17s %3s %9s %9s %9s %9s %7s %7s %9s %6s"
+              % ("shape", "thr", "TF ms", "TFLite ms", "XNOR ms", "XNOR min", "xTF", "xTFLite",
                  "Gbop/s", "%roof"))
+    print("median ms per conv (batch 1); ratios of medians; Gbop/s = 1e9 bit-MACs/s (median)")
     print(header)
     print("-" * len(header))
     for run in runs:
         for r in run["results"]:
-            print("%-17s %3d %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%%" % (
+            print("%-17s %3d %9.3f %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%%" % (
                 r["shape"], r["threads"], r["tf_float_ms"], r["tflite_xnnpack_ms"],
-                r["xnor_ms"], r["speedup_vs_tf"], r["speedup_vs_tflite"],
+                r["xnor_ms"], r["xnor_ms_min"], r["speedup_vs_tf"], r["speedup_vs_tflite"],
                 r["bit_macs_per_s"] / 1e9, 100 * r["fraction_of_roofline"]))
         print("  roofline at %d thread(s): %.1f G bit-MACs/s (kernel path %s)"
               % (run["threads"], run["roofline_bit_macs_per_s"] / 1e9, run["kernel_path"]))
