@@ -241,6 +241,12 @@ def test_bin_conv2d_integer_part_is_exact(case):
     )
     assert y.shape == dot.shape
     np.testing.assert_array_equal(y, dot)
+    # The shape function agrees with the kernel.
+    traced = tf.function(
+        lambda v: raw_conv(v, filt, ones, zeros, use_k=False, relu=False, **attrs),
+        autograph=False,
+    ).get_concrete_function(tf.TensorSpec(x.shape))
+    assert tuple(traced.structured_outputs.shape) == dot.shape
     # The pure-TF twin computes the same integers.
     y_ref = ops.bin_conv2d_reference(x, filt, ones, zeros, use_k=False, relu=False, **attrs)
     np.testing.assert_array_equal(y_ref.numpy(), dot)
