@@ -4,7 +4,8 @@
 // a kernel's measured rate by it ("% of roofline"), measured in the same run on the same
 // machine, so clock and noisy neighbours affect both alike.
 //
-// AVX2 CPUs: 256-bit XOR, nibble-LUT popcount (vpshufb), byte accumulators (the kernels' loop).
+// AVX2 CPUs: 256-bit XOR, nibble-LUT popcount (vpshufb), byte accumulators (the kernels' loop),
+// the best of a register-only 2x3 tile and the microkernels' 2x4 broadcast tile.
 // Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
@@ -31,7 +32,8 @@ namespace internal {
 
 // One thread's loop: runs `iterations` steps and returns the bit-MACs done; `sink` defeats
 // dead-code elimination.
-double roofline_loop_avx2(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_registers(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_broadcast(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 
 }  // namespace internal

@@ -1,5 +1,9 @@
-// The AVX2 roofline loop: 2 x 3 register tile of XOR + vpshufb nibble popcount + byte
-// accumulate, the inner loop of the GEMM microkernels without their loads.
+// The AVX2 roofline loops: the XOR + vpshufb nibble popcount + byte accumulate step of the GEMM
+// microkernels, in inline assembly so no accumulator is spilled (the same reason as in
+// xnor_gemm_tile_avx2.h). Two variants, the caller keeps the faster:
+//  * 2 x 3 tile with every operand in a register (no memory access at all);
+//  * 2 x 4 tile with the four weights broadcast from an L1-resident line, exactly the
+//    microkernels' instruction mix.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -8,35 +12,50 @@
 
 namespace keras_xnor {
 namespace internal {
+namespace {
 
-double roofline_loop_avx2(long long iterations, unsigned long long* sink) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
-                                       2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  __m256i a0 = _mm256_set1_epi32(0x12345678), a1 = _mm256_set1_epi32(0x0f1e2d3c);
-  __m256i w0 = _mm256_set1_epi32(0x7a6b5c4d), w1 = _mm256_set1_epi32(0x01234567);
-  __m256i w2 = _mm256_set1_epi32(0x76543210);
-  __m256i total = _mm256_setzero_si256();
+#define KX_RL_STEP(a, w, acc)          \
+  "vpxor " a ", " w ", %[t1]\n\t"      \
+  "vpand %[low], %[t1], %[t2]\n\t"     \
+  "vpsrlw $4, %[t1], %[t1]\n\t"        \
+  "vpand %[low], %[t1], %[t1]\n\t"     \
+  "vpshufb %[t2], %[lut], %[t2]\n\t"   \
+  "vpshufb %[t1], %[lut], %[t1]\n\t"   \
+  "vpaddb %[t1], %[t2], %[t2]\n\t"     \
+  "vpaddb %[t2], " acc ", " acc "\n\t"
+
+__m256i lut_vector() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
+                          1, 2, 2, 3, 2, 3, 3, 4);
+}
+
+std::uint64_t lane_sum(__m256i v) {
+  alignas(32) std::uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+}  // namespace
+
+double roofline_loop_avx2_registers(long long iterations, unsigned long long* sink) {
+  const __m256i lut = lut_vector(), low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  const __m256i a0 = _mm256_set1_epi32(0x12345678), a1 = _mm256_set1_epi32(0x0f1e2d3c);
+  const __m256i w0 = _mm256_set1_epi32(0x7a6b5c4d), w1 = _mm256_set1_epi32(0x01234567);
+  const __m256i w2 = _mm256_set1_epi32(0x76543210);
+  __m256i total = zero;
   long long done = 0;
   while (done < iterations) {
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
-    // 31 steps keep each byte accumulator <= 31 * 8 = 248.
-    for (int i = 0; i < 31; ++i) {
-      // Tell the compiler the operands change every step (no instruction is emitted), so it
-      // cannot hoist the XORs and popcounts out of the loop.
-      __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(w0), "+x"(w1), "+x"(w2));
-#define KX_STEP(acc, a, w)                                                                \
-  {                                                                                        \
-    const __m256i x = _mm256_xor_si256(a, w);                                             \
-    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low));                \
-    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)); \
-    acc = _mm256_add_epi8(acc, _mm256_add_epi8(lo, hi));                                   \
-  }
-      KX_STEP(c00, a0, w0) KX_STEP(c01, a0, w1) KX_STEP(c02, a0, w2)
-      KX_STEP(c10, a1, w0) KX_STEP(c11, a1, w1) KX_STEP(c12, a1, w2)
-#undef KX_STEP
+    __m256i c00 = zero, c01 = zero, c02 = zero, c10 = zero, c11 = zero, c12 = zero;
+    for (int i = 0; i < 31; ++i) {  // each byte grows by <= 8 per step: 31 * 8 < 256
+      __m256i t1, t2;
+      __asm__(KX_RL_STEP("%[a0]", "%[w0]", "%[c00]") KX_RL_STEP("%[a0]", "%[w1]", "%[c01]")
+              KX_RL_STEP("%[a0]", "%[w2]", "%[c02]") KX_RL_STEP("%[a1]", "%[w0]", "%[c10]")
+              KX_RL_STEP("%[a1]", "%[w1]", "%[c11]") KX_RL_STEP("%[a1]", "%[w2]", "%[c12]")
+              : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c10] "+x"(c10),
+                [c11] "+x"(c11), [c12] "+x"(c12), [t1] "=&x"(t1), [t2] "=&x"(t2)
+              : [a0] "x"(a0), [a1] "x"(a1), [w0] "x"(w0), [w1] "x"(w1), [w2] "x"(w2),
+                [lut] "x"(lut), [low] "x"(low));
     }
-    const __m256i zero = _mm256_setzero_si256();
     __m256i s = _mm256_sad_epu8(c00, zero);
     s = _mm256_add_epi64(s, _mm256_sad_epu8(c01, zero));
     s = _mm256_add_epi64(s, _mm256_sad_epu8(c02, zero));
@@ -46,11 +65,55 @@ double roofline_loop_avx2(long long iterations, unsigned long long* sink) {
     total = _mm256_add_epi64(total, s);
     done += 31;
   }
-  alignas(32) unsigned long long lanes[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
-  *sink += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  *sink += lane_sum(total);
   return static_cast<double>(done) * 6.0 * 256.0;
 }
+
+double roofline_loop_avx2_broadcast(long long iterations, unsigned long long* sink) {
+  const __m256i lut = lut_vector(), low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  alignas(64) static const std::uint32_t weights[16] = {0x7a6b5c4d, 0x01234567, 0x76543210,
+                                                        0x0f0f1234, 5, 6, 7, 8};
+  alignas(64) static const std::uint32_t patches[16] = {0x12345678, 1, 2, 3, 4, 5, 6, 7,
+                                                        0x0f1e2d3c, 9, 10, 11, 12, 13, 14, 15};
+  __m256i total = zero;
+  long long done = 0;
+  while (done < iterations) {
+    __m256i c00 = zero, c01 = zero, c02 = zero, c03 = zero;
+    __m256i c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+    for (int i = 0; i < 31; ++i) {
+      __m256i a0, a1, w, t1, t2;
+      __asm__("vmovdqa (%[p]), %[a0]\n\t"
+              "vmovdqa 32(%[p]), %[a1]\n\t"
+              "vpbroadcastd (%[wp]), %[w]\n\t"
+              KX_RL_STEP("%[a0]", "%[w]", "%[c00]") KX_RL_STEP("%[a1]", "%[w]", "%[c10]")
+              "vpbroadcastd 4(%[wp]), %[w]\n\t"
+              KX_RL_STEP("%[a0]", "%[w]", "%[c01]") KX_RL_STEP("%[a1]", "%[w]", "%[c11]")
+              "vpbroadcastd 8(%[wp]), %[w]\n\t"
+              KX_RL_STEP("%[a0]", "%[w]", "%[c02]") KX_RL_STEP("%[a1]", "%[w]", "%[c12]")
+              "vpbroadcastd 12(%[wp]), %[w]\n\t"
+              KX_RL_STEP("%[a0]", "%[w]", "%[c03]") KX_RL_STEP("%[a1]", "%[w]", "%[c13]")
+              : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
+                [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
+                [a0] "=&x"(a0), [a1] "=&x"(a1), [w] "=&x"(w), [t1] "=&x"(t1), [t2] "=&x"(t2)
+              : [p] "r"(patches), [wp] "r"(weights), [lut] "x"(lut), [low] "x"(low)
+              : "memory");
+    }
+    __m256i s = _mm256_sad_epu8(c00, zero);
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c01, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c02, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c03, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c10, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c11, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c12, zero));
+    s = _mm256_add_epi64(s, _mm256_sad_epu8(c13, zero));
+    total = _mm256_add_epi64(total, s);
+    done += 31;
+  }
+  *sink += lane_sum(total);
+  return static_cast<double>(done) * 8.0 * 256.0;
+}
+
+#undef KX_RL_STEP
 
 }  // namespace internal
 }  // namespace keras_xnor

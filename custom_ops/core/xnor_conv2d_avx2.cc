@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "custom_ops/core/xnor_gemm_avx2.h"
@@ -23,6 +24,7 @@ namespace {
 constexpr int kBlock = 16;  // output pixels per im2col block (two 8-lane vectors)
 // Dense layers with fewer rows than this use the GEMV kernel (rows would leave lanes empty).
 constexpr int kGemvMaxBatch = 8;
+bool kChannelLanesEnabled = getenv("KX_NO_CL") == nullptr;
 
 float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -259,6 +261,10 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
                             : nullptr;
   pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
                  parallel_for);
+  if (kChannelLanesEnabled && channel_lanes_preferred(s)) {
+    conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);
+    return;
+  }
   g.bits = bits;
   g.mean_abs = mean_abs;
   g.tap_pop = nullptr;

@@ -24,6 +24,13 @@ void xnor_gemm_16x4_avx2(const std::uint32_t* patches, int kw,
 void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
                         const std::uint32_t* const* weights, std::int32_t* pops);
 
+// Channel lanes, 4 pixels x 16 channels: pixel_rows[i] points to kw patch words of pixel i
+// (pixel-major im2col, any alignment, read with broadcasts); weights is uint32 [kw][16],
+// 32-byte aligned, channel j of the 16-channel block at weights[k * 16 + j] (transposed
+// filter). pops int32 [4][16]: pops[i * 16 + j] for pixel i, channel j.
+void xnor_gemm_4x16_avx2(const std::uint32_t* const* pixel_rows, int kw,
+                         const std::uint32_t* weights, std::int32_t* pops);
+
 // Dense layer at small batch: pops[j] = popcount(x XOR weights[j]) over `words` words, j < 4.
 // Reads exactly `words` words of x and of each weight row (any alignment).
 void xnor_gemv_1x4_avx2(const std::uint32_t* x, int words, const std::uint32_t* const* weights,

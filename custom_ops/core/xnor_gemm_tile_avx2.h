@@ -136,6 +136,55 @@ inline void gemm_tile_8x8(const std::uint32_t* patches, int kw,
   }
 }
 
+// 4 pixels x 16 channels (channel lanes): weights [kw][16] vectors, patch words broadcast from
+// four pixel rows.
+inline void gemm_tile_4x16(const std::uint32_t* const* pixel_rows, int kw,
+                           const std::uint32_t* weights, std::int32_t* pops) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                       2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const std::uint32_t *p0 = pixel_rows[0], *p1 = pixel_rows[1], *p2 = pixel_rows[2],
+                      *p3 = pixel_rows[3];
+  for (int k0 = 0; k0 < kw; k0 += 31) {
+    const int k1 = std::min(kw, k0 + 31);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (int k = k0; k < k1; ++k) {
+      const std::uint32_t* wk = weights + k * 16;
+      __m256i b0, b1, wv, t1, t2;
+      __asm__(
+          "vmovdqa (%[wk]), %[b0]\n\t"
+          "vmovdqa 32(%[wk]), %[b1]\n\t"
+          "vpbroadcastd (%[p0]), %[w]\n\t"
+          KX_XOR_POP_ACC("%[b0]", "%[c00]") KX_XOR_POP_ACC("%[b1]", "%[c01]")
+          "vpbroadcastd (%[p1]), %[w]\n\t"
+          KX_XOR_POP_ACC("%[b0]", "%[c10]") KX_XOR_POP_ACC("%[b1]", "%[c11]")
+          "vpbroadcastd (%[p2]), %[w]\n\t"
+          KX_XOR_POP_ACC("%[b0]", "%[c20]") KX_XOR_POP_ACC("%[b1]", "%[c21]")
+          "vpbroadcastd (%[p3]), %[w]\n\t"
+          KX_XOR_POP_ACC("%[b0]", "%[c30]") KX_XOR_POP_ACC("%[b1]", "%[c31]")
+          : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+            [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+            [b0] "=&x"(b0), [b1] "=&x"(b1), [w] "=&x"(wv), [t1] "=&x"(t1), [t2] "=&x"(t2)
+          : [wk] "r"(wk), [p0] "r"(p0 + k), [p1] "r"(p1 + k), [p2] "r"(p2 + k),
+            [p3] "r"(p3 + k), [lut] "x"(lut), [low] "x"(low)
+          : "memory");
+    }
+    const bool first = k0 == 0;
+    store_or_add(pops + 0 * 16, widen_bytes_to_int32(c00), first);
+    store_or_add(pops + 0 * 16 + 8, widen_bytes_to_int32(c01), first);
+    store_or_add(pops + 1 * 16, widen_bytes_to_int32(c10), first);
+    store_or_add(pops + 1 * 16 + 8, widen_bytes_to_int32(c11), first);
+    store_or_add(pops + 2 * 16, widen_bytes_to_int32(c20), first);
+    store_or_add(pops + 2 * 16 + 8, widen_bytes_to_int32(c21), first);
+    store_or_add(pops + 3 * 16, widen_bytes_to_int32(c30), first);
+    store_or_add(pops + 3 * 16 + 8, widen_bytes_to_int32(c31), first);
+  }
+  if (kw <= 0) {
+    for (int i = 0; i < 4 * 16; i += 8) store_or_add(pops + i, _mm256_setzero_si256(), true);
+  }
+}
+
 #undef KX_XOR_POP_ACC
 
 }  // namespace

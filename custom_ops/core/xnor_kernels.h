@@ -51,6 +51,13 @@ void dense_portable(const DenseArgs& args, const ParallelFor& parallel_for);
 void conv2d_avx2(const ConvArgs& args, const ParallelFor& parallel_for);
 void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 
+// The two AVX2 conv drivers behind conv2d_avx2 (which sign-packs the input first): pixels in
+// vector lanes (filter used in place, any size) or output channels in vector lanes (filter
+// transposed per call; for small filters, see channel_lanes_preferred).
+bool channel_lanes_preferred(const Conv2DShape& shape);
+void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
+                               const std::uint32_t* bits, const float* mean_abs);
+
 // Sign-packs `pixels` rows of `in_c` floats (bitpack.h layout) and, when mean_abs is not null,
 // stores mean_c |x| of each row: the A of eq. 11 before the box filter.
 void pack_rows_portable(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
@@ -75,7 +82,7 @@ ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_m
 // Per-thread scratch memory, 64-byte aligned, reused across calls (grows, never shrinks):
 // `slot` names independent buffers (kScratch*). Contents are unspecified on return.
 enum ScratchSlot { kScratchPacked = 0, kScratchMeanAbs, kScratchPatches, kScratchMasks, kScratchTile,
-                   kScratchTapPop,
+                   kScratchTapPop, kScratchFilterT,
                    kScratchCount };
 void* thread_scratch(std::size_t bytes, int slot);
 

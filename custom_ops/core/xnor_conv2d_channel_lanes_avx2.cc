@@ -1,0 +1,192 @@
+// AVX2 conv driver with output channels in vector lanes, for layers whose filter is small
+// (early, high-resolution layers such as ResNet's 64@56): the filter is transposed once per
+// call into 16-channel blocks (a few KiB, cheaper than it saves), patches are copied
+// pixel-major (no gathers), and the output stage writes 8 contiguous NHWC channels per store.
+// SAME borders use the same correction as the pixel-lane driver: a padded tap has patch bits
+// 0, and the output stage subtracts popcount(w[c, tap]) for each padded tap of the pixel.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "custom_ops/core/xnor_gemm_avx2.h"
+#include "custom_ops/core/xnor_kernels.h"
+
+namespace keras_xnor {
+namespace internal {
+namespace {
+
+constexpr int kBlock = 16;    // pixels per im2col block
+constexpr int kLanes = 16;    // channels per weight block (two vectors)
+constexpr int kMaxTaps = 11 * 11;
+
+struct PixelBlock {
+  std::int64_t first = 0;
+  int count = 0;
+  float k[kBlock];
+  std::int32_t n_valid[kBlock];
+  int padded_taps[kBlock];
+  unsigned char padded_tap[kBlock][kMaxTaps];
+};
+
+}  // namespace
+
+bool channel_lanes_preferred(const Conv2DShape& s) {
+  const std::int64_t kw = static_cast<std::int64_t>(s.k_h) * s.k_w * packed_words(s.in_c);
+  // Transposing the filter costs about one pass over it; worth it while it is small next to
+  // the conv (many output pixels per filter word) and fits in L1/L2 comfortably.
+  const std::int64_t filter_words = kw * s.out_c;
+  const std::int64_t pixels = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
+  return filter_words <= 8192 && pixels >= 64 && s.out_c >= 8;
+}
+
+void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
+                               const std::uint32_t* bits, const float* mean_abs) {
+  const Conv2DShape& s = a.shape;
+  const int words = packed_words(s.in_c);
+  const int taps = s.k_h * s.k_w;
+  const int kw = taps * words;
+  const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
+  const int oc_pad = blocks16 * kLanes;
+  const bool same = s.padding == Padding::kSame;
+  const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+
+  // Per-call transposed filter [block][k][16], per-tap popcounts [tap][oc_pad] (SAME), and
+  // alpha/bias padded to whole vectors. One scratch allocation, carved up.
+  const std::size_t wt_words = static_cast<std::size_t>(blocks16) * kw * kLanes;
+  const std::size_t tp_words = same ? static_cast<std::size_t>(taps) * oc_pad : 0;
+  auto* scratch = static_cast<std::uint32_t*>(
+      thread_scratch((wt_words + tp_words + 2 * static_cast<std::size_t>(oc_pad)) * 4, kScratchFilterT));
+  std::uint32_t* wt = scratch;
+  auto* tap_pop = reinterpret_cast<std::int32_t*>(scratch + wt_words);
+  float* alpha = reinterpret_cast<float*>(scratch + wt_words + tp_words);
+  float* bias = alpha + oc_pad;
+  for (int c = 0; c < oc_pad; ++c) {
+    alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
+    bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : 0.0f;
+  }
+  parallel_for(blocks16, static_cast<std::int64_t>(kw) * kLanes * 2, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t b = begin; b < end; ++b) {
+      std::uint32_t* dst = wt + b * kw * kLanes;
+      for (int j = 0; j < kLanes; ++j) {
+        const int c = static_cast<int>(b) * kLanes + j;
+        if (c >= s.out_c) {
+          for (int k = 0; k < kw; ++k) dst[k * kLanes + j] = 0;
+          if (same) for (int t = 0; t < taps; ++t) tap_pop[t * oc_pad + c] = 0;
+          continue;
+        }
+        const std::uint32_t* row = filter + static_cast<std::int64_t>(c) * kw;
+        for (int k = 0; k < kw; ++k) dst[k * kLanes + j] = row[k];
+        if (same) {
+          for (int t = 0; t < taps; ++t) {
+            std::int32_t pop = 0;
+            for (int q = 0; q < words; ++q) pop += _mm_popcnt_u32(row[t * words + q]);
+            tap_pop[t * oc_pad + c] = pop;
+          }
+        }
+      }
+    }
+  });
+
+  const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
+  const ConvTiling tiling = plan_conv_tiling(s, kBlock, kLanes);
+  const std::int64_t cost = static_cast<std::int64_t>(kBlock) * tiling.oc_chunk * kw;
+  const __m256 zero = _mm256_setzero_ps();
+  parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
+    auto* patches = static_cast<std::uint32_t*>(
+        thread_scratch(static_cast<std::size_t>(kBlock) * kw * 4, kScratchPatches));
+    auto* pops = static_cast<std::int32_t*>(thread_scratch(4 * kLanes * 4, kScratchTile));
+    PixelBlock blk;
+    std::int64_t cached = -1;
+    for (std::int64_t t = begin; t < end; ++t) {
+      const std::int64_t bi = t / tiling.oc_chunks;
+      const int chunk = static_cast<int>(t % tiling.oc_chunks);
+      if (bi != cached) {
+        cached = bi;
+        blk.first = bi * kBlock;
+        blk.count = static_cast<int>(std::min<std::int64_t>(kBlock, total - blk.first));
+        const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
+        std::int64_t img = blk.first / hw;
+        int rem = static_cast<int>(blk.first % hw);
+        int oh = rem / s.out_w, ow = rem % s.out_w;
+        for (int j = 0; j < blk.count; ++j) {
+          const int ih0 = oh * s.stride_h - s.pad_top, iw0 = ow * s.stride_w - s.pad_left;
+          std::uint32_t* prow = patches + static_cast<std::int64_t>(j) * kw;
+          float ksum = 0.0f;
+          int valid = 0, npad = 0, k = 0;
+          for (int i = 0; i < s.k_h; ++i) {
+            const int ih = ih0 + i * s.dilation_h;
+            const bool row_ok = ih >= 0 && ih < s.in_h;
+            for (int q = 0; q < s.k_w; ++q, k += words) {
+              const int iw = iw0 + q * s.dilation_w;
+              if (row_ok && iw >= 0 && iw < s.in_w) {
+                const std::int64_t pix = (img * s.in_h + ih) * s.in_w + iw;
+                const std::uint32_t* src = bits + pix * words;
+                for (int w = 0; w < words; ++w) prow[k + w] = src[w];
+                if (mean_abs != nullptr) ksum += mean_abs[pix];
+                ++valid;
+              } else {
+                for (int w = 0; w < words; ++w) prow[k + w] = 0;
+                blk.padded_tap[j][npad++] = static_cast<unsigned char>(i * s.k_w + q);
+              }
+            }
+          }
+          blk.k[j] = mean_abs != nullptr ? ksum / static_cast<float>(taps) : 1.0f;
+          blk.n_valid[j] = valid * s.in_c;
+          blk.padded_taps[j] = npad;
+          if (++ow == s.out_w) {
+            ow = 0;
+            if (++oh == s.out_h) {
+              oh = 0;
+              ++img;
+            }
+          }
+        }
+      }
+      const int oc_begin = chunk * tiling.oc_chunk;
+      const int oc_end = std::min(s.out_c, oc_begin + tiling.oc_chunk);
+      for (int oc0 = oc_begin; oc0 < oc_end; oc0 += kLanes) {
+        const std::uint32_t* wblock = wt + static_cast<std::int64_t>(oc0 / kLanes) * kw * kLanes;
+        for (int q0 = 0; q0 < blk.count; q0 += 4) {
+          const std::uint32_t* rows[4];
+          for (int i = 0; i < 4; ++i) {
+            rows[i] = patches + static_cast<std::int64_t>(std::min(q0 + i, blk.count - 1)) * kw;
+          }
+          xnor_gemm_4x16_avx2(rows, kw, wblock, pops);
+          const int np = std::min(4, blk.count - q0);
+          for (int i = 0; i < np; ++i) {
+            const int j = q0 + i;
+            float* out = a.output + (blk.first + j) * s.out_c;
+            const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
+            const __m256 kv = _mm256_set1_ps(blk.k[j]);
+            for (int v = 0; v < 2; ++v) {
+              const int oc = oc0 + v * 8;
+              if (oc >= s.out_c) break;
+              __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16 + v * 8));
+              for (int e = 0; e < blk.padded_taps[j]; ++e) {
+                pop = _mm256_sub_epi32(pop, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                                tap_pop + blk.padded_tap[j][e] * oc_pad + oc)));
+              }
+              const __m256i dot = _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
+              __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_loadu_ps(alpha + oc));
+              if (a.use_k) r = _mm256_mul_ps(r, kv);
+              if (a.bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + oc));
+              if (a.relu) r = _mm256_max_ps(r, zero);
+              const int n = std::min(8, s.out_c - oc);
+              if (n == 8) {
+                _mm256_storeu_ps(out + oc, r);
+              } else {
+                const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                _mm256_maskstore_ps(out + oc, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane), r);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace internal
+}  // namespace keras_xnor
