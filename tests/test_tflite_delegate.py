@@ -98,6 +98,7 @@ def test_plain_litert_and_tf_lite_load_the_delegate(two_conv_model, model_file):
         ({"num_threads": "2x"}, "num_threads"),
         ({"num_threads": 10**12}, "num_threads"),
         ({"kernel": "gpu"}, "kernel"),
+        ({"profile": "yes"}, "profile"),
         ({"threads": 2}, "unknown option 'threads'"),
     ],
 )
@@ -203,3 +204,22 @@ def test_create_invoke_destroy_cycles_keep_memory_flat(model_file):
     growth = int([l for l in result.stdout.splitlines() if l.startswith("GROWTH")][0].split()[1])
     # 800 cycles; a leak of even 5 KB per cycle would show as 4 MB.
     assert growth < 4 * 1024 * 1024, growth
+
+
+def test_profile_option_reports_every_binary_node(model_file):
+    script = """
+        import sys, numpy as np
+        from keras_xnor.tflite_export import Interpreter
+        it = Interpreter(model_path=sys.argv[1], delegate_profile=True)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], np.ones((1, 6, 6, 8), np.float32))
+        for _ in range(3):
+            it.invoke()
+        del it
+    """
+    result = _subprocess(script, model_file)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [l for l in result.stderr.splitlines() if "keras-xnor delegate profile" in l]
+    assert len(lines) == 3, result.stderr[-3000:]  # two convs and the dense
+    assert all("3 invokes" in l for l in lines)
+    assert "KerasXnorBinDense [1, 12] -> [1, 5]" in result.stderr

@@ -35,13 +35,15 @@ def delegate_path():
     return paths[0]
 
 
-def load_delegate(num_threads=None, kernel=None):
+def load_delegate(num_threads=None, kernel=None, profile=False):
     """Loads the keras-xnor delegate (a LiteRT ``Delegate``) with validated options.
 
     Args:
         num_threads: threads of the delegate's pool (1..256), or None for the interpreter's
             num_threads (1 when that is unset).
         kernel: "auto" (default), "reference", "portable" or "avx2".
+        profile: time every binary node; a per-node summary goes to stderr when the
+            interpreter is deleted.
 
     Raises:
         ValueError: an option is invalid (the delegate's message says which and why).
@@ -51,6 +53,8 @@ def load_delegate(num_threads=None, kernel=None):
         options["num_threads"] = num_threads
     if kernel is not None:
         options["kernel"] = kernel
+    if profile:
+        options["profile"] = 1
     return _litert.load_delegate(delegate_path(), options)
 
 
@@ -80,6 +84,7 @@ class Interpreter(_litert.Interpreter):
         num_threads: threads for both the builtins (XNNPACK) and the delegate.
         experimental_delegates: further LiteRT delegates, applied after ours.
         delegate_kernel: the delegate's "kernel" option ("auto", "reference", ...).
+        delegate_profile: time the binary nodes (summary on stderr when deleted).
         use_delegate: False loads the model without the delegate (a model with keras-xnor ops
             then fails with an error explaining how to load it).
         **kwargs: other ``ai_edge_litert.interpreter.Interpreter`` arguments.
@@ -97,6 +102,7 @@ class Interpreter(_litert.Interpreter):
         num_threads=None,
         experimental_delegates=None,
         delegate_kernel=None,
+        delegate_profile=False,
         use_delegate=True,
         **kwargs,
     ):
@@ -108,7 +114,9 @@ class Interpreter(_litert.Interpreter):
             raise ValueError("Interpreter: model file %r does not exist" % (model_path,))
         delegates = list(experimental_delegates or [])
         if use_delegate:
-            self._keras_xnor_delegate = load_delegate(num_threads=num_threads, kernel=delegate_kernel)
+            self._keras_xnor_delegate = load_delegate(
+                num_threads=num_threads, kernel=delegate_kernel, profile=delegate_profile
+            )
             delegates.insert(0, self._keras_xnor_delegate)
         try:
             super().__init__(

@@ -7,6 +7,8 @@
 //   num_threads  integer 1..256: threads of the delegate's pool (default: the interpreter's
 //                num_threads when it is set, else 1). The pool is created once per delegate.
 //   kernel       "auto" | "reference" | "portable" | "avx2": which core kernel runs.
+//   profile      "0" | "1": when 1, time every claimed node and print a per-node summary
+//                (invokes, total and mean ms, shape) to stderr when its interpreter is freed.
 // Unknown keys or invalid values make creation fail with a message (no delegate is returned).
 //
 // Node contract (what the exporter writes; see describe() and tests/test_tflite_contract.py):
@@ -27,6 +29,8 @@
 // re-fetched after every context call that may change them.
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -57,6 +61,7 @@ constexpr int kMaxThreads = 256;
 struct DelegateOptions {
   int num_threads = 0;  // 0: decided at first use from the interpreter's recommendation
   KernelPath kernel = KernelPath::kAuto;
+  bool profile = false;
 };
 
 struct DelegateState {
@@ -112,6 +117,10 @@ struct NodeSpec {
   int batch = 0, in_features = 0, units = 0;  // dense
   std::int64_t pack_rows = 0;                 // pack bits
   int pack_channels = 0;
+  // Profile (option profile=1).
+  std::int64_t invokes = 0;
+  double seconds = 0;
+  std::string shape_text;
 };
 
 // A tensor produced and consumed inside one partition: the runtime does not allocate it (its
@@ -396,8 +405,24 @@ void* kernel_init(abi::Context* context, const char* buffer, std::size_t /*lengt
   return partition;
 }
 
+void print_profile(const Partition& partition) {
+  for (const NodeSpec& node : partition.nodes) {
+    if (node.invokes == 0) continue;
+    std::fprintf(stderr,
+                 "keras-xnor delegate profile: node %d %s %s: %lld invokes, %.3f ms total, "
+                 "%.3f ms mean\n",
+                 node.node_index, op_name(node.kind), node.shape_text.c_str(),
+                 static_cast<long long>(node.invokes), 1e3 * node.seconds,
+                 1e3 * node.seconds / static_cast<double>(node.invokes));
+  }
+}
+
 void kernel_free(abi::Context* /*context*/, void* buffer) {
-  delete static_cast<Partition*>(buffer);
+  auto* partition = static_cast<Partition*>(buffer);
+  if (partition != nullptr && partition->state != nullptr && partition->state->options.profile) {
+    print_profile(*partition);
+  }
+  delete partition;
 }
 
 int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
@@ -419,6 +444,10 @@ int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
     if (!error.empty()) {
       context->ReportError(context, "%s%s", node_prefix(node).c_str(), error.c_str());
       return abi::kError;
+    }
+    if (partition->state->options.profile) {
+      node.shape_text = dims_text(view(context, partition, node.inputs[0]).dims) + " -> " +
+                        dims_text(out_dims);
     }
     if (partition->partition_outputs.count(node.output) == 0) {
       InternalTensor& internal = partition->internal[node.output];
@@ -459,7 +488,10 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
   }
   const ParallelFor parallel_for = partition->pool->as_parallel_for();
   const KernelPath path = partition->state->options.kernel;
-  for (const NodeSpec& node : partition->nodes) {
+  const bool profile = partition->state->options.profile;
+  for (NodeSpec& node : partition->nodes) {
+    const auto start = profile ? std::chrono::steady_clock::now()
+                               : std::chrono::steady_clock::time_point();
     TensorView input = view(context, partition, node.inputs[0]);
     TensorView output = view(context, partition, node.output);
     if (input.data == nullptr || output.data == nullptr) {
@@ -470,6 +502,11 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
     if (node.kind == OpKind::kPackBits) {
       pack_bits(static_cast<const float*>(input.data), node.pack_rows, node.pack_channels,
                 static_cast<PackedWord*>(output.data), parallel_for);
+      if (profile) {
+        node.seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        ++node.invokes;
+      }
       continue;
     }
     const TensorView filter = view(context, partition, node.inputs[1]);
@@ -497,6 +534,11 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
                  static_cast<const PackedWord*>(filter.data),
                  static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
                  static_cast<float*>(output.data), parallel_for, path);
+    }
+    if (profile) {
+      node.seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      ++node.invokes;
     }
   }
   return abi::kOk;
@@ -586,8 +628,11 @@ std::string parse_delegate_options(char** keys, char** values, std::size_t count
       if (!kernel_path_available(options->kernel)) {
         return "option kernel: '" + value + "' is not available on this CPU/build";
       }
+    } else if (key == "profile") {
+      if (value != "0" && value != "1") return "option profile: '" + value + "' is not 0 or 1";
+      options->profile = value == "1";
     } else {
-      return "unknown option '" + key + "' (valid options: num_threads, kernel)";
+      return "unknown option '" + key + "' (valid options: num_threads, kernel, profile)";
     }
   }
   return "";
