@@ -27,6 +27,11 @@ What this module offers:
   :func:`pack_bits_reference` (bit-identical), :func:`unpack_bits_reference`,
   :func:`bin_conv2d_reference` and :func:`bin_dense_reference` (same integer dot, same float
   formula). They also define the gradients registered for the raw ops.
+
+Threads: the kernels run on TensorFlow's intra-op thread pool
+(``tf.config.threading.set_intra_op_parallelism_threads``, fixed when TF starts); results are
+identical for any thread count. XLA: the ops have no XLA kernel, so layers that run them opt
+their model out of ``jit_compile`` (Keras' ``jit_compile="auto"`` is off on CPU anyway).
 """
 
 import ctypes
