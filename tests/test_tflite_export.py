@@ -221,3 +221,27 @@ def test_float16_float_layers_and_rank3_dense():
     assert np.mean(np.abs(got - expected)) < 0.05 * np.mean(np.abs(expected))
     with pytest.raises(ValueError, match="float_weights"):
         convert(model, float_weights="int8")
+
+
+def test_sequential_and_nested_models_fold_only_where_exact():
+    rng = np.random.default_rng(11)
+    seq = keras.Sequential([
+        keras.Input((8, 8, 5)), keras_xnor.BinConv2D(7, 3, padding="same"),
+        keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling2D(),
+        keras_xnor.BinDense(4)])
+    # A nested model that outputs both the conv and its BN: folding would change the first.
+    i = keras.Input((8, 8, 5))
+    conv = keras_xnor.BinConv2D(6, 3)(i)
+    inner = keras.Model(i, [conv, keras.layers.BatchNormalization()(conv)], name="inner")
+    o = keras.Input((8, 8, 5))
+    p, q = inner(o)
+    nested = keras.Model(o, keras.layers.Add()([p, q]))
+    x = rng.standard_normal((2, 8, 8, 5)).astype(np.float32)
+    for model, expected_ops in [(seq, ["KerasXnorBinConv2D", "MEAN", "KerasXnorBinDense"]),
+                                (nested, ["KerasXnorBinConv2D", "MUL", "ADD", "ADD"])]:
+        _randomize_batch_norms(model, rng)
+        _randomize_batch_norms(inner, rng)
+        data = convert(model)
+        assert builtin_op_names(data) == expected_ops
+        np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
+                                   model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)

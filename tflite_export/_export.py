@@ -240,7 +240,13 @@ def _fold_plan(model):
             continue
         for tensor in tf.nest.flatten(inputs):
             consumers.setdefault(id(tensor), []).append(layer)
-    outputs = set(id(t) for t in tf.nest.flatten(model.outputs)) if hasattr(model, "outputs") else set()
+    # Outputs of the model and of every nested model are consumed by someone we cannot see.
+    outputs = set()
+    for graph in [model] + [layer for layer in layers if isinstance(layer, keras.Model)]:
+        try:
+            outputs.update(id(t) for t in tf.nest.flatten(graph.outputs))
+        except (AttributeError, ValueError):
+            continue
     plan = {}
     for layer in layers:
         if not isinstance(layer, (BinConv2D, BinDense)) or _exportable(layer):
