@@ -3,8 +3,9 @@
 For XNOR-ResNet-18 and XNOR-AlexNet at 224x224 (first and last layers full precision, from
 keras_xnor.models) against the same architectures in float, measured in one run on this machine:
 
-* latency of one image (batch 1), median of N invokes after warm-up, at 1 and 2 threads
-  (the delegate's pool and XNNPACK get the same thread count);
+* latency of one image (batch 1), median and min of N invokes after warm-up, at 1 and 2
+  threads (the delegate's pool and XNNPACK get the same thread count); the contenders' invokes
+  are interleaved so that they see the same machine load;
 * .tflite file sizes: float32 baseline, XNOR with float32 float layers, XNOR with float16
   float-layer weights (``convert(..., float_weights="float16")``).
 
@@ -25,18 +26,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
-def _latency(interpreter, x, runs, warmup=3):
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
+def _latencies(interpreters, x, runs, warmup=3):
+    """Median/min ms of one invoke for each interpreter, runs interleaved round-robin so that
+    every contender sees the same machine load (the box may be shared)."""
+    for interpreter in interpreters.values():
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        for _ in range(warmup):
+            interpreter.invoke()
+    times = {name: [] for name in interpreters}
     for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+        for name, interpreter in interpreters.items():
+            start = time.perf_counter()
+            interpreter.invoke()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t)}
+            for name, t in times.items()}
 
 
 def _float_tflite(model):
@@ -99,13 +104,12 @@ def bench_arch(arch, runs, threads_list, rng):
     del check
     result["latency"] = {}
     for threads in threads_list:
-        entry = {}
-        entry["float_xnnpack"] = _latency(
-            litert.Interpreter(model_content=float_bytes, num_threads=threads), x, runs)
-        entry["xnor_delegate"] = _latency(
-            Interpreter(model_content=xnor_bytes, num_threads=threads), x, runs)
-        entry["xnor_fp16_float_layers"] = _latency(
-            Interpreter(model_content=xnor16_bytes, num_threads=threads), x, runs)
+        entry = _latencies({
+            "float_xnnpack": litert.Interpreter(model_content=float_bytes, num_threads=threads),
+            "xnor_delegate": Interpreter(model_content=xnor_bytes, num_threads=threads),
+            "xnor_fp16_float_layers": Interpreter(model_content=xnor16_bytes,
+                                                  num_threads=threads),
+        }, x, runs)
         entry["speedup"] = entry["float_xnnpack"]["median_ms"] / entry["xnor_delegate"]["median_ms"]
         entry["speedup_min"] = entry["float_xnnpack"]["min_ms"] / entry["xnor_delegate"]["min_ms"]
         result["latency"][str(threads)] = entry
