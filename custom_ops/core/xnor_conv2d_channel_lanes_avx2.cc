@@ -92,8 +92,13 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   const ConvTiling tiling = plan_conv_tiling(s, kBlock, kLanes);
   const std::int64_t cost = static_cast<std::int64_t>(kBlock) * tiling.oc_chunk * kw;
-  const __m256 zero = _mm256_setzero_ps();
-  parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
+  const int span_w = (s.k_w - 1) * s.dilation_w;
+  // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
+  const bool use_k = a.use_k, relu = a.relu, has_bias = a.bias != nullptr;
+  float* const output = a.output;
+  const int out_c = s.out_c;
+  parallel_for(tiling.tasks, cost, [&, use_k, relu, has_bias, output, out_c](std::int64_t begin, std::int64_t end) {
+    const __m256 zero = _mm256_setzero_ps();
     auto* patches = static_cast<std::uint32_t*>(
         thread_scratch(static_cast<std::size_t>(kBlock) * kw * 4, kScratchPatches));
     auto* pops = static_cast<std::int32_t*>(thread_scratch(4 * kLanes * 4, kScratchTile));
@@ -110,24 +115,44 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         std::int64_t img = blk.first / hw;
         int rem = static_cast<int>(blk.first % hw);
         int oh = rem / s.out_w, ow = rem % s.out_w;
+        const int row_words = s.k_w * words;
+        const bool rows_contiguous = s.dilation_w == 1;
         for (int j = 0; j < blk.count; ++j) {
           const int ih0 = oh * s.stride_h - s.pad_top, iw0 = ow * s.stride_w - s.pad_left;
+          const bool cols_ok = iw0 >= 0 && iw0 + span_w < s.in_w;
           std::uint32_t* prow = patches + static_cast<std::int64_t>(j) * kw;
           float ksum = 0.0f;
           int valid = 0, npad = 0, k = 0;
-          for (int i = 0; i < s.k_h; ++i) {
+          for (int i = 0; i < s.k_h; ++i, k += row_words) {
             const int ih = ih0 + i * s.dilation_h;
             const bool row_ok = ih >= 0 && ih < s.in_h;
-            for (int q = 0; q < s.k_w; ++q, k += words) {
+            const std::int64_t row_pix = (img * s.in_h + ih) * s.in_w;
+            if (row_ok && cols_ok && rows_contiguous) {
+              // The k_w taps of this kernel row are adjacent input pixels: one block copy.
+              // May over-read/over-write by < 8 words: the packed input and the patch
+              // buffer have >= 64 bytes of slack, and later writes fix the patch overlap.
+              const std::uint32_t* src = bits + (row_pix + iw0) * words;
+              for (int w = 0; w < row_words; w += 8) {
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + k + w),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + w)));
+              }
+              if (mean_abs != nullptr) {
+                const float* m = mean_abs + row_pix + iw0;
+                for (int q = 0; q < s.k_w; ++q) ksum += m[q];
+              }
+              valid += s.k_w;
+              continue;
+            }
+            for (int q = 0; q < s.k_w; ++q) {
               const int iw = iw0 + q * s.dilation_w;
+              std::uint32_t* dst = prow + k + q * words;
               if (row_ok && iw >= 0 && iw < s.in_w) {
-                const std::int64_t pix = (img * s.in_h + ih) * s.in_w + iw;
-                const std::uint32_t* src = bits + pix * words;
-                for (int w = 0; w < words; ++w) prow[k + w] = src[w];
-                if (mean_abs != nullptr) ksum += mean_abs[pix];
+                const std::uint32_t* src = bits + (row_pix + iw) * words;
+                for (int w = 0; w < words; ++w) dst[w] = src[w];
+                if (mean_abs != nullptr) ksum += mean_abs[row_pix + iw];
                 ++valid;
               } else {
-                for (int w = 0; w < words; ++w) prow[k + w] = 0;
+                for (int w = 0; w < words; ++w) dst[w] = 0;
                 blk.padded_tap[j][npad++] = static_cast<unsigned char>(i * s.k_w + q);
               }
             }
@@ -157,12 +182,12 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
           const int np = std::min(4, blk.count - q0);
           for (int i = 0; i < np; ++i) {
             const int j = q0 + i;
-            float* out = a.output + (blk.first + j) * s.out_c;
+            float* out = output + (blk.first + j) * out_c;
             const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
             const __m256 kv = _mm256_set1_ps(blk.k[j]);
             for (int v = 0; v < 2; ++v) {
               const int oc = oc0 + v * 8;
-              if (oc >= s.out_c) break;
+              if (oc >= out_c) break;
               __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16 + v * 8));
               for (int e = 0; e < blk.padded_taps[j]; ++e) {
                 pop = _mm256_sub_epi32(pop, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
@@ -170,10 +195,10 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
               }
               const __m256i dot = _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
               __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_loadu_ps(alpha + oc));
-              if (a.use_k) r = _mm256_mul_ps(r, kv);
-              if (a.bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + oc));
-              if (a.relu) r = _mm256_max_ps(r, zero);
-              const int n = std::min(8, s.out_c - oc);
+              if (use_k) r = _mm256_mul_ps(r, kv);
+              if (has_bias) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + oc));
+              if (relu) r = _mm256_max_ps(r, zero);
+              const int n = std::min(8, out_c - oc);
               if (n == 8) {
                 _mm256_storeu_ps(out + oc, r);
               } else {
