@@ -1,5 +1,7 @@
 """keras_xnor.models: structure of the paper's networks (first/last float, binary between)."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,12 @@ BINARY_TYPES = (keras_xnor.BinConv2D, keras_xnor.BWNConv2D, keras_xnor.BinDense,
 PARAMS = {"small": 544_042, "alexnet": 62_443_272, "resnet18": 11_699_368}
 
 
+@functools.lru_cache(maxsize=None)
+def _built(name):
+    """Default-argument models, built once per test session (AlexNet holds 62 M weights)."""
+    return models.get(name)
+
+
 def _weighted_layers(model):
     """Conv/dense layers in graph order (those holding a kernel)."""
     return [layer for layer in model.layers
@@ -32,7 +40,7 @@ def _is_float(layer):
 @pytest.mark.parametrize("arch", ["small", "alexnet", "resnet18"])
 @pytest.mark.parametrize("kind", ["xnor", "bwn", "float"])
 def test_structure_first_last_float_binary_between(arch, kind):
-    model = models.get("%s_%s" % (kind, arch))
+    model = _built("%s_%s" % (kind, arch))
     assert model.name == "%s_%s" % (kind, arch)
     layers = _weighted_layers(model)
     assert _is_float(layers[0]) and layers[0].name == "conv1"
@@ -55,13 +63,13 @@ def test_binary_layer_counts():
     # AlexNet: conv2-5 + fc6, fc7 binary; ResNet-18: the 16 3x3 convs; small: 3 convs + fc5.
     counts = {"alexnet": (4, 2), "resnet18": (16, 0), "small": (3, 1)}
     for arch, (convs, denses) in counts.items():
-        model = models.get("xnor_" + arch)
+        model = _built("xnor_" + arch)
         assert sum(isinstance(l, keras_xnor.BinConv2D) for l in model.layers) == convs
         assert sum(isinstance(l, keras_xnor.BinDense) for l in model.layers) == denses
 
 
 def test_alexnet_feature_map_sizes_match_the_paper():
-    model = models.xnor_alexnet()
+    model = _built("xnor_alexnet")
     shapes = {l.name: l.output.shape for l in model.layers}
     assert shapes["conv1"][1:3] == (55, 55)
     assert shapes["pool1"][1:3] == (27, 27)
@@ -83,7 +91,7 @@ def test_resnet18_stages_and_projections():
 
 
 def test_xnor_bacp_block_is_bn_then_binconv():
-    model = models.xnor_small()
+    model = _built("xnor_small")
     names = [l.name for l in model.layers]
     # B-A-C-P: BinConv2D binarizes its own input, so BN feeds it directly.
     for conv in ("conv2", "conv3", "conv4"):
