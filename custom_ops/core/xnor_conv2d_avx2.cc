@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "custom_ops/core/xnor_gemm_avx2.h"
@@ -24,7 +23,6 @@ namespace {
 constexpr int kBlock = 16;  // output pixels per im2col block (two 8-lane vectors)
 // Dense layers with fewer rows than this use the GEMV kernel (rows would leave lanes empty).
 constexpr int kGemvMaxBatch = 8;
-bool kChannelLanesEnabled = getenv("KX_NO_CL") == nullptr;
 
 float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -58,11 +56,11 @@ struct Geometry {
 // im2col of one block with AVX2 gathers: for each tap, the 16 pixels' input offsets are one
 // vector add away from the block's base offsets; out-of-image taps are masked off (patch 0,
 // mask 0, no K contribution).
-void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std::uint32_t* patches,
-                 Block* b) {
+void build_block(const Geometry& g, std::int64_t first, int block_pixels, std::int64_t total,
+                 std::uint32_t* patches, Block* b) {
   const Conv2DShape& s = *g.s;
   b->first = first;
-  b->count = static_cast<int>(std::min<std::int64_t>(kBlock, total - first));
+  b->count = static_cast<int>(std::min<std::int64_t>(block_pixels, total - first));
   const int span_h = (s.k_h - 1) * s.dilation_h, span_w = (s.k_w - 1) * s.dilation_w;
   alignas(32) std::int32_t ih0[kBlock], iw0[kBlock], base[kBlock], live[kBlock];
   bool border = false;
@@ -95,7 +93,8 @@ void build_block(const Geometry& g, std::int64_t first, std::int64_t total, std:
   const __m256i in_h = _mm256_set1_epi32(s.in_h), in_w = _mm256_set1_epi32(s.in_w);
   const __m256i vwords = _mm256_set1_epi32(words);
   const int* src = reinterpret_cast<const int*>(g.bits);
-  for (int v = 0; v < 2; ++v) {
+  const int vectors = b->count > 8 ? 2 : 1;  // an 8-pixel block leaves lanes 8..15 unused
+  for (int v = 0; v < vectors; ++v) {
     const __m256i vih0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(ih0 + v * 8));
     const __m256i viw0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(iw0 + v * 8));
     const __m256i vlive = _mm256_load_si256(reinterpret_cast<const __m256i*>(live + v * 8));
@@ -247,6 +246,10 @@ void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWor
 }
 
 void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
+  conv2d_avx2_driver(a, parallel_for, Avx2Driver::kAuto);
+}
+
+void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2Driver driver) {
   const Conv2DShape& s = a.shape;
   Geometry g;
   g.s = &s;
@@ -261,7 +264,8 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
                             : nullptr;
   pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
                  parallel_for);
-  if (kChannelLanesEnabled && channel_lanes_preferred(s)) {
+  if (driver == Avx2Driver::kChannelLanes ||
+      (driver == Avx2Driver::kAuto && channel_lanes_preferred(s))) {
     conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);
     return;
   }
@@ -284,8 +288,12 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
   }
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  const ConvTiling tiling = plan_conv_tiling(s, kBlock, 8);
-  const std::int64_t cost = static_cast<std::int64_t>(kBlock) * tiling.oc_chunk * g.kw;
+  // Few output pixels (deep layers such as 512@7): 8-pixel blocks and the 8x8 tile, so that
+  // every task costs the same and a pool splits them evenly (a 16-pixel grid would leave one
+  // light tail block next to a few heavy ones). Both tiles run at the same speed.
+  const int block_pixels = total < 8 * kBlock ? 8 : kBlock;
+  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, 8);
+  const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * g.kw;
   parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
     const std::size_t block_bytes = static_cast<std::size_t>(g.kw) * kBlock * 4;
     auto* patches = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchPatches));
@@ -296,7 +304,7 @@ void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
       const std::int64_t bi = t / tiling.oc_chunks;
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
-        build_block(g, bi * kBlock, total, patches, &block);
+        build_block(g, bi * block_pixels, block_pixels, total, patches, &block);
         cached = bi;
       }
       const int oc_begin = chunk * tiling.oc_chunk;

@@ -55,6 +55,9 @@ void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 // vector lanes (filter used in place, any size) or output channels in vector lanes (filter
 // transposed per call; for small filters, see channel_lanes_preferred).
 bool channel_lanes_preferred(const Conv2DShape& shape);
+enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
+// conv2d_avx2 with the driver forced (tests cover both on every shape).
+void conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
 void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
                                const std::uint32_t* bits, const float* mean_abs);
 

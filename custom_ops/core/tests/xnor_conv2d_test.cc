@@ -12,6 +12,7 @@
 #include "custom_ops/core/bitpack.h"
 #include "custom_ops/core/tests/harness.h"
 #include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/core/xnor_kernels.h"
 
 namespace keras_xnor {
 namespace testing {
@@ -161,6 +162,44 @@ void check_problem(const Problem& p, KernelPath path, bool check_splits, Rng& rn
   }
 }
 
+// Both AVX2 drivers (pixel lanes, channel lanes) on this shape, whichever kAuto would pick:
+// bitwise equal to each other (same K and output-stage arithmetic) and exact in the dot.
+void check_avx2_drivers(const Problem& p) {
+  const Conv2DShape& s = p.s;
+  const std::size_t count = p.dot.size();
+  std::vector<float> ones(s.out_c, 1.0f);
+  std::vector<float> outs[2];
+  const internal::Avx2Driver drivers[2] = {internal::Avx2Driver::kPixelLanes,
+                                           internal::Avx2Driver::kChannelLanes};
+  for (int d = 0; d < 2; ++d) {
+    internal::ConvArgs a;
+    a.shape = s;
+    a.input = p.input.data();
+    a.filter = p.filter.data();
+    a.alpha = ones.data();
+    a.output = nullptr;
+    std::vector<float> out(count + 8, 777.0f);
+    a.output = out.data();
+    internal::conv2d_avx2_driver(a, two_piece_for, drivers[d]);
+    for (std::size_t i = 0; i < count; ++i) {
+      if (out[i] != static_cast<float>(p.dot[i])) {
+        KX_CHECK(false, "[avx2 driver %d] %s: dot[%zu] = %g, want %lld", d, describe(s).c_str(), i,
+                 out[i], static_cast<long long>(p.dot[i]));
+        break;
+      }
+    }
+    for (int g = 0; g < 8; ++g) KX_CHECK(out[count + g] == 777.0f, "[avx2 driver %d] wrote past the output", d);
+    a.alpha = p.alpha.data();
+    a.bias = p.bias.data();
+    a.use_k = true;
+    a.relu = true;
+    internal::conv2d_avx2_driver(a, odd_split_for, drivers[d]);
+    outs[d] = out;
+  }
+  KX_CHECK(std::memcmp(outs[0].data(), outs[1].data(), count * sizeof(float)) == 0,
+           "%s: pixel-lane and channel-lane drivers differ", describe(s).c_str());
+}
+
 void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   const std::string err = resolve_conv2d_shape(&s);
   KX_CHECK(err.empty(), "unexpected shape error %s", err.c_str());
@@ -169,6 +208,7 @@ void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   p.s = s;
   make_problem(rng, &p);
   for (KernelPath path : available_paths()) check_problem(p, path, check_splits, rng);
+  if (kernel_path_available(KernelPath::kAvx2)) check_avx2_drivers(p);
 }
 
 int pick(Rng& rng, std::initializer_list<int> values) {
