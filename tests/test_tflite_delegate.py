@@ -180,26 +180,31 @@ def test_corrupt_and_truncated_files_fail_cleanly(two_conv_model, tmp_path):
 
 
 def test_create_invoke_destroy_cycles_keep_memory_flat(model_file):
+    # Plain LiteRT + a fresh delegate per cycle (what Interpreter does), without importing
+    # TensorFlow in the subprocess.
     script = """
         import os, sys, numpy as np
-        from keras_xnor.tflite_export import Interpreter
+        from ai_edge_litert import interpreter as litert
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         x = np.ones((2, 6, 6, 8), np.float32)
         marks = {}
         for i in range(1000):
-            it = Interpreter(model_path=sys.argv[1], num_threads=2)
+            delegate = litert.load_delegate(sys.argv[2], {"num_threads": 2})
+            it = litert.Interpreter(model_path=sys.argv[1], experimental_delegates=[delegate],
+                                    num_threads=2)
             idx = it.get_input_details()[0]["index"]
             it.resize_tensor_input(idx, x.shape)
             it.allocate_tensors()
             it.set_tensor(idx, x)
             it.invoke()
-            del it
+            assert it.get_tensor(it.get_output_details()[0]["index"]).shape == (2, 5)
+            del it, delegate
             if i in (199, 999):
                 marks[i] = rss()
         print("GROWTH", marks[999] - marks[199])
     """
-    result = _subprocess(script, model_file)
+    result = _subprocess(script, model_file, delegate_path())
     assert result.returncode == 0, result.stderr[-3000:]
     growth = int([l for l in result.stdout.splitlines() if l.startswith("GROWTH")][0].split()[1])
     # 800 cycles; a leak of even 5 KB per cycle would show as 4 MB.
@@ -209,15 +214,16 @@ def test_create_invoke_destroy_cycles_keep_memory_flat(model_file):
 def test_profile_option_reports_every_binary_node(model_file):
     script = """
         import sys, numpy as np
-        from keras_xnor.tflite_export import Interpreter
-        it = Interpreter(model_path=sys.argv[1], delegate_profile=True)
+        from ai_edge_litert import interpreter as litert
+        delegate = litert.load_delegate(sys.argv[2], {"profile": 1})
+        it = litert.Interpreter(model_path=sys.argv[1], experimental_delegates=[delegate])
         it.allocate_tensors()
         it.set_tensor(it.get_input_details()[0]["index"], np.ones((1, 6, 6, 8), np.float32))
         for _ in range(3):
             it.invoke()
         del it
     """
-    result = _subprocess(script, model_file)
+    result = _subprocess(script, model_file, delegate_path())
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [l for l in result.stderr.splitlines() if "keras-xnor delegate profile" in l]
     assert len(lines) == 3, result.stderr[-3000:]  # two convs and the dense
