@@ -16,8 +16,9 @@ from keras_xnor.training import train as train_cli
 from keras_xnor.training import trainer
 
 TIMEOUT = 240
-# The runs here use implementation="simulation" (the pure-TF twin of the compiled op, which
-# the layer tests compare with the op): this file tests the training machinery.
+# The learning test trains with the default implementation ("auto": the compiled XNOR op in
+# the forward pass when built). The subprocess tests use implementation="simulation" (its
+# pure-TF twin, which the layer tests compare with the op): they test the machinery.
 
 
 def _env(**extra):
@@ -41,7 +42,7 @@ def test_one_epoch_on_a_fashion_mnist_subset_learns(tmp_path):
     out = str(tmp_path / "run")
     metrics = trainer.train(model="xnor_small", epochs=1, batch_size=64,
                             max_train_examples=3072, max_test_examples=1000,
-                            output_dir=out, verbose=0, implementation="simulation")
+                            output_dir=out, verbose=0)
     # 10 classes: chance is 10%.
     assert metrics["test_accuracy"] > 0.55, metrics["test_accuracy"]
     with open(os.path.join(out, "metrics.json")) as f:

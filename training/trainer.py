@@ -465,7 +465,8 @@ def train(config=None, distribute_strategy=None, **overrides):
                   steps_per_epoch=steps_per_epoch if repeat_train else None,
                   validation_data=test_ds if config.validate else None,
                   validation_steps=test_steps if config.validate else None,
-                  callbacks=callbacks, verbose=config.verbose)
+                  callbacks=callbacks, verbose=config.verbose,
+                  shuffle=False)  # the tf.data pipeline shuffles
     train_seconds = time.time() - start
 
     results = model.evaluate(test_ds, steps=test_steps, return_dict=True,
