@@ -167,6 +167,10 @@ def worker(args):
         row["roofline_bit_macs_per_s"] = roofline
         row["fraction_of_roofline"] = row["bit_macs_per_s"] / roofline
         row["fraction_of_roofline_best"] = row["bit_macs_per_s_best"] / roofline
+        # The speed-up over TFLite a kernel at 100% of the roofline would reach: float MACs
+        # and bit-MACs are counted alike, so it is roofline / (TFLite's float MACs per s).
+        row["speedup_vs_tflite_at_roofline"] = roofline * row["tflite_xnnpack_ms"] / (
+            1e3 * row["bit_macs"])
     print(json.dumps({
         "threads": args.threads, "roofline_bit_macs_per_s": roofline,
         "kernel_path": delegate.keras_xnor_core_kernel_path().decode(),
@@ -175,18 +179,20 @@ def worker(args):
 
 
 def print_table(runs):
-    header = ("%-17s %3s %9s %9s %9s %9s %7s %7s %9s %6s"
+    header = ("%-17s %3s %9s %9s %9s %9s %7s %7s %9s %6s %8s"
               % ("shape", "thr", "TF ms", "TFLite ms", "XNOR ms", "XNOR min", "xTF", "xTFLite",
-                 "Gbop/s", "%roof"))
-    print("median ms per conv (batch 1); ratios of medians; Gbop/s = 1e9 bit-MACs/s (median)")
+                 "Gbop/s", "%roof", "xTFL@roof"))
+    print("median ms per conv (batch 1); ratios of medians; Gbop/s = 1e9 bit-MACs/s (median); "
+          "xTFL@roof = speed-up over TFLite at 100% of the roofline")
     print(header)
     print("-" * len(header))
     for run in runs:
         for r in run["results"]:
-            print("%-17s %3d %9.3f %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%%" % (
+            print("%-17s %3d %9.3f %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%% %8.1f" % (
                 r["shape"], r["threads"], r["tf_float_ms"], r["tflite_xnnpack_ms"],
                 r["xnor_ms"], r["xnor_ms_min"], r["speedup_vs_tf"], r["speedup_vs_tflite"],
-                r["bit_macs_per_s"] / 1e9, 100 * r["fraction_of_roofline"]))
+                r["bit_macs_per_s"] / 1e9, 100 * r["fraction_of_roofline"],
+                r["speedup_vs_tflite_at_roofline"]))
         print("  roofline at %d thread(s): %.1f G bit-MACs/s (kernel path %s)"
               % (run["threads"], run["roofline_bit_macs_per_s"] / 1e9, run["kernel_path"]))
     for run in runs:
