@@ -15,7 +15,12 @@ import pytest
 keras = pytest.importorskip("keras")
 import keras_xnor  # noqa: E402
 from keras_xnor import tflite_export  # noqa: E402
-from keras_xnor.tflite_export import Interpreter, builtin_op_names, convert, custom_ops  # noqa: E402
+from keras_xnor.tflite_export import (  # noqa: E402
+    Interpreter,
+    builtin_op_names,
+    convert,
+    custom_ops,
+)
 
 
 def _randomize_batch_norms(model, rng):

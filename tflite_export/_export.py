@@ -28,15 +28,15 @@ exactly (up to float rounding), so the BN is dropped and its scale/shift go into
 import glob
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
+import keras_xnor
 from keras_xnor import quantizers, spec
 from keras_xnor.layers import BinConv2D, BinDense
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__import__("keras_xnor").__file__)), "_ops")
+_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(keras_xnor.__file__)), "_ops")
 
 _raw_ops_module = None
 
@@ -111,7 +111,8 @@ def _exportable(layer):
         return "its kernel_quantizer is not a sign quantizer"
     if getattr(layer, "groups", 1) != 1:
         return "groups != 1"
-    if isinstance(layer, BinConv2D) and getattr(layer, "data_format", "channels_last") != "channels_last":
+    data_format = getattr(layer, "data_format", "channels_last")
+    if isinstance(layer, BinConv2D) and data_format != "channels_last":
         return "data_format is not channels_last"
     return ""
 

@@ -51,7 +51,8 @@ def custom_ops(model_content):
                     continue
                 dtype = _NUMPY_TYPES.get(tensor.Type())
                 values = buffer.DataAsNumpy().tobytes()
-                inputs.append(None if dtype is None else np.frombuffer(values, dtype).reshape(shape))
+                array = None if dtype is None else np.frombuffer(values, dtype).reshape(shape)
+                inputs.append(array)
             result.append(
                 {"name": name, "options": options, "options_bytes": raw, "inputs": inputs,
                  "input_shapes": shapes}

@@ -5,11 +5,10 @@ import os
 
 from ai_edge_litert import interpreter as _litert
 
+import keras_xnor
 from keras_xnor import spec
 
-_OPS_DIR = os.path.join(
-    os.path.dirname(os.path.abspath(__import__("keras_xnor").__file__)), "_ops"
-)
+_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(keras_xnor.__file__)), "_ops")
 _OUR_OPS = (spec.BIN_CONV2D_OP, spec.BIN_DENSE_OP, spec.PACK_BITS_OP)
 
 HOW_TO_LOAD = (
@@ -110,6 +109,8 @@ class Interpreter(_litert.Interpreter):
             isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
         ):
             raise ValueError("num_threads must be an int >= 1 or None, got %r" % (num_threads,))
+        if (model_path is None) == (model_content is None):
+            raise ValueError("Interpreter: give exactly one of model_path and model_content")
         if model_path is not None and not os.path.isfile(model_path):
             raise ValueError("Interpreter: model file %r does not exist" % (model_path,))
         delegates = list(experimental_delegates or [])
