@@ -30,7 +30,8 @@ std::uint64_t load64(const std::uint32_t* p) {
 #define KX_POPCNT_CLONES
 #endif
 
-// Popcounts of (patch XOR weight) [AND mask] for kRows pixels x kCols channels. Rows of
+// Popcounts of (patch XOR weight) [AND mask] for kRows pixels x kCols channels. The unroll
+// pragmas keep the accumulators in registers (without them GCC -O2 keeps them in memory). Rows of
 // `patches`/`masks` are `stride` words apart; weights rows are `kw` words (any alignment).
 template <bool kMasked>
 __attribute__((always_inline)) inline void gemm_tile_impl(const std::uint32_t* patches, const std::uint32_t* masks, int stride,
@@ -39,9 +40,12 @@ __attribute__((always_inline)) inline void gemm_tile_impl(const std::uint32_t* p
   const int pairs = kw / 2;
   for (int k = 0; k < pairs; ++k) {
     std::uint64_t x[kRows];
+#pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) x[r] = load64(patches + r * stride + 2 * k);
+#pragma GCC unroll 4
     for (int c = 0; c < kCols; ++c) {
       const std::uint64_t wv = load64(w[c] + 2 * k);
+#pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) {
         std::uint64_t v = x[r] ^ wv;
         if (kMasked) v &= load64(masks + r * stride + 2 * k);
@@ -113,38 +117,44 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
       if (bi != cached) {
         cached = bi;
         count = static_cast<int>(std::min<std::int64_t>(kRows, total - first));
+        // First the geometry (masks are only needed when some pixel has a padded tap).
+        std::int64_t img[kRows];
+        int ih0[kRows], iw0[kRows];
         border = false;
+        for (int r = 0; r < count; ++r) {
+          const std::int64_t p = first + r;
+          img[r] = p / hw;
+          const int rem = static_cast<int>(p % hw);
+          ih0[r] = (rem / s.out_w) * s.stride_h - s.pad_top;
+          iw0[r] = (rem % s.out_w) * s.stride_w - s.pad_left;
+          border |= ih0[r] < 0 || iw0[r] < 0 || ih0[r] + span_h >= s.in_h || iw0[r] + span_w >= s.in_w;
+        }
         for (int r = 0; r < kRows; ++r) {
           std::uint32_t* prow = patches + r * kw;
           std::uint32_t* mrow = masks + r * kw;
           if (r >= count) {
-            std::memset(prow, 0, kw * 4);
-            std::memset(mrow, 0, kw * 4);
+            for (int k = 0; k < kw; ++k) prow[k] = 0;
+            if (border) for (int k = 0; k < kw; ++k) mrow[k] = 0;
             kval[r] = 0.0f;
             n_valid[r] = 0;
             continue;
           }
-          const std::int64_t p = first + r;
-          const std::int64_t n = p / hw;
-          const int rem = static_cast<int>(p % hw);
-          const int ih0 = (rem / s.out_w) * s.stride_h - s.pad_top;
-          const int iw0 = (rem % s.out_w) * s.stride_w - s.pad_left;
-          border |= ih0 < 0 || iw0 < 0 || ih0 + span_h >= s.in_h || iw0 + span_w >= s.in_w;
           float ksum = 0.0f;
           int valid = 0, k = 0;
           for (int i = 0; i < s.k_h; ++i) {
-            const int ih = ih0 + i * s.dilation_h;
+            const int ih = ih0[r] + i * s.dilation_h;
             for (int j = 0; j < s.k_w; ++j, k += words) {
-              const int iw = iw0 + j * s.dilation_w;
+              const int iw = iw0[r] + j * s.dilation_w;
               if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
-                const std::int64_t pix = (n * s.in_h + ih) * s.in_w + iw;
-                std::memcpy(prow + k, bits + pix * words, words * 4);
-                std::fill(mrow + k, mrow + k + words, ~0u);
+                const std::int64_t pix = (img[r] * s.in_h + ih) * s.in_w + iw;
+                const std::uint32_t* src = bits + pix * words;
+                for (int q = 0; q < words; ++q) prow[k + q] = src[q];
+                if (border) for (int q = 0; q < words; ++q) mrow[k + q] = ~0u;
                 if (mean_abs != nullptr) ksum += mean_abs[pix];
                 ++valid;
               } else {
-                std::fill(prow + k, prow + k + words, 0u);
-                std::fill(mrow + k, mrow + k + words, 0u);
+                for (int q = 0; q < words; ++q) prow[k + q] = 0;
+                for (int q = 0; q < words; ++q) mrow[k + q] = 0;
               }
             }
           }
@@ -182,22 +192,75 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
   });
 }
 
+namespace {
+
+// pops[j] = popcount(x XOR w[j]) over `words` words, for two weight rows at once.
+KX_POPCNT_CLONES void gemv_1x2(const std::uint32_t* x, int words, const std::uint32_t* w0,
+                               const std::uint32_t* w1, std::int64_t* pops) {
+  std::int64_t p0 = 0, p1 = 0;
+  const int pairs = words / 2;
+  for (int k = 0; k < pairs; ++k) {
+    const std::uint64_t xv = load64(x + 2 * k);
+    p0 += __builtin_popcountll(xv ^ load64(w0 + 2 * k));
+    p1 += __builtin_popcountll(xv ^ load64(w1 + 2 * k));
+  }
+  if (words & 1) {
+    p0 += __builtin_popcount(x[words - 1] ^ w0[words - 1]);
+    p1 += __builtin_popcount(x[words - 1] ^ w1[words - 1]);
+  }
+  pops[0] = p0;
+  pops[1] = p1;
+}
+
+}  // namespace
+
 void dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
-  ConvArgs c;
-  c.shape.batch = a.batch;
-  c.shape.in_h = c.shape.in_w = 1;
-  c.shape.in_c = a.in_features;
-  c.shape.out_c = a.units;
-  c.shape.k_h = c.shape.k_w = 1;
-  c.shape.out_h = c.shape.out_w = 1;
-  c.input = a.input;
-  c.filter = a.filter;
-  c.alpha = a.alpha;
-  c.bias = a.bias;
-  c.use_k = a.use_k;
-  c.relu = a.relu;
-  c.output = a.output;
-  conv2d_portable(c, parallel_for);
+  if (a.batch >= kRows) {
+    // Enough rows to fill the conv tile: a 1x1 conv on a 1x1 image.
+    ConvArgs c;
+    c.shape.batch = a.batch;
+    c.shape.in_h = c.shape.in_w = 1;
+    c.shape.in_c = a.in_features;
+    c.shape.out_c = a.units;
+    c.shape.k_h = c.shape.k_w = 1;
+    c.shape.out_h = c.shape.out_w = 1;
+    c.input = a.input;
+    c.filter = a.filter;
+    c.alpha = a.alpha;
+    c.bias = a.bias;
+    c.use_k = a.use_k;
+    c.relu = a.relu;
+    c.output = a.output;
+    conv2d_portable(c, parallel_for);
+    return;
+  }
+  const int words = packed_words(a.in_features);
+  auto* bits = static_cast<std::uint32_t*>(
+      thread_scratch(static_cast<std::size_t>(a.batch) * words * 4, kScratchPacked));
+  auto* mean_abs = static_cast<float*>(thread_scratch(static_cast<std::size_t>(a.batch) * 4, kScratchMeanAbs));
+  pack_rows_portable(a.input, a.batch, a.in_features, reinterpret_cast<PackedWord*>(bits),
+                     a.use_k ? mean_abs : nullptr, serial_for);
+  const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+  const int pairs = (a.units + 1) / 2;
+  parallel_for(pairs, static_cast<std::int64_t>(2) * words * a.batch, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t q = begin; q < end; ++q) {
+      const int u0 = static_cast<int>(q * 2);
+      const int u1 = std::min(u0 + 1, a.units - 1);
+      for (int n = 0; n < a.batch; ++n) {
+        std::int64_t pops[2];
+        gemv_1x2(bits + static_cast<std::int64_t>(n) * words, words,
+                 filter + static_cast<std::int64_t>(u0) * words,
+                 filter + static_cast<std::int64_t>(u1) * words, pops);
+        for (int j = 0; j < 2 && u0 + j < a.units; ++j) {
+          float v = static_cast<float>(a.in_features - 2 * pops[j]) * a.alpha[u0 + j];
+          if (a.use_k) v *= mean_abs[n];
+          if (a.bias != nullptr) v += a.bias[u0 + j];
+          if (a.relu && v < 0.0f) v = 0.0f;
+          a.output[static_cast<std::int64_t>(n) * a.units + u0 + j] = v;
+        }
+      }
+    }
+  });
 }
 
 }  // namespace internal
