@@ -229,3 +229,19 @@ def test_profile_option_reports_every_binary_node(model_file):
     assert len(lines) == 3, result.stderr[-3000:]  # two convs and the dense
     assert all("3 invokes" in l for l in lines)
     assert "KerasXnorBinDense [1, 12] -> [1, 5]" in result.stderr
+
+
+def test_bad_resizes_are_reported_by_the_delegate():
+    inp = keras.Input((None, None, 4))
+    model = keras.Model(inp, keras_xnor.BinConv2D(3, 3, padding="valid")(inp))
+    interpreter = Interpreter(model_content=convert(model))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, (1, 2, 2, 4))
+    with pytest.raises(RuntimeError, match=r"keras-xnor delegate: node \d+ \(KerasXnorBinConv2D\)"
+                       r".*VALID padding needs an input"):
+        interpreter.allocate_tensors()
+    interpreter.resize_tensor_input(index, (1, 3, 3, 5))
+    with pytest.raises(RuntimeError, match="input has 5 channels but the op was exported for 4"):
+        interpreter.allocate_tensors()
+    x = np.ones((2, 4, 3, 4), np.float32)  # recovers after a valid resize
+    np.testing.assert_allclose(_run(interpreter, x), model(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -58,11 +58,9 @@ def load_delegate(num_threads=None, kernel=None, profile=False):
 
 
 def _explain(error):
-    """Re-raises LiteRT errors about our unresolved ops with what to do."""
+    """Re-raises LiteRT errors about our unresolved ops with what to do (None: not ours)."""
     text = str(error)
-    if any(op in text for op in _OUR_OPS) and (
-        "unresolved" in text.lower() or "custom op" in text.lower() or "failed to prepare" in text
-    ):
+    if "unresolved custom op" in text.lower() and any(op in text for op in _OUR_OPS):
         return RuntimeError(
             "This model uses keras-xnor custom ops (%s) that need the keras-xnor TFLite "
             "delegate, which is not loaded. %s\nLiteRT said: %s"

@@ -428,11 +428,11 @@ void kernel_free(abi::Context* /*context*/, void* buffer) {
 int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
   auto* partition = static_cast<Partition*>(kernel_node->user_data);
   if (partition == nullptr) {
-    context->ReportError(context, "keras-xnor delegate: kernel has no state");
+    context->ReportError(context, "keras-xnor delegate: kernel has no state\n");
     return abi::kError;
   }
   if (!partition->error.empty()) {
-    context->ReportError(context, "%s", partition->error.c_str());
+    context->ReportError(context, "%s\n", partition->error.c_str());
     return abi::kError;
   }
   partition->pool = partition->state->get_pool(context->recommended_num_threads);
@@ -442,7 +442,7 @@ int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
     int out_type = abi::kNoType;
     const std::string error = prepare_node(context, partition, &node, &out_dims, &out_type);
     if (!error.empty()) {
-      context->ReportError(context, "%s%s", node_prefix(node).c_str(), error.c_str());
+      context->ReportError(context, "%s%s\n", node_prefix(node).c_str(), error.c_str());
       return abi::kError;
     }
     if (partition->state->options.profile) {
@@ -461,18 +461,18 @@ int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
     }
     abi::Tensor& output = context->tensors[node.output];
     if (output.type != out_type) {
-      context->ReportError(context, "%soutput tensor has type %d, expected %d",
+      context->ReportError(context, "%soutput tensor has type %d, expected %d\n",
                            node_prefix(node).c_str(), output.type, out_type);
       return abi::kError;
     }
     abi::IntArray* dims = abi::new_int_array(static_cast<int>(out_dims.size()));
     if (dims == nullptr) {
-      context->ReportError(context, "%sout of memory", node_prefix(node).c_str());
+      context->ReportError(context, "%sout of memory\n", node_prefix(node).c_str());
       return abi::kError;
     }
     std::copy(out_dims.begin(), out_dims.end(), dims->data);
     if (context->ResizeTensor(context, &output, dims) != abi::kOk) {  // takes ownership
-      context->ReportError(context, "%scould not resize the output to %s",
+      context->ReportError(context, "%scould not resize the output to %s\n",
                            node_prefix(node).c_str(), dims_text(out_dims).c_str());
       return abi::kError;
     }
@@ -483,7 +483,7 @@ int kernel_prepare(abi::Context* context, abi::Node* kernel_node) {
 int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
   auto* partition = static_cast<Partition*>(kernel_node->user_data);
   if (partition == nullptr || !partition->error.empty() || partition->pool == nullptr) {
-    context->ReportError(context, "keras-xnor delegate: invoke before a successful prepare");
+    context->ReportError(context, "keras-xnor delegate: invoke before a successful prepare\n");
     return abi::kError;
   }
   const ParallelFor parallel_for = partition->pool->as_parallel_for();
@@ -495,7 +495,7 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
     TensorView input = view(context, partition, node.inputs[0]);
     TensorView output = view(context, partition, node.output);
     if (input.data == nullptr || output.data == nullptr) {
-      context->ReportError(context, "%sinput or output tensor has no data",
+      context->ReportError(context, "%sinput or output tensor has no data\n",
                            node_prefix(node).c_str());
       return abi::kError;
     }
@@ -515,12 +515,12 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
     if (node.inputs.size() > 3 && node.inputs[3] != abi::kOptionalTensor) {
       bias = static_cast<const float*>(view(context, partition, node.inputs[3]).data);
       if (bias == nullptr) {
-        context->ReportError(context, "%sbias tensor has no data", node_prefix(node).c_str());
+        context->ReportError(context, "%sbias tensor has no data\n", node_prefix(node).c_str());
         return abi::kError;
       }
     }
     if (filter.data == nullptr || alpha.data == nullptr) {
-      context->ReportError(context, "%sfilter or alpha tensor has no data",
+      context->ReportError(context, "%sfilter or alpha tensor has no data\n",
                            node_prefix(node).c_str());
       return abi::kError;
     }
@@ -550,13 +550,13 @@ int delegate_prepare(abi::Context* context, abi::Delegate* delegate) {
   const std::string probe = abi::probe_context(context);
   if (!probe.empty()) {
     if (context != nullptr && context->ReportError != nullptr) {
-      context->ReportError(context, "%s", probe.c_str());
+      context->ReportError(context, "%s\n", probe.c_str());
     }
     return abi::kDelegateError;
   }
   abi::IntArray* plan = nullptr;
   if (context->GetExecutionPlan(context, &plan) != abi::kOk || plan == nullptr) {
-    context->ReportError(context, "keras-xnor delegate: no execution plan");
+    context->ReportError(context, "keras-xnor delegate: no execution plan\n");
     return abi::kDelegateError;
   }
   // Copy: the plan array is invalidated by later context calls.
