@@ -207,5 +207,61 @@ int main(int argc, char** argv) {
       }
     }
   }
+  // Dense layers (batch 1 is a GEMV: bound by streaming the packed weights).
+  struct DenseCase {
+    const char* name;
+    int batch, in_f, units;
+  };
+  const DenseCase dense_cases[] = {
+      {"alexnet fc6 9216->4096 N=1", 1, 9216, 4096},
+      {"alexnet fc7 4096->4096 N=1", 1, 4096, 4096},
+      {"alexnet fc7 4096->4096 N=16", 16, 4096, 4096},
+      {"resnet18 fc 512->1000 N=1", 1, 512, 1000},
+  };
+  for (const DenseCase& c : dense_cases) {
+    if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
+    std::vector<float> input(static_cast<std::size_t>(c.batch) * c.in_f);
+    for (float& x : input) x = u(rng);
+    std::vector<float> weights(static_cast<std::size_t>(c.units) * c.in_f);
+    for (float& x : weights) x = u(rng);
+    std::vector<keras_xnor::PackedWord> filter(static_cast<std::size_t>(c.units) *
+                                               keras_xnor::packed_words(c.in_f));
+    keras_xnor::pack_bits(weights.data(), c.units, c.in_f, filter.data());
+    std::vector<float> alpha(c.units, 0.5f), bias(c.units, 0.1f);
+    std::vector<float> out(static_cast<std::size_t>(c.batch) * c.units), ref(out.size());
+    keras_xnor::xnor_dense(c.batch, c.in_f, c.units, input.data(), filter.data(), alpha.data(),
+                           bias.data(), true, false, ref.data(), keras_xnor::serial_for,
+                           KernelPath::kReference);
+    const double ops = static_cast<double>(c.batch) * c.in_f * c.units;
+    for (const std::string& pname : {std::string("avx2"), std::string("portable")}) {
+      if (paths_arg.find(pname) == std::string::npos) continue;
+      const KernelPath path = pname == "avx2" ? KernelPath::kAvx2 : KernelPath::kPortable;
+      if (!keras_xnor::kernel_path_available(path)) continue;
+      for (int t : thread_counts) {
+        Pool pool(t);
+        const keras_xnor::ParallelFor pf = pool.parallel_for();
+        auto run = [&] {
+          keras_xnor::xnor_dense(c.batch, c.in_f, c.units, input.data(), filter.data(),
+                                 alpha.data(), bias.data(), true, false, out.data(), pf, path);
+        };
+        run();
+        double max_err = 0.0;
+        for (std::size_t i = 0; i < out.size(); ++i)
+          max_err = std::max(max_err, static_cast<double>(std::fabs(out[i] - ref[i])) /
+                                          (1.0 + std::fabs(ref[i])));
+        double best = 1e30;
+        for (int r = 0; r < repeats; ++r) {
+          const double t0 = now();
+          run();
+          best = std::min(best, now() - t0);
+        }
+        std::printf("%-32s %-9s %3d %9.4f %9.1f %7.1f%%%s\n", c.name, pname.c_str(), t,
+                    best * 1e3, ops / best / 1e9,
+                    t < 3 && roof[t] > 0 ? 100.0 * ops / best / roof[t] : 0.0,
+                    max_err > 1e-4 ? "  MISMATCH vs reference" : "");
+        std::fflush(stdout);
+      }
+    }
+  }
   return 0;
 }
