@@ -57,15 +57,20 @@ def bit_macs(size, c_in, c_out, k, stride):
     return out * out * c_out * k * k * c_in
 
 
-def time_interleaved(methods, min_seconds, min_rounds=7):
+def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7):
     """Median and min seconds per conv of each method, measured in interleaved rounds.
 
     ``methods`` maps a name to ``(fn, convs per fn call)``. Each round calls every method
     once, so load from other processes on the machine hits all methods alike.
     """
+    # Warm up for a while, not a few calls: the first few hundred calls in a fresh process
+    # run up to 2x slower (allocator and page-fault warm-up), which would bias the medians.
     for fn, _ in methods.values():
-        for _ in range(3):
+        start = time.perf_counter()
+        calls = 0
+        while calls < 5 or time.perf_counter() - start < warmup_seconds:
             fn()
+            calls += 1
     samples = {name: [] for name in methods}
     start = time.perf_counter()
     rounds = 0
