@@ -18,6 +18,20 @@
 //
 // The integer part (dot) is exact. Threads come from `parallel_for`; results are identical for
 // any split. Calls are thread-safe: no shared mutable state.
+//
+// Memory: no caller buffer is read or written outside the extents above (no over-read, no
+// alignment requirement). Per-call work buffers (the packed input, im2col blocks, a transposed
+// copy of small filters) are thread_local scratch that grows to the largest call seen and is
+// reused, so steady-state calls do not allocate.
+//
+// Paths (KernelPath): kReference is the oracle (plain loops, serial). kPortable is plain C++17
+// (uint64 XOR + popcount, 4 pixels x 2 channels register tile; on x86 the tile is built with
+// and without POPCNT and the loader picks). kAvx2 (*_avx2.cc, used only after a CPUID check)
+// packs signs with compare+movemask, builds im2col blocks, and runs vpshufb-popcount
+// microkernels (xnor_gemm_{16x4,8x8,4x16}_avx2.cc) with the output stage fused per tile; the
+// dense layer at batch < 8 uses a GEMV kernel (xnor_gemv_1x4_avx2.cc). For every path the
+// float part is (dot * alpha) * K + bias in float32, K summed over taps in (kh, kw) order; the
+// fast paths may differ from the reference in the last bits of K (channel-sum order) only.
 #ifndef KERAS_XNOR_CORE_XNOR_CONV2D_H_
 #define KERAS_XNOR_CORE_XNOR_CONV2D_H_
 

@@ -264,7 +264,10 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
                             : nullptr;
   pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
                  parallel_for);
-  if (driver == Avx2Driver::kChannelLanes ||
+  // The pixel-lane im2col gathers with 32-bit offsets; larger inputs take the channel-lane
+  // driver, which indexes with 64 bits.
+  const bool offsets_fit = in_pixels * g.in_words < (std::int64_t{1} << 31) - 64;
+  if (driver == Avx2Driver::kChannelLanes || !offsets_fit ||
       (driver == Avx2Driver::kAuto && channel_lanes_preferred(s))) {
     conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);
     return;
