@@ -456,6 +456,16 @@ def test_raw_op_registered_gradients():
     assert np.all(g[0].numpy()[np.abs(x.numpy()) > 1] == 0)
     assert np.abs(g[0].numpy()[np.abs(x.numpy()) <= 1]).max() > 0
 
+    # The same gradient when TF builds it in a graph (tf.function).
+    @tf.function(autograph=False)
+    def graph_gradient(v):
+        with tf.GradientTape() as inner:
+            inner.watch(v)
+            out = raw_conv(v, filt, alpha, bias, use_k=False, relu=False, **attrs)
+        return inner.gradient(out, v, output_gradients=dy)
+
+    np.testing.assert_allclose(graph_gradient(x).numpy(), g[0].numpy(), rtol=1e-6, atol=1e-6)
+
     xd = tf.constant(random_input(rng, (3, 50)))
     filt_d = ops.pack_bits(random_input(rng, (4, 50)))
     with tf.GradientTape() as tape:
