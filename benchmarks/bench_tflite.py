@@ -44,6 +44,32 @@ def _latencies(interpreters, x, runs, warmup=3):
             for name, t in times.items()}
 
 
+def _delegate_share(model_content, x, runs, threads):
+    """(total ms per invoke, ms per invoke inside the delegate's binary nodes), from the
+    delegate's profile option (printed to stderr when the interpreter is deleted)."""
+    import re  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from keras_xnor.tflite_export import Interpreter  # noqa: PLC0415
+
+    interpreter = Interpreter(model_content=model_content, num_threads=threads,
+                              delegate_profile=True)
+    total = _latencies({"xnor": interpreter}, x, runs, warmup=0)["xnor"]["median_ms"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            del interpreter
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read()
+    means = [float(m) for m in re.findall(r"([0-9.]+) ms mean", text)]
+    return total, sum(means)
+
+
 def _float_tflite(model):
     import tensorflow as tf  # noqa: PLC0415
 
@@ -111,6 +137,9 @@ def bench_arch(arch, runs, threads_list, rng):
                                                   num_threads=threads),
         }, x, runs)
         entry["speedup"] = entry["float_xnnpack"]["median_ms"] / entry["xnor_delegate"]["median_ms"]
+        total, inside = _delegate_share(xnor_bytes, x, runs, threads)
+        entry["xnor_profile"] = {"invoke_ms": total, "binary_nodes_ms": inside,
+                                 "other_ms": total - inside}
         entry["speedup_min"] = entry["float_xnnpack"]["min_ms"] / entry["xnor_delegate"]["min_ms"]
         result["latency"][str(threads)] = entry
     return result
@@ -153,6 +182,10 @@ def main(argv=None):
                      entry["xnor_delegate"]["min_ms"], entry["speedup"], entry["speedup_min"],
                      entry["xnor_fp16_float_layers"]["median_ms"],
                      entry["xnor_fp16_float_layers"]["min_ms"]))
+            profile = entry["xnor_profile"]
+            print("    xnor profile: %.1f ms per invoke, of which %.1f ms in the binary nodes "
+                  "(delegate) and %.1f ms in float builtins/XNNPACK"
+                  % (profile["invoke_ms"], profile["binary_nodes_ms"], profile["other_ms"]))
         sys.stdout.flush()
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
