@@ -53,7 +53,8 @@ void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 
 // The two AVX2 conv drivers behind conv2d_avx2 (which sign-packs the input first): pixels in
 // vector lanes (filter used in place, any size) or output channels in vector lanes (filter
-// transposed per call; for small filters, see channel_lanes_preferred).
+// transposed per call; the default unless there are few output pixels, see
+// channel_lanes_preferred).
 bool channel_lanes_preferred(const Conv2DShape& shape);
 enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
 // conv2d_avx2 with the driver forced (tests cover both on every shape).
