@@ -110,7 +110,9 @@ def _integer_model():
                              use_k=False, use_bias=False)(inp)
     d = keras_xnor.BinDense(65, kernel_scale="none", use_k=False, use_bias=False)(
         keras.layers.Flatten()(inp))
-    return keras.Model(inp, [a, b, c, d])
+    e = keras_xnor.BinConv2D(4, 3, dilation_rate=2, padding="same", kernel_scale="none",
+                             use_k=False, use_bias=False)(inp)
+    return keras.Model(inp, [a, b, c, d, e])
 
 
 def test_integer_path_is_bit_exact():
