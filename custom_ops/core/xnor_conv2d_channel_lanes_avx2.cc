@@ -91,8 +91,11 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   });
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  const ConvTiling tiling = plan_conv_tiling(s, kBlock, kLanes);
-  const std::int64_t cost = static_cast<std::int64_t>(kBlock) * tiling.oc_chunk * kw;
+  // Few pixels: one-quad blocks, so every task costs the same (with 16-pixel blocks, 49 pixels
+  // would make three full blocks and a one-pixel one, and a 2-thread split would be uneven).
+  const int block_pixels = total < 512 ? 4 : kBlock;
+  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, kLanes);
+  const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * kw;
   const int span_w = (s.k_w - 1) * s.dilation_w;
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
   const bool use_k = a.use_k, relu = a.relu, has_bias = a.bias != nullptr;
@@ -110,8 +113,8 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
         cached = bi;
-        blk.first = bi * kBlock;
-        blk.count = static_cast<int>(std::min<std::int64_t>(kBlock, total - blk.first));
+        blk.first = bi * block_pixels;
+        blk.count = static_cast<int>(std::min<std::int64_t>(block_pixels, total - blk.first));
         const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
         std::int64_t img = blk.first / hw;
         int rem = static_cast<int>(blk.first % hw);
