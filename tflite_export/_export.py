@@ -208,14 +208,6 @@ class _FoldedAway(keras.layers.Layer):
 # BatchNorm folding plan
 
 
-def _single_input(layer):
-    try:
-        value = layer.input
-    except (AttributeError, ValueError):  # shared layer or not connected
-        return None
-    return value if not isinstance(value, (list, tuple)) else None
-
-
 def _foldable_bn(bn, rank):
     if not isinstance(bn, keras.layers.BatchNormalization):
         return False
@@ -225,46 +217,62 @@ def _foldable_bn(bn, rank):
     return not getattr(bn, "synchronized", False) and not getattr(bn, "renorm", False)
 
 
+def _call_sites(layer):
+    """(input tensors, output tensors) of every call of `layer` in a graph; None if unknown.
+
+    Keras 3 keeps one inbound node per call; ``layer.input`` only shows the first, so a shared
+    layer's other calls would be invisible through the public properties.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if nodes is None:
+        return None
+    try:
+        return [(list(node.input_tensors), list(node.output_tensors)) for node in nodes]
+    except AttributeError:
+        return None
+
+
 def _fold_plan(model):
     """Maps id(binary layer) -> BatchNormalization to fold, for eligible pairs.
 
-    Eligible: the binary layer is exportable and has no activation, its (single) output is
-    consumed by exactly one layer in the model, and that layer is a BatchNormalization over the
-    last axis whose input is exactly that output.
+    Eligible: the binary layer is exportable, called once, and has no activation; its output is
+    not a model output (of the model or a nested one) and is consumed by exactly one call of
+    one layer, a BatchNormalization over the last axis that is itself called once. Folding is
+    skipped entirely if the graph cannot be inspected.
     """
     layers = _all_layers(model)
+    sites = {}
     consumers = {}
     for layer in layers:
-        try:
-            inputs = layer.input
-        except (AttributeError, ValueError):
-            continue
-        for tensor in tf.nest.flatten(inputs):
-            consumers.setdefault(id(tensor), []).append(layer)
+        calls = _call_sites(layer)
+        if calls is None:
+            return {}
+        sites[id(layer)] = calls
+        for inputs, _ in calls:
+            for tensor in inputs:
+                consumers.setdefault(id(tensor), []).append(layer)
     # Outputs of the model and of every nested model are consumed by someone we cannot see.
     outputs = set()
     for graph in [model] + [layer for layer in layers if isinstance(layer, keras.Model)]:
         try:
             outputs.update(id(t) for t in tf.nest.flatten(graph.outputs))
         except (AttributeError, ValueError):
-            continue
+            return {}
     plan = {}
     for layer in layers:
         if not isinstance(layer, (BinConv2D, BinDense)) or _exportable(layer):
             continue
-        if not _is_linear(layer.activation):
+        if not _is_linear(layer.activation) or len(sites[id(layer)]) != 1:
             continue
-        try:
-            out = layer.output
-        except (AttributeError, ValueError):
+        out = sites[id(layer)][0][1]
+        if len(out) != 1 or id(out[0]) in outputs:
             continue
-        if isinstance(out, (list, tuple)) or id(out) in outputs:
+        users = consumers.get(id(out[0]), [])
+        if len(users) != 1 or len(sites[id(users[0])]) != 1:
             continue
-        users = consumers.get(id(out), [])
-        if len(users) != 1 or _single_input(users[0]) is not out:
-            continue
-        rank = len(out.shape)
-        if _foldable_bn(users[0], rank):
+        bn_inputs = sites[id(users[0])][0][0]
+        rank = len(out[0].shape)
+        if len(bn_inputs) == 1 and bn_inputs[0] is out[0] and _foldable_bn(users[0], rank):
             plan[id(layer)] = users[0]
     return plan
 
