@@ -30,6 +30,26 @@ struct PixelBlock {
   unsigned char padded_tap[kBlock][kMaxTaps];
 };
 
+// In place: r[j] lane i (row j, column i) -> r[i] lane j.
+inline void transpose8x8(__m256i r[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
 }  // namespace
 
 bool channel_lanes_preferred(const Conv2DShape& s) {
@@ -70,20 +90,38 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   parallel_for(blocks16, static_cast<std::int64_t>(kw) * kLanes * 2, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t b = begin; b < end; ++b) {
       std::uint32_t* dst = wt + b * kw * kLanes;
-      for (int j = 0; j < kLanes; ++j) {
-        const int c = static_cast<int>(b) * kLanes + j;
-        if (c >= s.out_c) {
-          for (int k = 0; k < kw; ++k) dst[k * kLanes + j] = 0;
-          if (same) for (int t = 0; t < taps; ++t) tap_pop[t * oc_pad + c] = 0;
-          continue;
+      for (int h = 0; h < 2; ++h) {
+        const int c0 = static_cast<int>(b) * kLanes + h * 8;
+        const std::uint32_t* rows[8];
+        bool live[8];
+        for (int j = 0; j < 8; ++j) {
+          live[j] = c0 + j < s.out_c;
+          rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw;
         }
-        const std::uint32_t* row = filter + static_cast<std::int64_t>(c) * kw;
-        for (int k = 0; k < kw; ++k) dst[k * kLanes + j] = row[k];
+        int k = 0;
+        for (; k + 8 <= kw; k += 8) {
+          __m256i r[8];
+          for (int j = 0; j < 8; ++j) {
+            r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
+                           : _mm256_setzero_si256();
+          }
+          transpose8x8(r);
+          for (int i = 0; i < 8; ++i) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (k + i) * kLanes + h * 8), r[i]);
+          }
+        }
+        for (; k < kw; ++k) {
+          for (int j = 0; j < 8; ++j) dst[k * kLanes + h * 8 + j] = live[j] ? rows[j][k] : 0u;
+        }
         if (same) {
-          for (int t = 0; t < taps; ++t) {
-            std::int32_t pop = 0;
-            for (int q = 0; q < words; ++q) pop += _mm_popcnt_u32(row[t * words + q]);
-            tap_pop[t * oc_pad + c] = pop;
+          for (int j = 0; j < 8; ++j) {
+            for (int t = 0; t < taps; ++t) {
+              std::int32_t pop = 0;
+              if (live[j]) {
+                for (int q = 0; q < words; ++q) pop += static_cast<std::int32_t>(_mm_popcnt_u32(rows[j][t * words + q]));
+              }
+              tap_pop[t * oc_pad + c0 + j] = pop;
+            }
           }
         }
       }
