@@ -363,11 +363,17 @@ def export_model(model, fold_batch_norm=True):
     clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     # Layers cloned from their config start with fresh weights: copy the trained ones (names
     # are kept by from_config and by the twins).
-    sources = {layer.name: layer for layer in _all_layers(model)}
-    for target in _all_layers(clone):
-        if isinstance(target, (_ExportBinConv2D, _ExportBinDense, keras.Model)):
+    # Pair layers by position (clone_model keeps the graph order); fall back to names.
+    sources, targets = _all_layers(model), _all_layers(clone)
+    pairs = list(zip(sources, targets))
+    if len(sources) != len(targets) or any(
+        t.name not in (s.name, s.name + "_folded") for s, t in pairs
+    ):
+        by_name = {layer.name: layer for layer in sources}
+        pairs = [(by_name.get(t.name), t) for t in targets]
+    for source, target in pairs:
+        if isinstance(target, (_ExportBinConv2D, _ExportBinDense, _FoldedAway, keras.Model)):
             continue
-        source = sources.get(target.name)
         if source is not None and source.weights:
             target.set_weights(source.get_weights())
     if problems:
