@@ -18,6 +18,8 @@ def run(argv=None):
                         help="fixed batch size (default: dynamic, resize at run time)")
     parser.add_argument("--no_fold_batch_norm", action="store_true",
                         help="keep BatchNorm layers that follow binary layers as builtins")
+    parser.add_argument("--float16_weights", action="store_true",
+                        help="store the float layers' weights as float16 (smaller file)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model):
         parser.error("model file %r does not exist" % args.model)
@@ -35,7 +37,8 @@ def run(argv=None):
         print("error: could not load %s: %s" % (args.model, error), file=sys.stderr)
         return 2
     data = convert(model, batch_size=args.batch_size,
-                   fold_batch_norm=not args.no_fold_batch_norm)
+                   fold_batch_norm=not args.no_fold_batch_norm,
+                   float_weights="float16" if args.float16_weights else "float32")
     with open(args.output, "wb") as f:
         f.write(data)
     print("wrote %s (%d bytes)" % (args.output, len(data)))
