@@ -215,6 +215,13 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const int oc_end = std::min(s.out_c, oc_begin + tiling.oc_chunk);
       for (int oc0 = oc_begin; oc0 < oc_end; oc0 += kLanes) {
         const std::uint32_t* wblock = wt + static_cast<std::int64_t>(oc0 / kLanes) * kw * kLanes;
+        const __m256 alpha0 = _mm256_loadu_ps(alpha + oc0), alpha1 = _mm256_loadu_ps(alpha + oc0 + 8);
+        const __m256 bias0 = _mm256_loadu_ps(bias + oc0), bias1 = _mm256_loadu_ps(bias + oc0 + 8);
+        // Channels past out_c (the last block) are computed and not stored.
+        const bool full = oc0 + kLanes <= out_c;
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i store0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0), lane);
+        const __m256i store1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0 - 8), lane);
         for (int q0 = 0; q0 < blk.count; q0 += 4) {
           const std::uint32_t* rows[4];
           for (int i = 0; i < 4; ++i) {
@@ -224,29 +231,36 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
           const int np = std::min(4, blk.count - q0);
           for (int i = 0; i < np; ++i) {
             const int j = q0 + i;
-            float* out = output + (blk.first + j) * out_c;
+            float* out = output + (blk.first + j) * out_c + oc0;
             const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
             const __m256 kv = _mm256_set1_ps(blk.k[j]);
-            for (int v = 0; v < 2; ++v) {
-              const int oc = oc0 + v * 8;
-              if (oc >= out_c) break;
-              __m256i pop = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16 + v * 8));
-              for (int e = 0; e < blk.padded_taps[j]; ++e) {
-                pop = _mm256_sub_epi32(pop, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                                tap_pop + blk.padded_tap[j][e] * oc_pad + oc)));
-              }
-              const __m256i dot = _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
-              __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_loadu_ps(alpha + oc));
-              if (use_k) r = _mm256_mul_ps(r, kv);
-              if (has_bias) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + oc));
-              if (relu) r = _mm256_max_ps(r, zero);
-              const int n = std::min(8, out_c - oc);
-              if (n == 8) {
-                _mm256_storeu_ps(out + oc, r);
-              } else {
-                const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                _mm256_maskstore_ps(out + oc, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane), r);
-              }
+            __m256i p0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16));
+            __m256i p1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16 + 8));
+            for (int e = 0; e < blk.padded_taps[j]; ++e) {
+              const std::int32_t* tp = tap_pop + blk.padded_tap[j][e] * oc_pad + oc0;
+              p0 = _mm256_sub_epi32(p0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp)));
+              p1 = _mm256_sub_epi32(p1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + 8)));
+            }
+            __m256 r0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p0, p0))), alpha0);
+            __m256 r1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p1, p1))), alpha1);
+            if (use_k) {
+              r0 = _mm256_mul_ps(r0, kv);
+              r1 = _mm256_mul_ps(r1, kv);
+            }
+            if (has_bias) {
+              r0 = _mm256_add_ps(r0, bias0);
+              r1 = _mm256_add_ps(r1, bias1);
+            }
+            if (relu) {
+              r0 = _mm256_max_ps(r0, zero);
+              r1 = _mm256_max_ps(r1, zero);
+            }
+            if (full) {
+              _mm256_storeu_ps(out, r0);
+              _mm256_storeu_ps(out + 8, r1);
+            } else {
+              _mm256_maskstore_ps(out, store0, r0);
+              _mm256_maskstore_ps(out + 8, store1, r1);
             }
           }
         }
