@@ -55,7 +55,7 @@ struct Geometry {
 
 // im2col of one block with AVX2 gathers: for each tap, the 16 pixels' input offsets are one
 // vector add away from the block's base offsets; out-of-image taps are masked off (patch 0,
-// mask 0, no K contribution).
+// no K contribution, listed per lane for the output-stage correction).
 void build_block(const Geometry& g, std::int64_t first, int block_pixels, std::int64_t total,
                  std::uint32_t* patches, Block* b) {
   const Conv2DShape& s = *g.s;

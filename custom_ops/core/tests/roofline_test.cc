@@ -1,0 +1,19 @@
+// keras_xnor_popcount_roofline / keras_xnor_core_kernel_path: the C entry points the Python
+// benchmarks load through ctypes.
+#include <cstring>
+#include <string>
+
+#include "custom_ops/core/roofline.h"
+#include "custom_ops/core/tests/harness.h"
+#include "custom_ops/core/xnor_conv2d.h"
+
+int main() {
+  const std::string path = keras_xnor_core_kernel_path();
+  KX_CHECK(path == keras_xnor::auto_kernel_path_name(), "kernel path %s", path.c_str());
+  const double one = keras_xnor_popcount_roofline(1, 0.02);
+  const double two = keras_xnor_popcount_roofline(2, 0.02);
+  // Any real CPU does well over 1 G bit-MACs/s per thread; the value is a rate, not a time.
+  KX_CHECK(one > 1e9 && two > 1e9, "roofline %g %g", one, two);
+  KX_CHECK(keras_xnor_popcount_roofline(0, 0.0) > 0.0, "threads < 1 are treated as 1");
+  return keras_xnor::testing::finish("roofline_test");
+}
