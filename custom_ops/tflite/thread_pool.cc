@@ -16,8 +16,14 @@ namespace {
 constexpr std::int64_t kMinParallelCost = 20000;
 // Blocks per thread: a few, so uneven blocks (borders, cache effects) balance out.
 constexpr std::int64_t kBlocksPerThread = 4;
-// How long an idle thread polls before blocking.
-constexpr int kSpinMicros = 50;
+// How long an idle thread polls before blocking. Default: about 64 pause instructions only.
+// Longer spins (50-200 us) measured slower at 2 threads on a 2-core box: XNNPACK's own pool
+// runs the float layers between our nodes and its workers compete with ours for the cores, so
+// a spinning worker steals time from the thread doing the work. Tune with -D at build time.
+#ifndef KERAS_XNOR_SPIN_MICROS
+#define KERAS_XNOR_SPIN_MICROS 0
+#endif
+constexpr int kSpinMicros = KERAS_XNOR_SPIN_MICROS;
 
 // Polls `done` for up to kSpinMicros; true if it became true.
 template <typename Predicate>

@@ -7,9 +7,8 @@
 // returns when every block has returned; small jobs (n * cost below a threshold) run inline on
 // the caller. Calls from several threads at once are serialised (one job at a time), so one pool
 // may serve several interpreters. fn must not call parallel_for on the same pool.
-// Idle workers spin for a short while (kSpinMicros) before sleeping on a condition variable: a
-// network calls parallel_for several times per layer, and a futex wake-up per call would
-// cost more than the work of a small layer.
+// Idle workers poll briefly (KERAS_XNOR_SPIN_MICROS, default ~64 pause instructions) before
+// sleeping on a condition variable; see thread_pool.cc for why the default spin is short.
 #ifndef KERAS_XNOR_TFLITE_THREAD_POOL_H_
 #define KERAS_XNOR_TFLITE_THREAD_POOL_H_
 
