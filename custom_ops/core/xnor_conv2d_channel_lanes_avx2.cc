@@ -30,6 +30,17 @@ struct PixelBlock {
   unsigned char padded_tap[kBlock][kMaxTaps];
 };
 
+// Popcount of each 32-bit lane.
+inline __m256i popcount_epi32(__m256i x) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                       2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i bytes =
+      _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(bytes, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+}
+
 // In place: r[j] lane i (row j, column i) -> r[i] lane j.
 inline void transpose8x8(__m256i r[8]) {
   const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
@@ -114,14 +125,15 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
           for (int j = 0; j < 8; ++j) dst[k * kLanes + h * 8 + j] = live[j] ? rows[j][k] : 0u;
         }
         if (same) {
-          for (int j = 0; j < 8; ++j) {
-            for (int t = 0; t < taps; ++t) {
-              std::int32_t pop = 0;
-              if (live[j]) {
-                for (int q = 0; q < words; ++q) pop += static_cast<std::int32_t>(_mm_popcnt_u32(rows[j][t * words + q]));
-              }
-              tap_pop[t * oc_pad + c0 + j] = pop;
+          // Per-tap weight popcounts of these 8 channels, from the transposed words (lanes =
+          // channels, so the sums land in tap_pop's [tap][channel] layout directly).
+          for (int t = 0; t < taps; ++t) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int q = 0; q < words; ++q) {
+              acc = _mm256_add_epi32(acc, popcount_epi32(_mm256_load_si256(
+                                              reinterpret_cast<const __m256i*>(dst + (t * words + q) * kLanes + h * 8))));
             }
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(tap_pop + t * oc_pad + c0), acc);
           }
         }
       }
