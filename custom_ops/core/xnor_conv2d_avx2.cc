@@ -210,9 +210,16 @@ void store_tile(const ConvArgs& a, const Geometry& g, const Block& b, int lanes,
 
 void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
                     float* mean_abs, const ParallelFor& parallel_for) {
+  parallel_for(pixels, 2 * in_c, [&](std::int64_t begin, std::int64_t end) {
+    pack_rows_range_avx2(input, begin, end, in_c, bits, mean_abs);
+  });
+}
+
+void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t end, int in_c,
+                          PackedWord* bits, float* mean_abs) {
   const int words = packed_words(in_c);
   const int full = in_c / kBitsPerWord;
-  parallel_for(pixels, 2 * in_c, [&](std::int64_t begin, std::int64_t end) {
+  {
     const __m256 zero = _mm256_setzero_ps();
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (std::int64_t p = begin; p < end; ++p) {
@@ -242,7 +249,7 @@ void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWor
       }
       if (mean_abs != nullptr) mean_abs[p] = (hsum(acc) + tail_sum) / static_cast<float>(in_c);
     }
-  });
+  }
 }
 
 void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
@@ -262,16 +269,16 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
   float* mean_abs = a.use_k ? static_cast<float*>(thread_scratch(
                                   static_cast<std::size_t>(in_pixels) * 4, kScratchMeanAbs))
                             : nullptr;
-  pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
-                 parallel_for);
   // The pixel-lane im2col gathers with 32-bit offsets; larger inputs take the channel-lane
   // driver, which indexes with 64 bits.
   const bool offsets_fit = in_pixels * g.in_words < (std::int64_t{1} << 31) - 64;
   if (driver == Avx2Driver::kChannelLanes || !offsets_fit ||
       (driver == Avx2Driver::kAuto && channel_lanes_preferred(s))) {
-    conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);
+    conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);  // packs the input itself
     return;
   }
+  pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
+                 parallel_for);
   g.bits = bits;
   g.mean_abs = mean_abs;
   g.tap_pop = nullptr;

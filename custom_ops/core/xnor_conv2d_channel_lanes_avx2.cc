@@ -74,7 +74,7 @@ bool channel_lanes_preferred(const Conv2DShape& s) {
 }
 
 void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
-                               const std::uint32_t* bits, const float* mean_abs) {
+                               std::uint32_t* bits, float* mean_abs) {
   const Conv2DShape& s = a.shape;
   const int words = packed_words(s.in_c);
   const int taps = s.k_h * s.k_w;
@@ -98,8 +98,22 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
     bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : 0.0f;
   }
-  parallel_for(blocks16, static_cast<std::int64_t>(kw) * kLanes * 2, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t b = begin; b < end; ++b) {
+  // One parallel pass: units [0, pack_units) sign-pack 64 input pixels each, the rest transpose
+  // one 16-channel filter block each.
+  constexpr int kPackRows = 64;
+  const std::int64_t in_pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
+  const std::int64_t pack_units = (in_pixels + kPackRows - 1) / kPackRows;
+  const std::int64_t unit_cost = (static_cast<std::int64_t>(kPackRows) * s.in_c * 2 * pack_units +
+                                  static_cast<std::int64_t>(kw) * kLanes * 2 * blocks16) /
+                                 (pack_units + blocks16);
+  parallel_for(pack_units + blocks16, unit_cost, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t unit = begin; unit < end; ++unit) {
+      if (unit < pack_units) {
+        pack_rows_range_avx2(a.input, unit * kPackRows, std::min(in_pixels, (unit + 1) * kPackRows),
+                             s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs);
+        continue;
+      }
+      const std::int64_t b = unit - pack_units;
       std::uint32_t* dst = wt + b * kw * kLanes;
       for (int h = 0; h < 2; ++h) {
         const int c0 = static_cast<int>(b) * kLanes + h * 8;

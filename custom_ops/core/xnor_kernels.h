@@ -59,8 +59,10 @@ bool channel_lanes_preferred(const Conv2DShape& shape);
 enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
 // conv2d_avx2 with the driver forced (tests cover both on every shape).
 void conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
+// Packs the input into `bits` / `mean_abs` (null without K) itself, in the same parallel pass
+// as the filter transpose (one pool dispatch fewer).
 void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
-                               const std::uint32_t* bits, const float* mean_abs);
+                               std::uint32_t* bits, float* mean_abs);
 
 // Sign-packs `pixels` rows of `in_c` floats (bitpack.h layout) and, when mean_abs is not null,
 // stores mean_c |x| of each row: the A of eq. 11 before the box filter.
@@ -68,6 +70,9 @@ void pack_rows_portable(const float* input, std::int64_t pixels, int in_c, Packe
                         float* mean_abs, const ParallelFor& parallel_for);
 void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
                     float* mean_abs, const ParallelFor& parallel_for);
+// pack_rows_avx2 of rows [begin, end) on the calling thread.
+void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t end, int in_c,
+                          PackedWord* bits, float* mean_abs);
 
 // Work decomposition of a conv into independent tasks: `blocks` blocks of `block_pixels`
 // consecutive output pixels (flattened n, oh, ow) times `oc_chunks` chunks of `oc_chunk`
