@@ -24,11 +24,21 @@ constexpr int kBlock = 16;  // output pixels per im2col block (two 8-lane vector
 // Dense layers with fewer rows than this use the GEMV kernel (rows would leave lanes empty).
 constexpr int kGemvMaxBatch = 8;
 
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): the same order as hsum8 below, so a
+// pixel's mean |x| does not depend on whether it was packed alone or in a group of eight
+// (results must not depend on how a pool splits the rows).
 float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+  const __m256 t = _mm256_hadd_ps(v, v);
+  const __m256 t2 = _mm256_hadd_ps(t, t);
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t2), _mm256_extractf128_ps(t2, 1)));
+}
+
+// Lane j = hsum(v[j]).
+__m256 hsum8(const __m256* v) {
+  const __m256 h0123 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 h4567 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                       _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
 // One block of up to 16 output pixels, im2col'ed.
@@ -219,10 +229,36 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
                           PackedWord* bits, float* mean_abs) {
   const int words = packed_words(in_c);
   const int full = in_c / kBitsPerWord;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  std::int64_t p = begin;
+  if (mean_abs != nullptr && full == words) {
+    // Groups of eight pixels: one transposing horizontal sum and one division for all eight.
+    const __m256 divisor = _mm256_set1_ps(static_cast<float>(in_c));
+    for (; p + 8 <= end; p += 8) {
+      __m256 acc[8];
+      for (int j = 0; j < 8; ++j) {
+        const float* x = input + (p + j) * in_c;
+        PackedWord* out = bits + (p + j) * words;
+        __m256 a = _mm256_setzero_ps();
+        for (int w = 0; w < full; ++w) {
+          const float* xw = x + w * kBitsPerWord;
+          std::uint32_t word = 0;
+          for (int q = 0; q < 4; ++q) {
+            const __m256 v = _mm256_loadu_ps(xw + q * 8);
+            word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
+                    << (q * 8);
+            a = _mm256_add_ps(a, _mm256_and_ps(v, abs_mask));
+          }
+          out[w] = static_cast<PackedWord>(word);
+        }
+        acc[j] = a;
+      }
+      _mm256_storeu_ps(mean_abs + p, _mm256_div_ps(hsum8(acc), divisor));
+    }
+  }
   {
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (std::int64_t p = begin; p < end; ++p) {
+    for (; p < end; ++p) {
       const float* x = input + p * in_c;
       PackedWord* out = bits + p * words;
       __m256 acc = _mm256_setzero_ps();
