@@ -169,7 +169,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     const __m256 zero = _mm256_setzero_ps();
     auto* patches = static_cast<std::uint32_t*>(
         thread_scratch(static_cast<std::size_t>(kBlock) * kw * 4, kScratchPatches));
-    auto* pops = static_cast<std::int32_t*>(thread_scratch(4 * kLanes * 4, kScratchTile));
+    auto* pops = static_cast<std::int32_t*>(thread_scratch(kBlock * kLanes * 4, kScratchTile));
     PixelBlock blk;
     std::int64_t cached = -1;
     for (std::int64_t t = begin; t < end; ++t) {
@@ -248,20 +248,17 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         const __m256i store0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0), lane);
         const __m256i store1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0 - 8), lane);
+        // All quads of the block in one call (the patch buffer holds whole quads).
+        xnor_gemm_4x16_rows_avx2(patches, kw, (blk.count + 3) / 4, kw, wblock, pops);
         for (int q0 = 0; q0 < blk.count; q0 += 4) {
-          const std::uint32_t* rows[4];
-          for (int i = 0; i < 4; ++i) {
-            rows[i] = patches + static_cast<std::int64_t>(std::min(q0 + i, blk.count - 1)) * kw;
-          }
-          xnor_gemm_4x16_avx2(rows, kw, wblock, pops);
           const int np = std::min(4, blk.count - q0);
           for (int i = 0; i < np; ++i) {
             const int j = q0 + i;
             float* out = output + (blk.first + j) * out_c + oc0;
             const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
             const __m256 kv = _mm256_set1_ps(blk.k[j]);
-            __m256i p0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16));
-            __m256i p1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + i * 16 + 8));
+            __m256i p0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16));
+            __m256i p1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16 + 8));
             for (int e = 0; e < blk.padded_taps[j]; ++e) {
               const std::int32_t* tp = tap_pop + blk.padded_tap[j][e] * oc_pad + oc0;
               p0 = _mm256_sub_epi32(p0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp)));

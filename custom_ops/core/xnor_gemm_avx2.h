@@ -31,6 +31,11 @@ void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
 void xnor_gemm_4x16_avx2(const std::uint32_t* const* pixel_rows, int kw,
                          const std::uint32_t* weights, std::int32_t* pops);
 
+// `quads` consecutive 4x16 tiles over pixel rows rows + i * stride (i < 4 * quads, all
+// readable), pops int32 [quads][4][16]. Saves the per-call setup for short kw.
+void xnor_gemm_4x16_rows_avx2(const std::uint32_t* rows, std::int64_t stride, int quads, int kw,
+                              const std::uint32_t* weights, std::int32_t* pops);
+
 // Dense layer at small batch: pops[j] = popcount(x XOR weights[j]) over `words` words, j < 4.
 // Reads exactly `words` words of x and of each weight row (any alignment).
 void xnor_gemv_1x4_avx2(const std::uint32_t* x, int words, const std::uint32_t* const* weights,
