@@ -9,11 +9,11 @@ Every builder takes ``kind``:
   ``BinConv2D`` / ``BinDense``, which binarize their own input and compute K from the
   real-valued input (they are BinActiv + BinConv of Fig. 3 in one layer).
 
-In all kinds the first and the last layer are full precision (Sec. 4 of the paper); every
+In all kinds the first and the last layer are full precision (as in the paper); every
 layer in between is of ``kind``. The three kinds of one network have the same layers, widths
 and pooling; only the conv/dense layer class and the activation differ.
 
-Block order (``block_order``, the ablation of Fig. 4 / Sec. 3.3):
+Block order (``block_order``; Fig. 3, ablated in Table 3b):
 
 * ``"BACP"`` (default, the paper's XNOR block): ``BatchNorm -> Activ -> Conv -> Pool``.
   For xnor, Activ + Conv is the one ``BinConv2D`` (sign of the normalized input, K from its
@@ -205,7 +205,7 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
         input_shape: (H, W, C); 224x224x3 as in the paper. Other sizes work as long as
             the feature map before fc6 is non-empty (>= 67 pixels).
         kernel_scale: alpha of the binary layers: "mean_abs" (eq. 6), "learned" or "none".
-        block_order: "BACP" (paper) or "CBAP" (conventional; the Sec. 3.3 ablation).
+        block_order: "BACP" (paper) or "CBAP" (conventional; the Table 3b ablation).
         use_k: xnor only: scale by the K map of eq. 11 (False = alpha only).
         classifier_activation: activation of the last layer ("softmax" or None for logits).
         weight_decay: optional L2 factor on the full-precision kernels.

@@ -4,7 +4,7 @@ Runs, with the same recipe, epochs and data for every row:
 
 * float vs BWN vs XNOR (the small net, B-A-C-P, alpha of eq. 6, K on);
 * XNOR with alpha of eq. 6 vs a learned alpha (``kernel_scale``);
-* XNOR with B-A-C-P vs C-B-A-P blocks (``block_order``, Sec. 3.3);
+* XNOR with B-A-C-P vs C-B-A-P blocks (``block_order``, Fig. 3 / Table 3b);
 * XNOR with and without K (``use_k``, eq. 11);
 * BWN with alpha of eq. 6 vs learned alpha.
 

@@ -60,7 +60,7 @@ def define_flags():
     flags.DEFINE_integer("max_test_examples", None, "Use only the first N test examples.")
     flags.DEFINE_enum("kernel_scale", "mean_abs", ["mean_abs", "learned", "none"],
                       "alpha of the binary layers: eq. 6, trained, or none.")
-    flags.DEFINE_enum("block_order", "BACP", ["BACP", "CBAP"], "Block order (Sec. 3.3).")
+    flags.DEFINE_enum("block_order", "BACP", ["BACP", "CBAP"], "Block order (Fig. 3 of the paper).")
     flags.DEFINE_bool("use_k", True, "XNOR: scale by K (eq. 11).")
     flags.DEFINE_integer("width", 1, "Channel multiplier of the small nets.")
     flags.DEFINE_enum("implementation", "auto", ["auto", "simulation", "compiled"],
