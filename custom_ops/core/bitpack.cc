@@ -2,31 +2,20 @@
 
 #include <cstring>
 
+#include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/core/xnor_kernels.h"
+
 namespace keras_xnor {
-namespace {
-
-// Packs one row. The sign test is `x < 0` so that +0, -0 and NaN all map to +1 (bit 0).
-void pack_row(const float* in, int channels, PackedWord* out) {
-  const int words = packed_words(channels);
-  for (int w = 0; w < words; ++w) {
-    const int begin = w * kBitsPerWord;
-    const int count = channels - begin < kBitsPerWord ? channels - begin : kBitsPerWord;
-    std::uint32_t bits = 0;
-    for (int b = 0; b < count; ++b) {
-      bits |= static_cast<std::uint32_t>(in[begin + b] < 0.0f) << b;
-    }
-    out[w] = static_cast<PackedWord>(bits);
-  }
-}
-
-}  // namespace
 
 void pack_bits(const float* in, std::int64_t rows, int channels, PackedWord* out,
                const ParallelFor& parallel_for) {
-  const int words = packed_words(channels);
-  parallel_for(rows, 2 * channels, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t r = begin; r < end; ++r) pack_row(in + r * channels, channels, out + r * words);
-  });
+  if (kernel_path_available(KernelPath::kAvx2)) {
+    // Same sign rule (ordered x < 0) with compare + movemask, 8 channels per instruction.
+    internal::pack_rows_avx2(in, rows, channels, out, nullptr, parallel_for);
+    return;
+  }
+  // Portable: the sign test is `x < 0`, so +0, -0 and NaN all map to +1 (bit 0).
+  internal::pack_rows_portable(in, rows, channels, out, nullptr, parallel_for);
 }
 
 void unpack_bits(const PackedWord* in, std::int64_t rows, int channels, float* out) {

@@ -27,7 +27,7 @@ void conv2d_reference(const ConvArgs& a) {
   const int words = packed_words(s.in_c);
   const std::int64_t pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
   std::vector<PackedWord> packed(static_cast<std::size_t>(pixels) * words);
-  pack_bits(a.input, pixels, s.in_c, packed.data());
+  pack_rows_portable(a.input, pixels, s.in_c, packed.data(), nullptr, serial_for);
 
   // A[n,h,w] = mean_c |I[n,h,w,c]|.
   std::vector<float> mean_abs;
@@ -86,7 +86,7 @@ void conv2d_reference(const ConvArgs& a) {
 void dense_reference(const DenseArgs& a) {
   const int words = packed_words(a.in_features);
   std::vector<PackedWord> packed(static_cast<std::size_t>(a.batch) * words);
-  pack_bits(a.input, a.batch, a.in_features, packed.data());
+  pack_rows_portable(a.input, a.batch, a.in_features, packed.data(), nullptr, serial_for);
   for (int n = 0; n < a.batch; ++n) {
     float k = 1.0f;
     if (a.use_k) {

@@ -9,6 +9,8 @@
 #include "custom_ops/core/bitpack.h"
 #include "custom_ops/core/spec.h"
 #include "custom_ops/core/tests/harness.h"
+#include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/core/xnor_kernels.h"
 
 namespace keras_xnor {
 namespace testing {
@@ -50,6 +52,28 @@ void test_round_trip(Rng& rng) {
     pack_bits(x.data(), rows, channels, packed2.data(), odd_split_for);
     KX_CHECK(std::memcmp(packed.data(), packed2.data(), packed.size() * sizeof(PackedWord)) == 0,
              "split changes pack_bits, channels=%d", channels);
+    // Both implementations behind pack_bits (and their mean |x|) agree exactly on the bits.
+    std::vector<PackedWord> portable(packed.size(), 0x5a5a5a5a);
+    std::vector<float> mean_p(rows), mean_a(rows);
+    internal::pack_rows_portable(x.data(), rows, channels, portable.data(), mean_p.data(), serial_for);
+    KX_CHECK(std::memcmp(packed.data(), portable.data(), packed.size() * sizeof(PackedWord)) == 0,
+             "portable packing differs, channels=%d", channels);
+    if (kernel_path_available(KernelPath::kAvx2)) {
+      std::vector<PackedWord> avx2(packed.size(), 0x5a5a5a5a);
+      internal::pack_rows_avx2(x.data(), rows, channels, avx2.data(), mean_a.data(), odd_split_for);
+      KX_CHECK(std::memcmp(packed.data(), avx2.data(), packed.size() * sizeof(PackedWord)) == 0,
+               "AVX2 packing differs, channels=%d", channels);
+      for (int r = 0; r < rows; ++r) {
+        KX_CHECK(std::fabs(mean_a[r] - mean_p[r]) <= 1e-5f * (1.0f + mean_p[r]),
+                 "mean |x| differs: %g vs %g", mean_a[r], mean_p[r]);
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int c = 0; c < channels; ++c) sum += std::fabs(x[static_cast<std::size_t>(r) * channels + c]);
+      KX_CHECK(std::fabs(mean_p[r] - sum / channels) <= 1e-5 * (1.0 + sum / channels),
+               "portable mean |x| %g want %g", mean_p[r], sum / channels);
+    }
     for (int g = 0; g < 4; ++g) {
       KX_CHECK(packed[packed.size() - 1 - g] == 0x5a5a5a5a, "pack_bits wrote past the end");
     }
