@@ -140,15 +140,21 @@ def _plot(histories, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    colors = {"float": "tab:blue", "bwn": "tab:green", "xnor": "tab:red"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for kind, history in histories.items():
         epochs = [h["epoch"] + 1 for h in history]
+        color = colors.get(kind)
         for ax, metric in zip(axes, ("accuracy", "loss")):
-            ax.plot(epochs, [h[metric] for h in history], "--", label="%s train" % kind)
+            ax.plot(epochs, [h[metric] for h in history], "--", color=color,
+                    label="%s train" % kind)
             if history and "val_" + metric in history[0]:
-                ax.plot(epochs, [h["val_" + metric] for h in history], "-o",
+                ax.plot(epochs, [h["val_" + metric] for h in history], "-o", color=color,
                         label="%s test" % kind)
     for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
