@@ -4,6 +4,10 @@
 // at a time, no gathers), and the output stage writes 8 contiguous NHWC channels per store.
 // SAME borders use the same correction as the pixel-lane driver: a padded tap has patch bits
 // 0, and the output stage subtracts popcount(w[c, tap]) for each padded tap of the pixel.
+// Both operands are nibble-planar (xnor_gemm_avx2.h): packed word k of a pixel or filter row
+// becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand (the
+// input right after sign packing, the filter in the transpose), so the microkernel's inner
+// step needs 6 vector ops per 256 data bits instead of 8.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -61,6 +65,28 @@ inline void transpose8x8(__m256i r[8]) {
   r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
+// Nibble planes of n packed words: dst[2k] = src[k] & 0x0f0f0f0f, dst[2k + 1] = (src[k] >> 4)
+// & 0x0f0f0f0f.
+inline void make_nibble_planes(const std::uint32_t* src, std::int64_t n, std::uint32_t* dst) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  std::int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k));
+    const __m256i lo = _mm256_and_si256(x, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+    // In-lane interleave gives words {0,0',1,1' | 4,4',5,5'} and {2,2',3,3' | 6,6',7,7'}.
+    const __m256i u0 = _mm256_unpacklo_epi32(lo, hi), u1 = _mm256_unpackhi_epi32(lo, hi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * k),
+                        _mm256_permute2x128_si256(u0, u1, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * k + 8),
+                        _mm256_permute2x128_si256(u0, u1, 0x31));
+  }
+  for (; k < n; ++k) {
+    dst[2 * k] = src[k] & 0x0f0f0f0fu;
+    dst[2 * k + 1] = (src[k] >> 4) & 0x0f0f0f0fu;
+  }
+}
+
 }  // namespace
 
 bool channel_lanes_preferred(const Conv2DShape& s) {
@@ -76,15 +102,17 @@ bool channel_lanes_preferred(const Conv2DShape& s) {
 void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs) {
   const Conv2DShape& s = a.shape;
-  const int words = packed_words(s.in_c);
+  const int packed = packed_words(s.in_c);  // packed words per pixel / tap
+  const int words = 2 * packed;               // planar words per pixel / tap
   const int taps = s.k_h * s.k_w;
-  const int kw = taps * words;
+  const int kw = taps * words;                // planar words per patch / filter row
+  const int kw_packed = taps * packed;
   const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
   const int oc_pad = blocks16 * kLanes;
   const bool same = s.padding == Padding::kSame;
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
 
-  // Per-call transposed filter [block][k][16], per-tap popcounts [tap][oc_pad] (SAME), and
+  // Per-call transposed planar filter [block][k][16], per-tap popcounts [tap][oc_pad] (SAME), and
   // alpha/bias padded to whole vectors. One scratch allocation, carved up.
   const std::size_t wt_words = static_cast<std::size_t>(blocks16) * kw * kLanes;
   const std::size_t tp_words = same ? static_cast<std::size_t>(taps) * oc_pad : 0;
@@ -102,6 +130,8 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // one 16-channel filter block each.
   constexpr int kPackRows = 64;
   const std::int64_t in_pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
+  auto* planar = static_cast<std::uint32_t*>(
+      thread_scratch(static_cast<std::size_t>(in_pixels) * words * 4, kScratchPlanar));
   const std::int64_t pack_units = (in_pixels + kPackRows - 1) / kPackRows;
   const std::int64_t unit_cost = (static_cast<std::int64_t>(kPackRows) * s.in_c * 2 * pack_units +
                                   static_cast<std::int64_t>(kw) * kLanes * 2 * blocks16) /
@@ -109,8 +139,9 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   parallel_for(pack_units + blocks16, unit_cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t unit = begin; unit < end; ++unit) {
       if (unit < pack_units) {
-        pack_rows_range_avx2(a.input, unit * kPackRows, std::min(in_pixels, (unit + 1) * kPackRows),
-                             s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs);
+        const std::int64_t r0 = unit * kPackRows, r1 = std::min(in_pixels, (unit + 1) * kPackRows);
+        pack_rows_range_avx2(a.input, r0, r1, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs);
+        make_nibble_planes(bits + r0 * packed, (r1 - r0) * packed, planar + r0 * words);
         continue;
       }
       const std::int64_t b = unit - pack_units;
@@ -121,10 +152,11 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         bool live[8];
         for (int j = 0; j < 8; ++j) {
           live[j] = c0 + j < s.out_c;
-          rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw;
+          rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw_packed;
         }
+        const __m256i low = _mm256_set1_epi8(0x0f);
         int k = 0;
-        for (; k + 8 <= kw; k += 8) {
+        for (; k + 8 <= kw_packed; k += 8) {
           __m256i r[8];
           for (int j = 0; j < 8; ++j) {
             r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
@@ -132,11 +164,18 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
           }
           transpose8x8(r);
           for (int i = 0; i < 8; ++i) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (k + i) * kLanes + h * 8), r[i]);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 2 * (k + i) * kLanes + h * 8),
+                               _mm256_and_si256(r[i], low));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (2 * (k + i) + 1) * kLanes + h * 8),
+                               _mm256_and_si256(_mm256_srli_epi16(r[i], 4), low));
           }
         }
-        for (; k < kw; ++k) {
-          for (int j = 0; j < 8; ++j) dst[k * kLanes + h * 8 + j] = live[j] ? rows[j][k] : 0u;
+        for (; k < kw_packed; ++k) {
+          for (int j = 0; j < 8; ++j) {
+            const std::uint32_t x = live[j] ? rows[j][k] : 0u;
+            dst[2 * k * kLanes + h * 8 + j] = x & 0x0f0f0f0fu;
+            dst[(2 * k + 1) * kLanes + h * 8 + j] = (x >> 4) & 0x0f0f0f0fu;
+          }
         }
         if (same) {
           // Per-tap weight popcounts of these 8 channels, from the transposed words (lanes =
@@ -197,9 +236,9 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
             const std::int64_t row_pix = (img * s.in_h + ih) * s.in_w;
             if (row_ok && cols_ok && rows_contiguous) {
               // The k_w taps of this kernel row are adjacent input pixels: one block copy.
-              // May over-read/over-write by < 8 words: the packed input and the patch
+              // May over-read/over-write by < 8 words: the planar input and the patch
               // buffer have >= 64 bytes of slack, and later writes fix the patch overlap.
-              const std::uint32_t* src = bits + (row_pix + iw0) * words;
+              const std::uint32_t* src = planar + (row_pix + iw0) * words;
               for (int w = 0; w < row_words; w += 8) {
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + k + w),
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + w)));
@@ -215,7 +254,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
               const int iw = iw0 + q * s.dilation_w;
               std::uint32_t* dst = prow + k + q * words;
               if (row_ok && iw >= 0 && iw < s.in_w) {
-                const std::uint32_t* src = bits + (row_pix + iw) * words;
+                const std::uint32_t* src = planar + (row_pix + iw) * words;
                 for (int w = 0; w < words; ++w) dst[w] = src[w];
                 if (mean_abs != nullptr) ksum += mean_abs[row_pix + iw];
                 ++valid;
