@@ -36,6 +36,7 @@ double roofline_loop_scalar(long long iterations, unsigned long long* sink) {
 extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_seconds) {
   using Clock = std::chrono::steady_clock;
   using keras_xnor::internal::roofline_loop_avx2_broadcast;
+  using keras_xnor::internal::roofline_loop_avx2_planar;
   using keras_xnor::internal::roofline_loop_avx2_registers;
   using keras_xnor::internal::roofline_loop_scalar;
   const int threads = std::max(1, num_threads);
@@ -70,7 +71,8 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   // share of min_seconds has passed.
   std::vector<double (*)(long long, unsigned long long*)> loops;
   if (avx2) {
-    loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast};
+    loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast,
+             roofline_loop_avx2_planar};
   } else {
     loops = {roofline_loop_scalar};
   }
