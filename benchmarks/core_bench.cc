@@ -7,7 +7,7 @@
 //   for f in custom_ops/core/*.cc; do case $f in *_avx2.cc) x="-mavx2 -mfma -mpopcnt";; *) x="";; esac;
 //     g++ -O2 -std=c++17 -I. $x -c $f -o /tmp/core_bench_obj/$(basename $f .cc).o; done
 //   g++ -O2 -std=c++17 -I. benchmarks/core_bench.cc /tmp/core_bench_obj/*.o -pthread -o /tmp/core_bench
-//   /tmp/core_bench [--repeats=N] [--paths=avx2,portable] [--threads=1,2] [--only=64@56]
+//   /tmp/core_bench [--repeats=N] [--paths=avx2,avx2-prep,portable] [--threads=1,2] [--only=64@56]
 //                   [--roofline_seconds=S]
 #include <algorithm>
 #include <atomic>
@@ -118,7 +118,7 @@ std::vector<int> parse_list(const std::string& s) {
 
 int main(int argc, char** argv) {
   int repeats = 200;
-  std::string paths_arg = "avx2,portable";
+  std::string paths_arg = "avx2,avx2-prep,portable";
   std::vector<int> thread_counts = {1, 2};
   double roofline_seconds = 1.0;
   std::string only;
@@ -178,16 +178,25 @@ int main(int argc, char** argv) {
     keras_xnor::xnor_conv2d(s, input.data(), filter.data(), alpha.data(), bias.data(), true, true,
                             ref.data(), keras_xnor::serial_for, KernelPath::kReference);
     const double ops = static_cast<double>(s.out_h) * s.out_w * s.out_c * s.k_h * s.k_w * s.in_c;
-    for (const std::string& pname : {std::string("avx2"), std::string("portable")}) {
-      if (paths_arg.find(pname) == std::string::npos) continue;
-      const KernelPath path = pname == "avx2" ? KernelPath::kAvx2 : KernelPath::kPortable;
+    // avx2-prep: the AVX2 path with a PreparedConv2DFilter (what the TFLite delegate runs).
+    const keras_xnor::PreparedConv2DFilter prepared = keras_xnor::prepare_conv2d_filter(s, filter.data());
+    for (const std::string& pname :
+         {std::string("avx2"), std::string("avx2-prep"), std::string("portable")}) {
+      if (("," + paths_arg + ",").find("," + pname + ",") == std::string::npos) continue;
+      const KernelPath path = pname == "portable" ? KernelPath::kPortable : KernelPath::kAvx2;
+      const bool use_prepared = pname == "avx2-prep";
       if (!keras_xnor::kernel_path_available(path)) continue;
       for (int t : thread_counts) {
         Pool pool(t);
         const keras_xnor::ParallelFor pf = pool.parallel_for();
         auto run = [&] {
-          keras_xnor::xnor_conv2d(s, input.data(), filter.data(), alpha.data(), bias.data(), true,
-                                  true, out.data(), pf, path);
+          if (use_prepared) {
+            keras_xnor::xnor_conv2d(s, input.data(), prepared, alpha.data(), bias.data(), true,
+                                    true, out.data(), pf, path);
+          } else {
+            keras_xnor::xnor_conv2d(s, input.data(), filter.data(), alpha.data(), bias.data(), true,
+                                    true, out.data(), pf, path);
+          }
         };
         run();
         double max_err = 0.0;

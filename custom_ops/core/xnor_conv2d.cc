@@ -4,6 +4,8 @@
 #include "custom_ops/core/xnor_conv2d.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "custom_ops/core/xnor_kernels.h"
@@ -131,6 +133,78 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
+  switch (resolve_path(path)) {
+    case KernelPath::kAvx2:
+      internal::conv2d_avx2(args, parallel_for);
+      break;
+    case KernelPath::kPortable:
+      internal::conv2d_portable(args, parallel_for);
+      break;
+    default:
+      internal::conv2d_reference(args);
+      break;
+  }
+}
+
+namespace internal {
+
+PreparedFilterData::~PreparedFilterData() { std::free(buffer); }
+
+}  // namespace internal
+
+bool PreparedConv2DFilter::matches(const Conv2DShape& shape) const {
+  return data != nullptr && data->in_c == shape.in_c && data->out_c == shape.out_c &&
+         data->k_h == shape.k_h && data->k_w == shape.k_w;
+}
+
+PreparedConv2DFilter prepare_conv2d_filter(const Conv2DShape& shape, const PackedWord* filter,
+                                           const ParallelFor& parallel_for) {
+  auto d = std::make_shared<internal::PreparedFilterData>();
+  d->in_c = shape.in_c;
+  d->out_c = shape.out_c;
+  d->k_h = shape.k_h;
+  d->k_w = shape.k_w;
+  const std::size_t words =
+      static_cast<std::size_t>(shape.out_c) * shape.k_h * shape.k_w * packed_words(shape.in_c);
+  d->packed.assign(filter, filter + words);
+  if (cpu_has_avx2()) {
+    const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
+    const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
+    const std::size_t bytes = ((lanes_words + tap_words) * 4 + 63) / 64 * 64;
+    d->buffer = std::aligned_alloc(64, bytes);
+    if (d->buffer == nullptr) std::abort();
+    d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
+    d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
+    internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
+                                                d->lanes_tap_pop, parallel_for);
+  }
+  PreparedConv2DFilter out;
+  out.data = std::move(d);
+  return out;
+}
+
+void xnor_conv2d(const Conv2DShape& shape, const float* input,
+                 const PreparedConv2DFilter& filter, const float* alpha, const float* bias,
+                 bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                 KernelPath path) {
+  if (!filter.matches(shape)) {
+    std::fprintf(stderr,
+                 "keras_xnor::xnor_conv2d: the prepared filter does not match the conv shape "
+                 "(in_c %d, out_c %d, kernel %dx%d); prepare it with this shape\n",
+                 shape.in_c, shape.out_c, shape.k_h, shape.k_w);
+    std::abort();
+  }
+  internal::ConvArgs args;
+  args.shape = shape;
+  args.input = input;
+  args.filter = filter.data->packed.data();
+  args.alpha = alpha;
+  args.bias = bias;
+  args.use_k = use_k;
+  args.relu = relu;
+  args.output = output;
+  args.lanes_filter = filter.data->lanes_filter;
+  args.lanes_tap_pop = filter.data->lanes_tap_pop;
   switch (resolve_path(path)) {
     case KernelPath::kAvx2:
       internal::conv2d_avx2(args, parallel_for);

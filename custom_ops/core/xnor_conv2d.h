@@ -36,6 +36,7 @@
 #define KERAS_XNOR_CORE_XNOR_CONV2D_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "custom_ops/core/parallel.h"
@@ -74,6 +75,39 @@ const char* auto_kernel_path_name();
 
 void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
                  const float* alpha, const float* bias, bool use_k, bool relu, float* output,
+                 const ParallelFor& parallel_for = serial_for,
+                 KernelPath path = KernelPath::kAuto);
+
+namespace internal {
+struct PreparedFilterData;
+}  // namespace internal
+
+// A conv filter prepared once for many calls with the same weights (inference; the TFLite
+// delegate prepares at Prepare time, where the filter is a constant tensor). It holds a copy of
+// the packed filter and, on AVX2 CPUs, the channel-lane driver's transposed nibble-planar
+// layout with the per-tap weight popcounts, so a call does no filter work at all. Immutable
+// once made: copies share the data, and it may be used by several threads at once. Training
+// changes the weights every step and keeps using the plain-filter xnor_conv2d.
+struct PreparedConv2DFilter {
+  bool empty() const { return data == nullptr; }
+  // True when a conv of `shape` may use it (same in_c, out_c, k_h, k_w; the other fields,
+  // including padding, may differ).
+  bool matches(const Conv2DShape& shape) const;
+  std::shared_ptr<const internal::PreparedFilterData> data;  // opaque
+};
+
+// Prepares `filter` (layout as for xnor_conv2d) for shape's in_c, out_c, k_h, k_w.
+// Precondition: resolve_conv2d_shape(&shape) returned "" (use it to validate first).
+// Cost: about one conv call's filter work; uses `parallel_for` for it.
+PreparedConv2DFilter prepare_conv2d_filter(const Conv2DShape& shape, const PackedWord* filter,
+                                           const ParallelFor& parallel_for = serial_for);
+
+// xnor_conv2d with a prepared filter: same results, bit for bit, as with the plain filter.
+// Precondition: !filter.empty() && filter.matches(shape) (checked; aborts with a message
+// otherwise, as it is a programming error).
+void xnor_conv2d(const Conv2DShape& shape, const float* input,
+                 const PreparedConv2DFilter& filter, const float* alpha, const float* bias,
+                 bool use_k, bool relu, float* output,
                  const ParallelFor& parallel_for = serial_for,
                  KernelPath path = KernelPath::kAuto);
 

@@ -87,7 +87,77 @@ inline void make_nibble_planes(const std::uint32_t* src, std::int64_t n, std::ui
   }
 }
 
+// Transposes 16-channel filter block b into the planar layout (channel_lanes_filter_words) and,
+// when tap_pop is not null, writes that block's per-tap weight popcounts.
+void transpose_filter_block(const Conv2DShape& s, const std::uint32_t* filter, std::int64_t b,
+                            std::uint32_t* wt, std::int32_t* tap_pop) {
+  const int packed = packed_words(s.in_c);
+  const int words = 2 * packed;
+  const int taps = s.k_h * s.k_w;
+  const int kw = taps * words;
+  const int kw_packed = taps * packed;
+  const int oc_pad = (s.out_c + kLanes - 1) / kLanes * kLanes;
+  std::uint32_t* dst = wt + b * kw * kLanes;
+  for (int h = 0; h < 2; ++h) {
+    const int c0 = static_cast<int>(b) * kLanes + h * 8;
+    const std::uint32_t* rows[8];
+    bool live[8];
+    for (int j = 0; j < 8; ++j) {
+      live[j] = c0 + j < s.out_c;
+      rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw_packed;
+    }
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    int k = 0;
+    for (; k + 8 <= kw_packed; k += 8) {
+      __m256i r[8];
+      for (int j = 0; j < 8; ++j) {
+        r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
+                       : _mm256_setzero_si256();
+      }
+      transpose8x8(r);
+      for (int i = 0; i < 8; ++i) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 2 * (k + i) * kLanes + h * 8),
+                           _mm256_and_si256(r[i], low));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (2 * (k + i) + 1) * kLanes + h * 8),
+                           _mm256_and_si256(_mm256_srli_epi16(r[i], 4), low));
+      }
+    }
+    for (; k < kw_packed; ++k) {
+      for (int j = 0; j < 8; ++j) {
+        const std::uint32_t x = live[j] ? rows[j][k] : 0u;
+        dst[2 * k * kLanes + h * 8 + j] = x & 0x0f0f0f0fu;
+        dst[(2 * k + 1) * kLanes + h * 8 + j] = (x >> 4) & 0x0f0f0f0fu;
+      }
+    }
+    if (tap_pop != nullptr) {
+      // Per-tap weight popcounts of these 8 channels, from the transposed words (lanes =
+      // channels, so the sums land in tap_pop's [tap][channel] layout directly).
+      for (int t = 0; t < taps; ++t) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int q = 0; q < words; ++q) {
+          acc = _mm256_add_epi32(acc, popcount_epi32(_mm256_load_si256(
+                                          reinterpret_cast<const __m256i*>(dst + (t * words + q) * kLanes + h * 8))));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(tap_pop + t * oc_pad + c0), acc);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void prepare_channel_lanes_filter_avx2(const Conv2DShape& s, const PackedWord* filter,
+                                       std::uint32_t* lanes_filter, std::int32_t* tap_pop,
+                                       const ParallelFor& parallel_for) {
+  const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
+  const std::int64_t cost = static_cast<std::int64_t>(s.k_h) * s.k_w * packed_words(s.in_c) * kLanes * 4;
+  parallel_for(blocks16, cost, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t b = begin; b < end; ++b) {
+      transpose_filter_block(s, reinterpret_cast<const std::uint32_t*>(filter), b, lanes_filter,
+                             tap_pop);
+    }
+  });
+}
 
 bool channel_lanes_preferred(const Conv2DShape& s) {
   // Transposing the filter costs about one pass over it, i.e. ~1/pixels of the conv's own
@@ -106,37 +176,40 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int words = 2 * packed;               // planar words per pixel / tap
   const int taps = s.k_h * s.k_w;
   const int kw = taps * words;                // planar words per patch / filter row
-  const int kw_packed = taps * packed;
   const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
   const int oc_pad = blocks16 * kLanes;
   const bool same = s.padding == Padding::kSame;
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
 
-  // Per-call transposed planar filter [block][k][16], per-tap popcounts [tap][oc_pad] (SAME), and
-  // alpha/bias padded to whole vectors. One scratch allocation, carved up.
-  const std::size_t wt_words = static_cast<std::size_t>(blocks16) * kw * kLanes;
-  const std::size_t tp_words = same ? static_cast<std::size_t>(taps) * oc_pad : 0;
+  // Transposed planar filter [block][k][16] and per-tap popcounts [tap][oc_pad] (SAME): from a
+  // PreparedConv2DFilter, else made per call; alpha/bias padded to whole vectors. One scratch
+  // allocation, carved up.
+  const bool prepared = a.lanes_filter != nullptr;
+  const std::size_t wt_words = prepared ? 0 : static_cast<std::size_t>(blocks16) * kw * kLanes;
+  const std::size_t tp_words = same && !prepared ? static_cast<std::size_t>(taps) * oc_pad : 0;
   auto* scratch = static_cast<std::uint32_t*>(
       thread_scratch((wt_words + tp_words + 2 * static_cast<std::size_t>(oc_pad)) * 4, kScratchFilterT));
-  std::uint32_t* wt = scratch;
-  auto* tap_pop = reinterpret_cast<std::int32_t*>(scratch + wt_words);
+  const std::uint32_t* wt = prepared ? a.lanes_filter : scratch;
+  const std::int32_t* tap_pop =
+      prepared ? a.lanes_tap_pop : reinterpret_cast<std::int32_t*>(scratch + wt_words);
   float* alpha = reinterpret_cast<float*>(scratch + wt_words + tp_words);
   float* bias = alpha + oc_pad;
   for (int c = 0; c < oc_pad; ++c) {
     alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
     bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : 0.0f;
   }
-  // One parallel pass: units [0, pack_units) sign-pack 64 input pixels each, the rest transpose
-  // one 16-channel filter block each.
+  // One parallel pass: units [0, pack_units) sign-pack 64 input pixels each, the rest (none
+  // with a prepared filter) transpose one 16-channel filter block each.
   constexpr int kPackRows = 64;
   const std::int64_t in_pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
   auto* planar = static_cast<std::uint32_t*>(
       thread_scratch(static_cast<std::size_t>(in_pixels) * words * 4, kScratchPlanar));
   const std::int64_t pack_units = (in_pixels + kPackRows - 1) / kPackRows;
+  const std::int64_t filter_units = prepared ? 0 : blocks16;
   const std::int64_t unit_cost = (static_cast<std::int64_t>(kPackRows) * s.in_c * 2 * pack_units +
-                                  static_cast<std::int64_t>(kw) * kLanes * 2 * blocks16) /
-                                 (pack_units + blocks16);
-  parallel_for(pack_units + blocks16, unit_cost, [&](std::int64_t begin, std::int64_t end) {
+                                  static_cast<std::int64_t>(kw) * kLanes * 2 * filter_units) /
+                                 (pack_units + filter_units);
+  parallel_for(pack_units + filter_units, unit_cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t unit = begin; unit < end; ++unit) {
       if (unit < pack_units) {
         const std::int64_t r0 = unit * kPackRows, r1 = std::min(in_pixels, (unit + 1) * kPackRows);
@@ -144,52 +217,8 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         make_nibble_planes(bits + r0 * packed, (r1 - r0) * packed, planar + r0 * words);
         continue;
       }
-      const std::int64_t b = unit - pack_units;
-      std::uint32_t* dst = wt + b * kw * kLanes;
-      for (int h = 0; h < 2; ++h) {
-        const int c0 = static_cast<int>(b) * kLanes + h * 8;
-        const std::uint32_t* rows[8];
-        bool live[8];
-        for (int j = 0; j < 8; ++j) {
-          live[j] = c0 + j < s.out_c;
-          rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw_packed;
-        }
-        const __m256i low = _mm256_set1_epi8(0x0f);
-        int k = 0;
-        for (; k + 8 <= kw_packed; k += 8) {
-          __m256i r[8];
-          for (int j = 0; j < 8; ++j) {
-            r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
-                           : _mm256_setzero_si256();
-          }
-          transpose8x8(r);
-          for (int i = 0; i < 8; ++i) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 2 * (k + i) * kLanes + h * 8),
-                               _mm256_and_si256(r[i], low));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (2 * (k + i) + 1) * kLanes + h * 8),
-                               _mm256_and_si256(_mm256_srli_epi16(r[i], 4), low));
-          }
-        }
-        for (; k < kw_packed; ++k) {
-          for (int j = 0; j < 8; ++j) {
-            const std::uint32_t x = live[j] ? rows[j][k] : 0u;
-            dst[2 * k * kLanes + h * 8 + j] = x & 0x0f0f0f0fu;
-            dst[(2 * k + 1) * kLanes + h * 8 + j] = (x >> 4) & 0x0f0f0f0fu;
-          }
-        }
-        if (same) {
-          // Per-tap weight popcounts of these 8 channels, from the transposed words (lanes =
-          // channels, so the sums land in tap_pop's [tap][channel] layout directly).
-          for (int t = 0; t < taps; ++t) {
-            __m256i acc = _mm256_setzero_si256();
-            for (int q = 0; q < words; ++q) {
-              acc = _mm256_add_epi32(acc, popcount_epi32(_mm256_load_si256(
-                                              reinterpret_cast<const __m256i*>(dst + (t * words + q) * kLanes + h * 8))));
-            }
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(tap_pop + t * oc_pad + c0), acc);
-          }
-        }
-      }
+      transpose_filter_block(s, filter, unit - pack_units, scratch,
+                             same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
     }
   });
 

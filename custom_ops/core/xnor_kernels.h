@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "custom_ops/core/parallel.h"
 #include "custom_ops/core/spec.h"
@@ -27,6 +28,23 @@ struct ConvArgs {
   bool use_k = false;
   bool relu = false;
   float* output = nullptr;
+  // Optional, from a PreparedConv2DFilter: the channel-lane filter layout (see
+  // prepare_channel_lanes_filter_avx2); when set, the channel-lane driver skips the transpose.
+  const std::uint32_t* lanes_filter = nullptr;
+  const std::int32_t* lanes_tap_pop = nullptr;
+};
+
+// What a PreparedConv2DFilter holds (xnor_conv2d.h). Not copyable.
+struct PreparedFilterData {
+  int in_c = 0, out_c = 0, k_h = 0, k_w = 0;
+  std::vector<PackedWord> packed;          // OHWI copy of the filter (the other drivers, paths)
+  std::uint32_t* lanes_filter = nullptr;   // AVX2 only: in `buffer`, 64-byte aligned
+  std::int32_t* lanes_tap_pop = nullptr;   // AVX2 only: in `buffer`
+  void* buffer = nullptr;                  // std::aligned_alloc, freed by the destructor
+  PreparedFilterData() = default;
+  PreparedFilterData(const PreparedFilterData&) = delete;
+  PreparedFilterData& operator=(const PreparedFilterData&) = delete;
+  ~PreparedFilterData();
 };
 
 struct DenseArgs {
@@ -63,6 +81,22 @@ void conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, A
 // as the filter transpose (one pool dispatch fewer).
 void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs);
+
+// The channel-lane driver's filter layout, made per call or once by prepare_conv2d_filter:
+// nibble-planar words [ceil(out_c / 16)][k_h * k_w * 2 * packed_words(in_c)][16] (channels
+// past out_c are 0), and tap_pop int32 [k_h * k_w][ceil(out_c / 16) * 16]: popcount of each
+// (tap, channel) weight, for the SAME-padding correction. Sizes in 4-byte words:
+inline std::size_t channel_lanes_filter_words(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 15) / 16) * 16 * s.k_h * s.k_w * 2 *
+         packed_words(s.in_c);
+}
+inline std::size_t channel_lanes_tap_pop_words(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 15) / 16) * 16 * s.k_h * s.k_w;
+}
+// Fills both (lanes_filter 32-byte aligned); uses in_c, out_c, k_h, k_w of `shape`.
+void prepare_channel_lanes_filter_avx2(const Conv2DShape& shape, const PackedWord* filter,
+                                       std::uint32_t* lanes_filter, std::int32_t* tap_pop,
+                                       const ParallelFor& parallel_for);
 
 // Sign-packs `pixels` rows of `in_c` floats (bitpack.h layout) and, when mean_abs is not null,
 // stores mean_c |x| of each row: the A of eq. 11 before the box filter.

@@ -200,6 +200,49 @@ void check_avx2_drivers(const Problem& p) {
            "%s: pixel-lane and channel-lane drivers differ", describe(s).c_str());
 }
 
+// A PreparedConv2DFilter gives bitwise the same output as the plain filter on every path
+// (and through both AVX2 drivers), prepared with one split and used with another.
+void check_prepared(const Problem& p) {
+  const Conv2DShape& s = p.s;
+  const std::size_t count = p.dot.size();
+  const PreparedConv2DFilter prepared = prepare_conv2d_filter(s, p.filter.data(), odd_split_for);
+  KX_CHECK(!prepared.empty() && prepared.matches(s), "%s: prepared filter does not match",
+           describe(s).c_str());
+  Conv2DShape other = s;
+  other.out_c += 1;
+  KX_CHECK(!prepared.matches(other) && !PreparedConv2DFilter().matches(s), "matches() too lax");
+  for (KernelPath path : available_paths()) {
+    std::vector<float> want(count + 8, 777.0f), got(count + 8, 777.0f);
+    xnor_conv2d(s, p.input.data(), p.filter.data(), p.alpha.data(), p.bias.data(), true, true,
+                want.data(), two_piece_for, path);
+    xnor_conv2d(s, p.input.data(), prepared, p.alpha.data(), p.bias.data(), true, true,
+                got.data(), thread_for(2), path);
+    KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
+             "[%s] %s: prepared filter changes the result", path_name(path), describe(s).c_str());
+  }
+  if (!kernel_path_available(KernelPath::kAvx2)) return;
+  for (internal::Avx2Driver driver :
+       {internal::Avx2Driver::kPixelLanes, internal::Avx2Driver::kChannelLanes}) {
+    internal::ConvArgs a;
+    a.shape = s;
+    a.input = p.input.data();
+    a.filter = p.filter.data();
+    a.alpha = p.alpha.data();
+    a.use_k = true;
+    std::vector<float> want(count + 8, 777.0f), got(count + 8, 777.0f);
+    a.output = want.data();
+    internal::conv2d_avx2_driver(a, serial_for, driver);
+    a.filter = prepared.data->packed.data();
+    a.lanes_filter = prepared.data->lanes_filter;
+    a.lanes_tap_pop = prepared.data->lanes_tap_pop;
+    a.output = got.data();
+    internal::conv2d_avx2_driver(a, odd_split_for, driver);
+    KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
+             "[avx2 driver %d] %s: prepared filter changes the result", static_cast<int>(driver),
+             describe(s).c_str());
+  }
+}
+
 void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   const std::string err = resolve_conv2d_shape(&s);
   KX_CHECK(err.empty(), "unexpected shape error %s", err.c_str());
@@ -209,6 +252,7 @@ void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   make_problem(rng, &p);
   for (KernelPath path : available_paths()) check_problem(p, path, check_splits, rng);
   if (kernel_path_available(KernelPath::kAvx2)) check_avx2_drivers(p);
+  check_prepared(p);
 }
 
 int pick(Rng& rng, std::initializer_list<int> values) {
