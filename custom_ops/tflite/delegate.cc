@@ -20,7 +20,8 @@
 //     optional), output f32 [N,U]; options use_k, relu, in_channels (optional check).
 //   KerasXnorPackBits input f32 [..., C] -> output i32 [..., words]; no options needed.
 // The adapter validates and translates only: all arithmetic is in keras_xnor::xnor_conv2d,
-// xnor_dense and pack_bits.
+// xnor_dense and pack_bits. A conv whose filter is a constant (read-only) tensor gets it
+// prepared once in Prepare (keras_xnor::prepare_conv2d_filter), so Invoke does no filter work.
 //
 // Runtime facts this relies on (TF 2.21 / LiteRT 2.3): the delegate sets
 // kDelegateFlagsAllowDynamicTensors so the runtime does not prepare the unresolved custom ops
@@ -114,6 +115,10 @@ struct NodeSpec {
   bool use_k = false, relu = false;
   // Resolved in Prepare.
   Conv2DShape shape;
+  // Conv with a constant filter: prepared once in Prepare (no filter work per Invoke), valid
+  // while the filter tensor's data pointer is prepared_from.
+  PreparedConv2DFilter prepared;
+  const void* prepared_from = nullptr;
   int batch = 0, in_features = 0, units = 0;  // dense
   std::int64_t pack_rows = 0;                 // pack bits
   int pack_channels = 0;
@@ -329,6 +334,21 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
     if (!(error = check_scales(context, partition, *node, shape.out_c)).empty()) return error;
     if (!(error = resolve_conv2d_shape(&shape)).empty()) return error;
     *out_dims = {shape.batch, shape.out_h, shape.out_w, shape.out_c};
+    // A read-only (constant) filter is prepared here, once: Invoke then does no filter work.
+    // A re-Prepare (input resize) keeps a preparation that still matches.
+    const bool constant = partition->internal.count(node->inputs[1]) == 0 &&
+                          (context->tensors[node->inputs[1]].allocation_type == abi::kMmapRo ||
+                           context->tensors[node->inputs[1]].allocation_type == abi::kPersistentRo);
+    if (!constant || filter.data == nullptr) {
+      node->prepared = PreparedConv2DFilter();
+      node->prepared_from = nullptr;
+    } else if (!node->prepared.matches(shape) || node->prepared_from != filter.data) {
+      node->prepared = prepare_conv2d_filter(shape, static_cast<const PackedWord*>(filter.data),
+                                             partition->pool != nullptr
+                                                 ? partition->pool->as_parallel_for()
+                                                 : serial_for);
+      node->prepared_from = filter.data;
+    }
   } else {
     if (!(error = expect(input, "input", abi::kFloat32, 2)).empty()) return error;
     if (!(error = expect(filter, "filter", abi::kInt32, 2)).empty()) return error;
@@ -524,7 +544,12 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
                            node_prefix(node).c_str());
       return abi::kError;
     }
-    if (node.kind == OpKind::kBinConv2D) {
+    if (node.kind == OpKind::kBinConv2D && !node.prepared.empty() &&
+        node.prepared_from == filter.data) {
+      xnor_conv2d(node.shape, static_cast<const float*>(input.data), node.prepared,
+                  static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
+                  static_cast<float*>(output.data), parallel_for, path);
+    } else if (node.kind == OpKind::kBinConv2D) {
       xnor_conv2d(node.shape, static_cast<const float*>(input.data),
                   static_cast<const PackedWord*>(filter.data),
                   static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
