@@ -257,7 +257,7 @@ class _ScaledBinaryMixin:
             reasons.append("kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
         return reasons
 
-    def _use_compiled(self, inputs, training=None):
+    def _use_compiled(self, inputs):
         if self.implementation == "simulation":
             return False
         from keras_xnor import ops  # noqa: PLC0415 (optional native library)
@@ -282,11 +282,8 @@ class _ScaledBinaryMixin:
                     "use implementation='auto'." % type(self).__name__
                 )
             return True
-        # Training: the backward pass re-runs the simulation's forward under a tape anyway
-        # (ops.bin_conv2d differentiates the simulation), so the op would only add work.
         return (
-            not training
-            and inputs.dtype == tf.float32
+            inputs.dtype == tf.float32
             and not self._check_compiled_possible()
             and _on_cpu(inputs)
             and ops.compiled_ops_available()
@@ -547,9 +544,14 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False):
-        """Pure-TF forward: ``(q_i(I) (*) q_k(W)) * alpha [* K] [+ b] [relu]``."""
-        outputs = self._convolution(self._quantize_input(inputs), self._quantize_kernel(kernel))
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, convolution=None):
+        """Pure-TF forward: ``(q_i(I) (*) q_k(W)) * alpha [* K] [+ b] [relu]``.
+
+        ``convolution`` replaces the float conv of the two +-1 tensors (the training path
+        passes the compiled dot, :meth:`_compiled_dot`); the rest is the same either way.
+        """
+        convolution = convolution or self._convolution
+        outputs = convolution(self._quantize_input(inputs), self._quantize_kernel(kernel))
         outputs = outputs * alpha
         if self.use_k:
             outputs = outputs * self._k_map(inputs)
@@ -581,13 +583,14 @@ class BinConv2D(BWNConv2D):
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, the dtype is float32, the layer runs on CPU and it is not training; otherwise
-    the float simulation (an ordinary conv of ±1 tensors, then the scales). In training the
-    op's backward pass has to re-run the simulation's forward anyway, so "auto" trains with
-    the simulation alone. ``"simulation"`` and ``"compiled"`` force a path (``"compiled"``
-    also in training: forward by the op, gradients of the simulation). Both paths give the
-    same dot products bit for bit, the same outputs up to float rounding of the scales, and
-    the same gradients. The op fuses ReLU only; other activations run after it.
+    quantizers, the dtype is float32 and the layer runs on CPU; otherwise the float simulation
+    (an ordinary conv of ±1 tensors, then the scales). Inference runs the fused op (dot, alpha,
+    K, bias, ReLU in one kernel). Training runs the op for the ±1 dot only and applies alpha,
+    K and the bias in TF; the dot's gradient is that of the float conv, which needs only its
+    inputs, so a training step costs the op plus the two backprop convs instead of the
+    simulation's three float convs. ``"simulation"`` and ``"compiled"`` force a path. Both
+    paths give the same dot products bit for bit, the same outputs up to float rounding of the
+    scales, and the same gradients. The op fuses ReLU only; other activations run after it.
 
     Args:
         use_k: multiply by the K map (default True); False drops it (``K = 1``).
@@ -671,8 +674,12 @@ class BinConv2D(BWNConv2D):
         kernel = tf.convert_to_tensor(self.kernel)
         alpha = self.get_alpha()
         bias = self._bias_tensor()
-        if not self._use_compiled(x, training):
+        if not self._use_compiled(x):
             return self._activate(self._simulate(x, kernel, alpha, bias))
+        if training:
+            return self._activate(
+                self._simulate(x, kernel, alpha, bias, convolution=self._compiled_dot)
+            )
         from keras_xnor import ops  # noqa: PLC0415
 
         relu = self._relu_fused()
@@ -693,6 +700,18 @@ class BinConv2D(BWNConv2D):
             simulation=simulation,
         )
         return outputs if relu else self._activate(outputs)
+
+    def _compiled_dot(self, xb, wb):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        return ops.binary_conv2d_dot(
+            xb,
+            wb,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            convolution=self._convolution,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -841,9 +860,14 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
     def _build_extra(self):
         self._add_alpha(self.units)
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False):
-        """Pure-TF forward: ``(q_i(x) . q_k(W)) * alpha [* K] [+ b] [relu]``."""
-        outputs = self._matmul(self._quantize_input(inputs), self._quantize_kernel(kernel))
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, matmul=None):
+        """Pure-TF forward: ``(q_i(x) . q_k(W)) * alpha [* K] [+ b] [relu]``.
+
+        ``matmul`` replaces the float product of the two +-1 tensors (the training path
+        passes the compiled dot, :meth:`_compiled_dot`).
+        """
+        matmul = matmul or self._matmul
+        outputs = matmul(self._quantize_input(inputs), self._quantize_kernel(kernel))
         outputs = outputs * alpha
         if self.use_k:
             outputs = outputs * quantizers.dense_k(inputs)
@@ -933,8 +957,12 @@ class BinDense(BWNDense):
         kernel = tf.convert_to_tensor(self.kernel)
         alpha = self.get_alpha()
         bias = self._bias_tensor()
-        if not self._use_compiled(x, training):
+        if not self._use_compiled(x):
             return self._activate(self._simulate(x, kernel, alpha, bias))
+        if training:
+            return self._activate(
+                self._simulate(x, kernel, alpha, bias, matmul=self._compiled_dot)
+            )
         from keras_xnor import ops  # noqa: PLC0415
 
         relu = self._relu_fused()
@@ -949,6 +977,15 @@ class BinDense(BWNDense):
         if x.shape.rank != 2:
             outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self.units]], axis=0))
         return outputs if relu else self._activate(outputs)
+
+    def _compiled_dot(self, xb, wb):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        flat = xb if xb.shape.rank == 2 else tf.reshape(xb, [-1, tf.shape(xb)[-1]])
+        outputs = ops.binary_dense_dot(flat, wb, matmul=tf.matmul)
+        if xb.shape.rank == 2:
+            return outputs
+        return tf.reshape(outputs, tf.concat([tf.shape(xb)[:-1], [self.units]], axis=0))
 
     def get_config(self):
         config = super().get_config()

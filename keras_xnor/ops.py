@@ -54,6 +54,8 @@ __all__ = [
     "unpack_bits_reference",
     "bin_conv2d",
     "bin_dense",
+    "binary_conv2d_dot",
+    "binary_dense_dot",
     "bin_conv2d_reference",
     "bin_dense_reference",
 ]
@@ -441,6 +443,86 @@ def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
         return ops.keras_xnor_bin_dense(x, packed, a, b, **attrs)
 
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
+
+
+def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution):
+    """``sign(xb) (*) sign(wb)`` by the compiled op, differentiated as ``convolution(xb, wb)``.
+
+    The training path of the layers. ``xb`` and ``wb`` are the quantizers' outputs (exactly +-1,
+    their straight-through gradients already attached), so the integer-valued dot the op
+    returns (alpha = 1, no K, no bias) equals ``convolution(xb, wb)``, the simulation's float
+    conv of +-1 tensors, SAME zero padding included. The layer then applies alpha, K and the
+    bias in TF, so autodiff handles them exactly as in the simulation. Only the conv itself
+    gets a custom gradient: being linear, its gradients need only its inputs
+    (Conv2DBackpropInput/Filter of ``dy``), so inside ``tf.function`` the float forward written
+    in ``grad`` is pruned and training skips one of the simulation's three float convs.
+
+    Args:
+        xb: float32 NHWC +-1 input. wb: float32 HWIO +-1 kernel.
+        strides, dilation_rate: 2 ints; padding: "same"/"valid".
+        convolution: callable ``(xb, wb) -> NHWC``, the layer's float conv (for the gradient).
+    """
+    ops = load_ops()
+    wb = tf.convert_to_tensor(wb)
+    if wb.shape.rank != 4 or wb.shape[2] is None or wb.shape[3] is None:
+        raise ValueError("binary_conv2d_dot: wb must be HWIO with known I and O, got %s" % wb.shape)
+    attrs = {
+        spec.ATTR_STRIDES: list(_pair(strides, "strides")),
+        spec.ATTR_PADDING: _padding(padding),
+        spec.ATTR_DILATIONS: list(_pair(dilation_rate, "dilation_rate")),
+        spec.ATTR_IN_CHANNELS: int(wb.shape[2]),
+        spec.ATTR_USE_K: False,
+        spec.ATTR_RELU: False,
+    }
+    ones = tf.ones([wb.shape[3]], tf.float32)
+    zeros = tf.zeros([wb.shape[3]], tf.float32)
+
+    def dot(x, w):
+        packed = ops.keras_xnor_pack_bits(tf.transpose(w, [3, 0, 1, 2]))  # OHWI
+        return ops.keras_xnor_bin_conv2d(x, packed, ones, zeros, **attrs)
+
+    return _with_linear_gradient(dot, convolution, xb, wb)
+
+
+def binary_dense_dot(xb, wb, *, matmul):
+    """``sign(xb) . sign(wb)`` by the compiled op, differentiated as ``matmul(xb, wb)``.
+
+    The dense twin of :func:`binary_conv2d_dot`: ``xb`` float32 ``[N, C]`` +-1, ``wb`` float32
+    ``[C, units]`` +-1, ``matmul`` the layer's float product (for the gradient).
+    """
+    ops = load_ops()
+    wb = tf.convert_to_tensor(wb)
+    if wb.shape.rank != 2 or wb.shape[0] is None or wb.shape[1] is None:
+        raise ValueError("binary_dense_dot: wb must be [C, units] with known sizes, got %s"
+                         % wb.shape)
+    attrs = {spec.ATTR_IN_CHANNELS: int(wb.shape[0]), spec.ATTR_USE_K: False,
+             spec.ATTR_RELU: False}
+    ones = tf.ones([wb.shape[1]], tf.float32)
+    zeros = tf.zeros([wb.shape[1]], tf.float32)
+
+    def dot(x, w):
+        packed = ops.keras_xnor_pack_bits(tf.transpose(w))  # [units, words]
+        return ops.keras_xnor_bin_dense(x, packed, ones, zeros, **attrs)
+
+    return _with_linear_gradient(dot, matmul, xb, wb)
+
+
+def _with_linear_gradient(dot, linear, xb, wb):
+    """Runs ``dot(xb, wb)`` and differentiates it as the bilinear float op ``linear``."""
+    xb = _as_float32(xb)
+    wb = _as_float32(wb)
+
+    @tf.custom_gradient
+    def run(x, w):
+        def grad(dy):
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = linear(x, w)
+            return tape.gradient(y, [x, w], output_gradients=dy)
+
+        return dot(x, w), grad
+
+    return run(xb, wb)
 
 
 def _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias):

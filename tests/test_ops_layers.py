@@ -2,7 +2,8 @@
 against the same layers with implementation="simulation" (the float oracle).
 
 Forward: bit-exact where the maths is integer (no scales), float stage within 1e-5 relative.
-Backward: the compiled path differentiates the simulation, so gradients agree to rounding.
+Backward: in inference the fused op is differentiated through the simulation; in training the
+op computes only the +-1 dot, differentiated as the float conv. Gradients agree to rounding.
 Training: model.fit with tf.function (Keras' jit_compile="auto" is off on CPU) follows the
 simulation's loss curve.
 """
@@ -39,10 +40,10 @@ def input_batch(shape, seed=1):
     return tf.constant(x)
 
 
-def run(layer, x):
+def run(layer, x, training):
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x)
+        y = layer(x, training=training)
         loss = tf.reduce_sum(y * y) / 2
     return y, tape.gradient(loss, [x] + layer.trainable_weights)
 
@@ -56,14 +57,17 @@ CONV_CASES = [
 ]
 
 
+# training=True: the op computes the +-1 dot, TF the scales (binary_conv2d_dot);
+# training=False: the fused op differentiated through the simulation (bin_conv2d).
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("kwargs", CONV_CASES)
 @pytest.mark.parametrize("channels", [1, 33, 70])
-def test_bin_conv2d_layer_compiled_equals_simulation(kwargs, channels):
+def test_bin_conv2d_layer_compiled_equals_simulation(kwargs, channels, training):
     shape = (2, 11, 10, channels)
     compiled, simulated = twin_layers(keras_xnor.BinConv2D, shape, **kwargs)
     x = input_batch(shape)
-    y_c, g_c = run(compiled, x)
-    y_s, g_s = run(simulated, x)
+    y_c, g_c = run(compiled, x, training)
+    y_s, g_s = run(simulated, x, training)
     np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
     for a, b in zip(g_c, g_s):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
@@ -76,16 +80,18 @@ def test_bin_conv2d_layer_integer_path_is_bit_exact():
     compiled, simulated = twin_layers(keras_xnor.BinConv2D, shape, **kwargs)
     x = input_batch(shape, seed=5)
     np.testing.assert_array_equal(compiled(x).numpy(), simulated(x).numpy())
+    np.testing.assert_array_equal(compiled(x, training=True).numpy(), simulated(x).numpy())
 
 
 @pytest.mark.parametrize("input_shape", [(3, 70), (2, 4, 33)])
 @pytest.mark.parametrize("kwargs", [dict(units=10), dict(units=3, use_k=False,
                                                           activation="relu", use_bias=False)])
-def test_bin_dense_layer_compiled_equals_simulation(input_shape, kwargs):
+@pytest.mark.parametrize("training", [True, False])
+def test_bin_dense_layer_compiled_equals_simulation(input_shape, kwargs, training):
     compiled, simulated = twin_layers(keras_xnor.BinDense, input_shape, **kwargs)
     x = input_batch(input_shape)
-    y_c, g_c = run(compiled, x)
-    y_s, g_s = run(simulated, x)
+    y_c, g_c = run(compiled, x, training)
+    y_s, g_s = run(simulated, x, training)
     np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
     for a, b in zip(g_c, g_s):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
