@@ -261,3 +261,26 @@ def test_sequential_and_nested_models_fold_only_where_exact():
         assert sorted(builtin_op_names(data)) == sorted(expected_ops)
         np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
                                    model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bwn_layers_export_as_constant_float_kernels():
+    # BWN keeps real inputs: no XNOR op, but alpha*sign(W) must be a constant in the file, not
+    # recomputed (sign/select/transpose) at every invocation.
+    rng = np.random.default_rng(7)
+    inp = keras.Input((9, 9, 5))
+    x = keras_xnor.BWNConv2D(6, 3, padding="same", activation="relu")(inp)
+    x = keras_xnor.BWNConv2D(4, 3, strides=2, use_bias=False, kernel_scale="learned")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras_xnor.BWNDense(7)(x)
+    model = keras.Model(inp, x)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-1, 1, w.shape) for w in layer.get_weights()])
+    data = convert(model)
+    ops = builtin_op_names(data)
+    assert custom_ops(data) == []
+    assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
+    assert not {"SIGN", "SELECT", "SELECT_V2", "LESS", "GREATER_EQUAL"} & set(ops), ops
+    x = rng.standard_normal((3, 9, 9, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)

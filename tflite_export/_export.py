@@ -34,7 +34,7 @@ import tensorflow as tf
 
 import keras_xnor
 from keras_xnor import quantizers, spec
-from keras_xnor.layers import BinConv2D, BinDense
+from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense
 
 _OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(keras_xnor.__file__)), "_ops")
 
@@ -192,6 +192,73 @@ class _ExportBinDense(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self._units,)
+
+
+def _bwn_kernel(layer):
+    """``alpha * sign(W)`` of a BWN layer (eq. 6 or learned alpha), as a float32 constant."""
+    kernel = np.asarray(layer.kernel, np.float32)
+    signs = np.where(kernel < 0, -1.0, 1.0).astype(np.float32)  # sign(0) = +1 (spec)
+    return signs * np.asarray(layer.get_alpha(), np.float32).reshape(-1)
+
+
+class _ExportBWNConv2D(keras.layers.Conv2D):
+    """Inference twin of a BWNConv2D: a plain Conv2D whose kernel is the constant alpha*sign(W).
+
+    BWN keeps real inputs, so there is no XNOR op to run; what matters is that the binarization
+    happens once here instead of at every TFLite invocation (XNNPACK then runs the conv).
+    """
+
+    def __init__(self, source):
+        super().__init__(
+            source.filters,
+            source.kernel_size,
+            strides=source.strides,
+            padding=source.padding,
+            dilation_rate=source.dilation_rate,
+            groups=source.groups,
+            activation=source.activation,
+            use_bias=source.bias is not None,
+            name=source.name,
+        )
+        self._constants = [_bwn_kernel(source)]
+        if source.bias is not None:
+            self._constants.append(np.asarray(source.bias, np.float32))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.set_weights(self._constants)
+
+
+class _ExportBWNDense(keras.layers.Dense):
+    """Inference twin of a BWNDense: a plain Dense with the constant kernel alpha*sign(W)."""
+
+    def __init__(self, source):
+        super().__init__(
+            source.units,
+            activation=source.activation,
+            use_bias=source.bias is not None,
+            name=source.name,
+        )
+        self._constants = [_bwn_kernel(source)]
+        if source.bias is not None:
+            self._constants.append(np.asarray(source.bias, np.float32))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.set_weights(self._constants)
+
+
+def _bwn_twin(layer):
+    """The export twin of a pure BWN layer (real inputs, sign kernel), or None."""
+    if isinstance(layer, (BinConv2D, BinDense)) or layer.input_quantizer is not None:
+        return None
+    if not quantizers.is_sign_kind(layer.kernel_quantizer):
+        return None
+    if isinstance(layer, BWNConv2D):
+        return _ExportBWNConv2D(layer)
+    if isinstance(layer, BWNDense):
+        return _ExportBWNDense(layer)
+    return None
 
 
 class _FoldedAway(keras.layers.Layer):
@@ -354,6 +421,9 @@ def export_model(model, fold_batch_norm=True):
                 problems.append("%s (%s)" % (layer.name, reason))
             else:
                 return _make_twin(layer, plan.get(id(layer)))
+        bwn = _bwn_twin(layer) if isinstance(layer, (BWNConv2D, BWNDense)) else None
+        if bwn is not None:
+            return bwn
         if id(layer) in folded:
             return _FoldedAway(name=layer.name + "_folded")
         config = layer.get_config()
@@ -372,7 +442,8 @@ def export_model(model, fold_batch_norm=True):
         by_name = {layer.name: layer for layer in sources}
         pairs = [(by_name.get(t.name), t) for t in targets]
     for source, target in pairs:
-        if isinstance(target, (_ExportBinConv2D, _ExportBinDense, _FoldedAway, keras.Model)):
+        if isinstance(target, (_ExportBinConv2D, _ExportBinDense, _ExportBWNConv2D,
+                               _ExportBWNDense, _FoldedAway, keras.Model)):
             continue
         if source is not None and source.weights:
             target.set_weights(source.get_weights())
