@@ -265,22 +265,35 @@ def test_sequential_and_nested_models_fold_only_where_exact():
 
 def test_bwn_layers_export_as_constant_float_kernels():
     # BWN keeps real inputs: no XNOR op, but alpha*sign(W) must be a constant in the file, not
-    # recomputed (sign/select/transpose) at every invocation.
-    rng = np.random.default_rng(7)
+    # recomputed (select/batch-matmul on the latent weights) at every invocation.
     inp = keras.Input((9, 9, 5))
-    x = keras_xnor.BWNConv2D(6, 3, padding="same", activation="relu")(inp)
-    x = keras_xnor.BWNConv2D(4, 3, strides=2, use_bias=False, kernel_scale="learned")(x)
+    x = keras_xnor.BWNConv2D(6, 3, padding="same")(inp)
     x = keras.layers.Flatten()(x)
     x = keras_xnor.BWNDense(7)(x)
     model = keras.Model(inp, x)
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-1, 1, w.shape) for w in layer.get_weights()])
     data = convert(model)
     ops = builtin_op_names(data)
     assert custom_ops(data) == []
     assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
-    assert not {"SIGN", "SELECT", "SELECT_V2", "LESS", "GREATER_EQUAL"} & set(ops), ops
-    x = rng.standard_normal((3, 9, 9, 5)).astype(np.float32)
+    assert not {"SIGN", "SELECT", "SELECT_V2", "BATCH_MATMUL"} & set(ops), ops
+    x = np.random.default_rng(7).standard_normal((3, 9, 9, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_bwn_twins_keep_activation_learned_alpha_and_missing_bias():
+    inp = keras.Input((9, 9, 5))
+    x = keras_xnor.BWNConv2D(5, 3, padding="same", activation="relu")(inp)
+    x = keras_xnor.BWNConv2D(4, 3, strides=2, use_bias=False, kernel_scale="learned")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras_xnor.BWNDense(3, kernel_scale="none", activation="tanh")(x)
+    model = keras.Model(inp, x)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-1, 1, w.shape) for w in layer.get_weights()])
+    data = convert(model)
+    assert custom_ops(data) == []
+    x = rng.standard_normal((2, 9, 9, 5)).astype(np.float32)
     np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
                                model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
