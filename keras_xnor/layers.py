@@ -314,6 +314,49 @@ def _register(cls):
 # Convolutions
 
 
+class _XnorMixin:
+    """Execution-path choice shared by the XNOR layers (BinConv2D, BinDense).
+
+    A subclass provides ``_compiled_dot(xb, wb)`` (the op computing the +-1 product; training)
+    and ``_fused_op(x, kernel, alpha, bias, relu, simulation)`` (the op computing the whole
+    layer but non-ReLU activations; inference).
+    """
+
+    def _init_implementation(self, implementation):
+        self.implementation = _implementation(implementation, type(self).__name__)
+        if self.implementation == "compiled":
+            reasons = self._check_compiled_possible()
+            if reasons:
+                raise ValueError(
+                    "%s(implementation='compiled') is not possible: %s. Use "
+                    "implementation='auto' or 'simulation'."
+                    % (type(self).__name__, "; ".join(reasons))
+                )
+        self._disable_jit_if_compiled()
+
+    def call(self, inputs, training=None):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        alpha = self.get_alpha()
+        bias = self._bias_tensor()
+        if not self._use_compiled(x):
+            return self._activate(self._simulate(x, kernel, alpha, bias))
+        if training:
+            return self._activate(self._simulate(x, kernel, alpha, bias, dot=self._compiled_dot))
+        relu = self._relu_fused()
+
+        def simulation(i, k, a, b):
+            return self._simulate(i, k, a, b, relu=relu)
+
+        outputs = self._fused_op(x, kernel, alpha, bias, relu, simulation)
+        return outputs if relu else self._activate(outputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"use_k": self.use_k, "implementation": self.implementation})
+        return config
+
+
 @_register
 class QuantConv2D(_QuantizedLayer):
     """2-D convolution with quantized input and kernel: ``q_i(I) (*) q_k(W) + b``.
@@ -544,14 +587,14 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, convolution=None):
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
         """Pure-TF forward: ``(q_i(I) (*) q_k(W)) * alpha [* K] [+ b] [relu]``.
 
-        ``convolution`` replaces the float conv of the two +-1 tensors (the training path
-        passes the compiled dot, :meth:`_compiled_dot`); the rest is the same either way.
+        ``dot`` replaces the float conv of the two +-1 tensors (the training path passes the
+        compiled dot, :meth:`BinConv2D._compiled_dot`); the rest is the same either way.
         """
-        convolution = convolution or self._convolution
-        outputs = convolution(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        dot = dot or self._convolution
+        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
         outputs = outputs * alpha
         if self.use_k:
             outputs = outputs * self._k_map(inputs)
@@ -573,7 +616,7 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
 
 
 @_register
-class BinConv2D(BWNConv2D):
+class BinConv2D(_XnorMixin, BWNConv2D):
     """XNOR-Net convolution, eq. 11: ``I (*) W ~ (sign(I) (*) sign(W)) . K alpha (+ b)``.
 
     The layer binarizes its own input and computes the scale map ``K`` from the *real-valued*
@@ -659,35 +702,12 @@ class BinConv2D(BWNConv2D):
                 "QuantConv2D(input_quantizer='ste_sign', kernel_quantizer='mean_abs_sign')."
                 % self.groups
             )
-        self.implementation = _implementation(implementation, type(self).__name__)
-        if self.implementation == "compiled":
-            reasons = self._check_compiled_possible()
-            if reasons:
-                raise ValueError(
-                    "BinConv2D(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'." % "; ".join(reasons)
-                )
-        self._disable_jit_if_compiled()
+        self._init_implementation(implementation)
 
-    def call(self, inputs, training=None):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        alpha = self.get_alpha()
-        bias = self._bias_tensor()
-        if not self._use_compiled(x):
-            return self._activate(self._simulate(x, kernel, alpha, bias))
-        if training:
-            return self._activate(
-                self._simulate(x, kernel, alpha, bias, convolution=self._compiled_dot)
-            )
+    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
         from keras_xnor import ops  # noqa: PLC0415
 
-        relu = self._relu_fused()
-
-        def simulation(i, k, a, b):
-            return self._simulate(i, k, a, b, relu=relu)
-
-        outputs = ops.bin_conv2d(
+        return ops.bin_conv2d(
             x,
             kernel,
             alpha,
@@ -699,7 +719,6 @@ class BinConv2D(BWNConv2D):
             relu=relu,
             simulation=simulation,
         )
-        return outputs if relu else self._activate(outputs)
 
     def _compiled_dot(self, xb, wb):
         from keras_xnor import ops  # noqa: PLC0415
@@ -712,11 +731,6 @@ class BinConv2D(BWNConv2D):
             dilation_rate=self.dilation_rate,
             convolution=self._convolution,
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"use_k": self.use_k, "implementation": self.implementation})
-        return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -860,14 +874,14 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
     def _build_extra(self):
         self._add_alpha(self.units)
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, matmul=None):
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
         """Pure-TF forward: ``(q_i(x) . q_k(W)) * alpha [* K] [+ b] [relu]``.
 
-        ``matmul`` replaces the float product of the two +-1 tensors (the training path
-        passes the compiled dot, :meth:`_compiled_dot`).
+        ``dot`` replaces the float product of the two +-1 tensors (the training path passes
+        the compiled dot, :meth:`BinDense._compiled_dot`).
         """
-        matmul = matmul or self._matmul
-        outputs = matmul(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        dot = dot or self._matmul
+        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
         outputs = outputs * alpha
         if self.use_k:
             outputs = outputs * quantizers.dense_k(inputs)
@@ -889,7 +903,7 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
 
 
 @_register
-class BinDense(BWNDense):
+class BinDense(_XnorMixin, BWNDense):
     """XNOR fully connected layer: ``x . W ~ (sign(x) . sign(W)) K alpha + b``.
 
     A fully connected layer is a convolution whose kernel covers the whole input, so ``K`` is
@@ -942,33 +956,10 @@ class BinDense(BWNDense):
             **kwargs,
         )
         self.use_k = bool(use_k)
-        self.implementation = _implementation(implementation, type(self).__name__)
-        if self.implementation == "compiled":
-            reasons = self._check_compiled_possible()
-            if reasons:
-                raise ValueError(
-                    "BinDense(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'." % "; ".join(reasons)
-                )
-        self._disable_jit_if_compiled()
+        self._init_implementation(implementation)
 
-    def call(self, inputs, training=None):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        alpha = self.get_alpha()
-        bias = self._bias_tensor()
-        if not self._use_compiled(x):
-            return self._activate(self._simulate(x, kernel, alpha, bias))
-        if training:
-            return self._activate(
-                self._simulate(x, kernel, alpha, bias, matmul=self._compiled_dot)
-            )
+    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
         from keras_xnor import ops  # noqa: PLC0415
-
-        relu = self._relu_fused()
-
-        def simulation(i, k, a, b):
-            return self._simulate(i, k, a, b, relu=relu)
 
         flat = x if x.shape.rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
         outputs = ops.bin_dense(
@@ -976,7 +967,7 @@ class BinDense(BWNDense):
         )
         if x.shape.rank != 2:
             outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self.units]], axis=0))
-        return outputs if relu else self._activate(outputs)
+        return outputs
 
     def _compiled_dot(self, xb, wb):
         from keras_xnor import ops  # noqa: PLC0415
@@ -986,11 +977,6 @@ class BinDense(BWNDense):
         if xb.shape.rank == 2:
             return outputs
         return tf.reshape(outputs, tf.concat([tf.shape(xb)[:-1], [self.units]], axis=0))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"use_k": self.use_k, "implementation": self.implementation})
-        return config
 
 
 # --------------------------------------------------------------------------------------------
