@@ -201,7 +201,20 @@ def _bwn_kernel(layer):
     return signs * np.asarray(layer.get_alpha(), np.float32).reshape(-1)
 
 
-class _ExportBWNConv2D(keras.layers.Conv2D):
+class _BakedBWNWeights:
+    """Builds like its Keras base class, then sets the constant alpha*sign(W) (and bias)."""
+
+    def _bake(self, source):
+        self._constants = [_bwn_kernel(source)]
+        if source.bias is not None:
+            self._constants.append(np.asarray(source.bias, np.float32))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.set_weights(self._constants)
+
+
+class _ExportBWNConv2D(_BakedBWNWeights, keras.layers.Conv2D):
     """Inference twin of a BWNConv2D: a plain Conv2D whose kernel is the constant alpha*sign(W).
 
     BWN keeps real inputs, so there is no XNOR op to run; what matters is that the binarization
@@ -220,16 +233,10 @@ class _ExportBWNConv2D(keras.layers.Conv2D):
             use_bias=source.bias is not None,
             name=source.name,
         )
-        self._constants = [_bwn_kernel(source)]
-        if source.bias is not None:
-            self._constants.append(np.asarray(source.bias, np.float32))
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.set_weights(self._constants)
+        self._bake(source)
 
 
-class _ExportBWNDense(keras.layers.Dense):
+class _ExportBWNDense(_BakedBWNWeights, keras.layers.Dense):
     """Inference twin of a BWNDense: a plain Dense with the constant kernel alpha*sign(W)."""
 
     def __init__(self, source):
@@ -239,13 +246,7 @@ class _ExportBWNDense(keras.layers.Dense):
             use_bias=source.bias is not None,
             name=source.name,
         )
-        self._constants = [_bwn_kernel(source)]
-        if source.bias is not None:
-            self._constants.append(np.asarray(source.bias, np.float32))
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.set_weights(self._constants)
+        self._bake(source)
 
 
 def _bwn_twin(layer):
