@@ -37,6 +37,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   using Clock = std::chrono::steady_clock;
   using keras_xnor::internal::roofline_loop_avx2_broadcast;
   using keras_xnor::internal::roofline_loop_avx2_planar;
+  using keras_xnor::internal::roofline_loop_avx2_planar_mixed;
   using keras_xnor::internal::roofline_loop_avx2_registers;
   using keras_xnor::internal::roofline_loop_scalar;
   const int threads = std::max(1, num_threads);
@@ -72,7 +73,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   std::vector<double (*)(long long, unsigned long long*)> loops;
   if (avx2) {
     loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast,
-             roofline_loop_avx2_planar};
+             roofline_loop_avx2_planar, roofline_loop_avx2_planar_mixed};
   } else {
     loops = {roofline_loop_scalar};
   }

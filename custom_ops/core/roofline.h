@@ -10,7 +10,10 @@
 // 4 data bits, so a step is XOR + vpshufb + add: 6 vector ops per 256 data bits instead of 8;
 // ~1.4x the bit-MACs per cycle on Zen 3). Rates count data bits (bit-MACs), not register bits,
 // so all variants measure the same thing; the planar loop does not include the one-off cost
-// of making the planes (one pass per operand, paid by the driver, not per pair).
+// of making the planes (one pass per operand, paid by the driver, not per pair). A fourth
+// variant adds two scalar 64-bit XOR + POPCNT + ADD chains per planar step on the integer ALUs
+// the vector loop leaves idle: 5-10% more on Zen 3 (measured; 4 chains is no better, dispatch-
+// bound). No kernel uses that mix yet, so the kernels' best %roof is ~85-90%, not ~100%.
 // Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
@@ -40,6 +43,7 @@ namespace internal {
 double roofline_loop_avx2_registers(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_broadcast(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_planar(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 
 }  // namespace internal
