@@ -18,6 +18,8 @@ CORE_OBJS := $(patsubst %.cc,$(CPP_OBJ)/%.o,$(CORE_SRCS))
 TEST_BINS := $(patsubst custom_ops/core/tests/%.cc,$(CPP_OBJ)/tests/%,$(CORE_TESTS))
 
 .PHONY: demo test venv data ops cpp-test py-test bench clean
+# Keep the core objects between runs (they are intermediates of the test binaries).
+.SECONDARY:
 
 demo: venv data ops
 	$(PY) -m keras_xnor.training.demo --output_dir=out/demo
