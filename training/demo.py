@@ -144,17 +144,23 @@ def _plot(histories, path):
 
     colors = {"float": "tab:blue", "bwn": "tab:green", "xnor": "tab:red"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    last_epoch = max((len(history) for history in histories.values()), default=1)
     for kind, history in histories.items():
         epochs = [h["epoch"] + 1 for h in history]
         color = colors.get(kind)
         for ax, metric in zip(axes, ("accuracy", "loss")):
-            ax.plot(epochs, [h[metric] for h in history], "--", color=color,
+            ax.plot(epochs, [h[metric] for h in history], "--x", color=color,
                     label="%s train" % kind)
             if history and "val_" + metric in history[0]:
                 ax.plot(epochs, [h["val_" + metric] for h in history], "-o", color=color,
                         label="%s test" % kind)
     for ax, metric in zip(axes, ("accuracy", "loss")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs only, and room around a single point (a 1-epoch run).
+        ax.set_xlim(0.5, last_epoch + 0.5)
+        if last_epoch <= 12:
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
