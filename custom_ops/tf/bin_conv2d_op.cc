@@ -29,6 +29,8 @@
 namespace keras_xnor {
 namespace {
 
+constexpr tf_adapter::OperandNouns kNouns = {"channels", "tap", "filter"};
+
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
@@ -93,25 +95,11 @@ absl::Status bin_conv2d_shape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &alpha));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &bias));
-  const int in_channels = static_cast<int>(attrs.in_channels);
-  const DimensionHandle input_c = c->Dim(input, 3), filter_words = c->Dim(filter, 3);
-  if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
-    return InvalidArgument(kBinConv2DOp, ": input has ", c->Value(input_c),
-                           " channels but the in_channels attribute is ", in_channels);
-  }
-  if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
-    return InvalidArgument(kBinConv2DOp, ": filter has ", c->Value(filter_words),
-                           " packed words per tap but ", in_channels, " channels need ",
-                           packed_words(in_channels));
-  }
-  DimensionHandle out_c = c->Dim(filter, 0);
-  if (!c->Merge(out_c, c->Dim(alpha, 0), &out_c).ok() ||
-      !c->Merge(out_c, c->Dim(bias, 0), &out_c).ok()) {
-    return InvalidArgument(kBinConv2DOp, ": alpha and bias must have one value per filter (",
-                           c->DebugString(c->Dim(filter, 0)), "), got ",
-                           c->DebugString(c->Dim(alpha, 0)), " and ",
-                           c->DebugString(c->Dim(bias, 0)));
-  }
+  TF_RETURN_IF_ERROR(tf_adapter::check_channel_dims(c, kBinConv2DOp, input, filter,
+                                                    static_cast<int>(attrs.in_channels), kNouns));
+  DimensionHandle out_c;
+  TF_RETURN_IF_ERROR(
+      tf_adapter::merge_output_dims(c, kBinConv2DOp, filter, alpha, bias, kNouns, &out_c));
   DimensionHandle k_h = c->Dim(filter, 1), k_w = c->Dim(filter, 2);
   if (c->ValueKnown(k_h) && c->ValueKnown(k_w)) {
     const std::string message = tf_adapter::check_kernel_size(c->Value(k_h), c->Value(k_w));
@@ -149,17 +137,11 @@ class BinConv2DOp : public OpKernel {
                                 alpha.shape().DebugString(), " and ",
                                 bias.shape().DebugString()));
     const int in_channels = static_cast<int>(attrs_.in_channels);
-    OP_REQUIRES(context, input.dim_size(3) == in_channels,
-                InvalidArgument(op, ": input has ", input.dim_size(3),
-                                " channels but the in_channels attribute is ", in_channels));
-    OP_REQUIRES(context, filter.dim_size(3) == packed_words(in_channels),
-                InvalidArgument(op, ": filter has ", filter.dim_size(3),
-                                " packed words per tap but ", in_channels, " channels need ",
-                                packed_words(in_channels)));
+    OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinConv2DOp, input, filter,
+                                                            in_channels, kNouns));
+    OP_REQUIRES_OK(context,
+                   tf_adapter::check_output_sizes(kBinConv2DOp, filter, alpha, bias, kNouns));
     const std::int64_t out_c = filter.dim_size(0);
-    OP_REQUIRES(context, alpha.dim_size(0) == out_c && bias.dim_size(0) == out_c,
-                InvalidArgument(op, ": alpha and bias must have one value per filter (", out_c,
-                                "), got ", alpha.dim_size(0), " and ", bias.dim_size(0)));
     const std::string kernel_message =
         tf_adapter::check_kernel_size(filter.dim_size(1), filter.dim_size(2));
     OP_REQUIRES(context, kernel_message.empty(), InvalidArgument(op, ": ", kernel_message));

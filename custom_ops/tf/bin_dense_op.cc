@@ -24,6 +24,8 @@
 namespace keras_xnor {
 namespace {
 
+constexpr tf_adapter::OperandNouns kNouns = {"features", "unit", "unit"};
+
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
@@ -57,25 +59,11 @@ absl::Status bin_dense_shape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &filter));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &alpha));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &bias));
-  const int in_channels = static_cast<int>(attrs.in_channels);
-  const DimensionHandle input_c = c->Dim(input, 1), filter_words = c->Dim(filter, 1);
-  if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
-    return InvalidArgument(kBinDenseOp, ": input has ", c->Value(input_c),
-                           " features but the in_channels attribute is ", in_channels);
-  }
-  if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
-    return InvalidArgument(kBinDenseOp, ": filter has ", c->Value(filter_words),
-                           " packed words per unit but ", in_channels, " features need ",
-                           packed_words(in_channels));
-  }
-  DimensionHandle units = c->Dim(filter, 0);
-  if (!c->Merge(units, c->Dim(alpha, 0), &units).ok() ||
-      !c->Merge(units, c->Dim(bias, 0), &units).ok()) {
-    return InvalidArgument(kBinDenseOp, ": alpha and bias must have one value per unit (",
-                           c->DebugString(c->Dim(filter, 0)), "), got ",
-                           c->DebugString(c->Dim(alpha, 0)), " and ",
-                           c->DebugString(c->Dim(bias, 0)));
-  }
+  TF_RETURN_IF_ERROR(tf_adapter::check_channel_dims(c, kBinDenseOp, input, filter,
+                                                    static_cast<int>(attrs.in_channels), kNouns));
+  DimensionHandle units;
+  TF_RETURN_IF_ERROR(
+      tf_adapter::merge_output_dims(c, kBinDenseOp, filter, alpha, bias, kNouns, &units));
   if (c->ValueKnown(units) && c->Value(units) == 0) {
     return InvalidArgument(kBinDenseOp, ": the filter must have at least one unit");
   }
@@ -106,20 +94,14 @@ class BinDenseOp : public OpKernel {
                                 alpha.shape().DebugString(), " and ",
                                 bias.shape().DebugString()));
     const int in_channels = static_cast<int>(attrs_.in_channels);
-    OP_REQUIRES(context, input.dim_size(1) == in_channels,
-                InvalidArgument(op, ": input has ", input.dim_size(1),
-                                " features but the in_channels attribute is ", in_channels));
-    OP_REQUIRES(context, filter.dim_size(1) == packed_words(in_channels),
-                InvalidArgument(op, ": filter has ", filter.dim_size(1),
-                                " packed words per unit but ", in_channels, " features need ",
-                                packed_words(in_channels)));
+    OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinDenseOp, input, filter,
+                                                            in_channels, kNouns));
     const std::int64_t units = filter.dim_size(0);
     OP_REQUIRES(context, units >= 1 && tf_adapter::fits_int(units),
                 InvalidArgument(op, ": the filter must have at least one unit, got shape ",
                                 filter.shape().DebugString()));
-    OP_REQUIRES(context, alpha.dim_size(0) == units && bias.dim_size(0) == units,
-                InvalidArgument(op, ": alpha and bias must have one value per unit (", units,
-                                "), got ", alpha.dim_size(0), " and ", bias.dim_size(0)));
+    OP_REQUIRES_OK(context,
+                   tf_adapter::check_output_sizes(kBinDenseOp, filter, alpha, bias, kNouns));
     OP_REQUIRES(context, tf_adapter::fits_int(input.dim_size(0)),
                 InvalidArgument(op, ": batch ", input.dim_size(0), " is too large"));
 

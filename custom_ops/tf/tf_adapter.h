@@ -23,6 +23,7 @@
 #include "custom_ops/core/parallel.h"
 #include "custom_ops/core/xnor_conv2d.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
 
 namespace keras_xnor {
 namespace tf_adapter {
@@ -113,6 +114,89 @@ inline std::int64_t conv_output_size(std::int64_t in, int k, int stride, int dil
 
 inline bool fits_int(std::int64_t value) {
   return value >= 0 && value <= std::numeric_limits<int>::max();
+}
+
+// How an op names its operands in messages: conv {"channels", "tap", "filter"},
+// dense {"features", "unit", "unit"}.
+struct OperandNouns {
+  const char* channels;  // what the input's last axis counts
+  const char* word_of;   // what one row of packed filter words belongs to
+  const char* output;    // one output channel
+};
+
+// Shape functions: the input's and the filter's last axes against the in_channels attribute
+// (the filter holds packed_words(in_channels) words per row).
+inline absl::Status check_channel_dims(tensorflow::shape_inference::InferenceContext* c,
+                                       const char* op,
+                                       tensorflow::shape_inference::ShapeHandle input,
+                                       tensorflow::shape_inference::ShapeHandle filter,
+                                       int in_channels, const OperandNouns& nouns) {
+  using tensorflow::errors::InvalidArgument;
+  const auto input_c = c->Dim(input, c->Rank(input) - 1);
+  const auto filter_words = c->Dim(filter, c->Rank(filter) - 1);
+  if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
+    return InvalidArgument(op, ": input has ", c->Value(input_c), " ", nouns.channels,
+                           " but the in_channels attribute is ", in_channels);
+  }
+  if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
+    return InvalidArgument(op, ": filter has ", c->Value(filter_words), " packed words per ",
+                           nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
+                           packed_words(in_channels));
+  }
+  return absl::OkStatus();
+}
+
+// Shape functions: alpha and bias have one value per output (the filter's first axis);
+// `outputs` receives the merged dimension.
+inline absl::Status merge_output_dims(tensorflow::shape_inference::InferenceContext* c,
+                                      const char* op,
+                                      tensorflow::shape_inference::ShapeHandle filter,
+                                      tensorflow::shape_inference::ShapeHandle alpha,
+                                      tensorflow::shape_inference::ShapeHandle bias,
+                                      const OperandNouns& nouns,
+                                      tensorflow::shape_inference::DimensionHandle* outputs) {
+  *outputs = c->Dim(filter, 0);
+  if (!c->Merge(*outputs, c->Dim(alpha, 0), outputs).ok() ||
+      !c->Merge(*outputs, c->Dim(bias, 0), outputs).ok()) {
+    return tensorflow::errors::InvalidArgument(
+        op, ": alpha and bias must have one value per ", nouns.output, " (",
+        c->DebugString(c->Dim(filter, 0)), "), got ", c->DebugString(c->Dim(alpha, 0)), " and ",
+        c->DebugString(c->Dim(bias, 0)));
+  }
+  return absl::OkStatus();
+}
+
+// Run time: the same checks as check_channel_dims on the actual tensors.
+inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor& input,
+                                        const tensorflow::Tensor& filter, int in_channels,
+                                        const OperandNouns& nouns) {
+  using tensorflow::errors::InvalidArgument;
+  const std::int64_t input_c = input.dim_size(input.dims() - 1);
+  const std::int64_t filter_words = filter.dim_size(filter.dims() - 1);
+  if (input_c != in_channels) {
+    return InvalidArgument(op, ": input has ", input_c, " ", nouns.channels,
+                           " but the in_channels attribute is ", in_channels);
+  }
+  if (filter_words != packed_words(in_channels)) {
+    return InvalidArgument(op, ": filter has ", filter_words, " packed words per ",
+                           nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
+                           packed_words(in_channels));
+  }
+  return absl::OkStatus();
+}
+
+// Run time: alpha and bias have one value per output (the filter's first axis).
+inline absl::Status check_output_sizes(const char* op, const tensorflow::Tensor& filter,
+                                       const tensorflow::Tensor& alpha,
+                                       const tensorflow::Tensor& bias,
+                                       const OperandNouns& nouns) {
+  const std::int64_t outputs = filter.dim_size(0);
+  if (alpha.dim_size(0) != outputs || bias.dim_size(0) != outputs) {
+    return tensorflow::errors::InvalidArgument(
+        op, ": alpha and bias must have one value per ", nouns.output, " (", outputs, "), got ",
+        alpha.dim_size(0), " and ", bias.dim_size(0));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tf_adapter
