@@ -1,34 +1,41 @@
 // AVX2 conv driver with output channels in vector lanes (the default for convs with at least
-// a few dozen output pixels): the filter is transposed once per call into 16-channel blocks
-// (one pass over it, cheaper than it saves), patches are copied pixel-major (whole kernel rows
-// at a time, no gathers), and the output stage writes 8 contiguous NHWC channels per store.
-// SAME borders use the same correction as the pixel-lane driver: a padded tap has patch bits
+// a few dozen output pixels): the filter is transposed once per call (or once ever, with a
+// PreparedConv2DFilter) into 16-channel blocks; the input is sign-packed into a zero-padded
+// planar image that the tiles read in place (no im2col: a receptive field is a fixed list of
+// runs from its corner, see gemm_tile_runs_x16); the output stage is fused into each tile and
+// writes 8 contiguous NHWC channels per store.
+// SAME borders use the same correction as the pixel-lane driver: a padded tap has input bits
 // 0, and the output stage subtracts popcount(w[c, tap]) for each padded tap of the pixel.
-// Both operands are nibble-planar (xnor_gemm_avx2.h): packed word k of a pixel or filter row
-// becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand (the
-// input right after sign packing, the filter in the transpose), so the microkernel's inner
-// step needs 6 vector ops per 256 data bits instead of 8.
+// Both operands are nibble-planar (xnor_gemm_tile_avx2.h): packed word k of a pixel or filter
+// row becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand
+// (the input right after sign packing, the filter in the transpose), so the microkernel's
+// inner step needs 6 vector ops per 256 data bits instead of 8.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-#include "custom_ops/core/xnor_gemm_avx2.h"
+#include "custom_ops/core/xnor_gemm_tile_avx2.h"
 #include "custom_ops/core/xnor_kernels.h"
 
 namespace keras_xnor {
 namespace internal {
 namespace {
 
-constexpr int kBlock = 16;    // pixels per im2col block
+constexpr int kBlock = 16;    // pixels per block (large outputs)
 constexpr int kLanes = 16;    // channels per weight block (two vectors)
 constexpr int kMaxTaps = 11 * 11;
 
+// A block of consecutive output pixels (flattened n, oh, ow): per pixel, the corner of its
+// receptive field in the padded planar input, K, the number of real products, and the taps
+// that fall in the padding.
 struct PixelBlock {
   std::int64_t first = 0;
   int count = 0;
-  float k[kBlock];
+  const std::uint32_t* base[kBlock];
+  std::int64_t corner[kBlock];  // padded pixel index of the receptive field's corner
+  alignas(32) float k[kBlock + 8];
   std::int32_t n_valid[kBlock];
   int padded_taps[kBlock];
   unsigned char padded_tap[kBlock][kMaxTaps];
@@ -144,6 +151,151 @@ void transpose_filter_block(const Conv2DShape& s, const std::uint32_t* filter, s
   }
 }
 
+
+// Per-call geometry of the padded planar input, for describe_block.
+struct InputGeometry {
+  int hp = 0, wp = 0, words = 0;
+  const std::uint32_t* planar = nullptr;
+  const float* mean_pad = nullptr;  // null without K
+  const int* row_valid = nullptr;   // [out_h]: kernel rows inside the input
+  const int* col_valid = nullptr;   // [out_w]: kernel columns inside the input
+  bool gather_ok = false;           // padded pixel indices fit 32-bit gather offsets
+};
+
+// Fills `blk` for pixels [first, first + count). K sums the padded mean |x| over all taps in
+// (kh, kw) order: padded taps add +0.0, so the sum equals the sum over the valid taps.
+void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t first, int count,
+                    PixelBlock* blk) {
+  blk->first = first;
+  blk->count = count;
+  const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
+  std::int64_t img = first / hw;
+  const int rem = static_cast<int>(first % hw);
+  int oh = rem / s.out_w, ow = rem % s.out_w;
+  const int taps = s.k_h * s.k_w;
+  // Runs of pixels with contiguous corners (same output row, stride 1) take plain loads for K.
+  bool k_rows[kBlock / 8 + 1] = {};
+  for (int j = 0; j < count; ++j) {
+    if ((j & 7) == 0) k_rows[j >> 3] = s.stride_w == 1 && ow + std::min(8, count - j) <= s.out_w;
+    const int r0 = oh * s.stride_h, c0 = ow * s.stride_w;  // padded coordinates
+    const std::int64_t corner = (img * g.hp + r0) * g.wp + c0;
+    blk->base[j] = g.planar + corner * g.words;
+    blk->corner[j] = corner;
+    const int valid = g.row_valid[oh] * g.col_valid[ow];
+    int npad = 0;
+    if (valid != taps) {
+      for (int i = 0; i < s.k_h; ++i) {
+        const int r = r0 + i * s.dilation_h - s.pad_top;
+        for (int q = 0; q < s.k_w; ++q) {
+          const int c = c0 + q * s.dilation_w - s.pad_left;
+          if (r < 0 || r >= s.in_h || c < 0 || c >= s.in_w) {
+            blk->padded_tap[j][npad++] = static_cast<unsigned char>(i * s.k_w + q);
+          }
+        }
+      }
+    }
+    blk->padded_taps[j] = npad;
+    blk->n_valid[j] = valid * s.in_c;
+    if (++ow == s.out_w) {
+      ow = 0;
+      if (++oh == s.out_h) {
+        oh = 0;
+        ++img;
+      }
+    }
+  }
+  if (g.mean_pad == nullptr) {
+    for (int j = 0; j < count; ++j) blk->k[j] = 1.0f;
+    return;
+  }
+  // Eight pixels at a time (lanes past `count` repeat the last pixel), the same (kh, kw)
+  // summation order in every lane as a scalar loop.
+  const __m256 divisor = _mm256_set1_ps(static_cast<float>(taps));
+  for (int j0 = 0; j0 < count; j0 += 8) {
+    __m256 ksum = _mm256_setzero_ps();
+    if (k_rows[j0 >> 3] && count - j0 >= 8) {
+      const float* m0 = g.mean_pad + blk->corner[j0];
+      for (int i = 0; i < s.k_h; ++i) {
+        const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+        for (int q = 0; q < s.k_w; ++q) ksum = _mm256_add_ps(ksum, _mm256_loadu_ps(m + q * s.dilation_w));
+      }
+    } else if (g.gather_ok) {
+      alignas(32) std::int32_t idx[8];
+      for (int j = 0; j < 8; ++j) idx[j] = static_cast<std::int32_t>(blk->corner[std::min(j0 + j, count - 1)]);
+      const __m256i vidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx));
+      for (int i = 0; i < s.k_h; ++i) {
+        const float* m = g.mean_pad + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+        for (int q = 0; q < s.k_w; ++q) ksum = _mm256_add_ps(ksum, _mm256_i32gather_ps(m + q * s.dilation_w, vidx, 4));
+      }
+    } else {
+      alignas(32) float sums[8];
+      for (int j = 0; j < 8; ++j) {
+        const float* m0 = g.mean_pad + blk->corner[std::min(j0 + j, count - 1)];
+        float sum = 0.0f;
+        for (int i = 0; i < s.k_h; ++i) {
+          const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+          for (int q = 0; q < s.k_w; ++q) sum += m[q * s.dilation_w];
+        }
+        sums[j] = sum;
+      }
+      ksum = _mm256_load_ps(sums);
+    }
+    _mm256_store_ps(blk->k + j0, _mm256_div_ps(ksum, divisor));
+  }
+}
+
+// What the output stage needs for one 16-channel block.
+struct OutputStage {
+  __m256 alpha0, alpha1, bias0, bias1;
+  __m256i store0, store1;  // lane masks for a partial last block
+  bool full, use_k, relu, has_bias;
+  const std::int32_t* tap_pop;  // + oc0; row stride oc_pad
+  int oc_pad;
+  float* out;  // pixel blk.first, channel oc0
+  int out_c;
+};
+
+// out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + NP - 1 of the block, from the
+// tile's popcounts: dot = n_valid - 2 * (pop - sum of the padded taps' weight popcounts).
+template <int NP>
+__attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, const PixelBlock& blk,
+                                                       int q0, const OutputStage& st) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < NP; ++i) {
+    const int j = q0 + i;
+    __m256i p0 = tp.pop[i][0], p1 = tp.pop[i][1];
+    for (int e = 0; e < blk.padded_taps[j]; ++e) {
+      const std::int32_t* t = st.tap_pop + blk.padded_tap[j][e] * st.oc_pad;
+      p0 = _mm256_sub_epi32(p0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
+      p1 = _mm256_sub_epi32(p1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8)));
+    }
+    const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
+    __m256 r0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p0, p0))), st.alpha0);
+    __m256 r1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p1, p1))), st.alpha1);
+    if (st.use_k) {
+      const __m256 kv = _mm256_set1_ps(blk.k[j]);
+      r0 = _mm256_mul_ps(r0, kv);
+      r1 = _mm256_mul_ps(r1, kv);
+    }
+    if (st.has_bias) {
+      r0 = _mm256_add_ps(r0, st.bias0);
+      r1 = _mm256_add_ps(r1, st.bias1);
+    }
+    if (st.relu) {
+      r0 = _mm256_max_ps(r0, zero);
+      r1 = _mm256_max_ps(r1, zero);
+    }
+    float* out = st.out + static_cast<std::int64_t>(j) * st.out_c;
+    if (st.full) {
+      _mm256_storeu_ps(out, r0);
+      _mm256_storeu_ps(out + 8, r1);
+    } else {
+      _mm256_maskstore_ps(out, st.store0, r0);
+      _mm256_maskstore_ps(out + 8, st.store1, r1);
+    }
+  }
+}
+
 }  // namespace
 
 void prepare_channel_lanes_filter_avx2(const Conv2DShape& s, const PackedWord* filter,
@@ -175,7 +327,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int packed = packed_words(s.in_c);  // packed words per pixel / tap
   const int words = 2 * packed;               // planar words per pixel / tap
   const int taps = s.k_h * s.k_w;
-  const int kw = taps * words;                // planar words per patch / filter row
+  const int kw = taps * words;                // planar words per receptive field / filter row
   const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
   const int oc_pad = blocks16 * kLanes;
   const bool same = s.padding == Padding::kSame;
@@ -198,29 +350,128 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
     bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : 0.0f;
   }
-  // One parallel pass: units [0, pack_units) sign-pack 64 input pixels each, the rest (none
-  // with a prepared filter) transpose one 16-channel filter block each.
-  constexpr int kPackRows = 64;
-  const std::int64_t in_pixels = static_cast<std::int64_t>(s.batch) * s.in_h * s.in_w;
+
+  // The input, sign-packed into nibble planes, in a zero-padded image [batch][hp][wp][words]
+  // (hp, wp: the input plus TensorFlow's SAME padding), so every receptive field is a fixed
+  // pattern of runs from its corner and the tiles read it in place. A padded tap then has
+  // bits 0 (+1), and the output stage subtracts its weight popcount (per-tap tap_pop): it
+  // contributes 0 to the dot. mean |x| (for K) gets the same zero border.
+  const int pad_h = same ? std::max((s.out_h - 1) * s.stride_h + (s.k_h - 1) * s.dilation_h + 1 - s.in_h, 0) : 0;
+  const int pad_w = same ? std::max((s.out_w - 1) * s.stride_w + (s.k_w - 1) * s.dilation_w + 1 - s.in_w, 0) : 0;
+  const int hp = s.in_h + pad_h, wp = s.in_w + pad_w;
+  const std::int64_t padded_pixels = static_cast<std::int64_t>(s.batch) * hp * wp;
   auto* planar = static_cast<std::uint32_t*>(
-      thread_scratch(static_cast<std::size_t>(in_pixels) * words * 4, kScratchPlanar));
-  const std::int64_t pack_units = (in_pixels + kPackRows - 1) / kPackRows;
+      thread_scratch(static_cast<std::size_t>(padded_pixels) * words * 4, kScratchPlanar));
+  float* mean_pad = mean_abs != nullptr
+                        ? static_cast<float*>(thread_scratch(
+                              static_cast<std::size_t>(padded_pixels) * 4, kScratchMeanAbsPadded))
+                        : nullptr;
+
+  // One parallel pass: units [0, pack_units) each pack one input row (and zero the border
+  // around it), the rest (none with a prepared filter) transpose one 16-channel filter block.
+  const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
   const std::int64_t filter_units = prepared ? 0 : blocks16;
-  const std::int64_t unit_cost = (static_cast<std::int64_t>(kPackRows) * s.in_c * 2 * pack_units +
+  const std::int64_t unit_cost = (static_cast<std::int64_t>(s.in_w) * s.in_c * 2 * pack_units +
                                   static_cast<std::int64_t>(kw) * kLanes * 2 * filter_units) /
                                  (pack_units + filter_units);
+  const int pad_top = s.pad_top, pad_left = s.pad_left;
+  const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
   parallel_for(pack_units + filter_units, unit_cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t unit = begin; unit < end; ++unit) {
-      if (unit < pack_units) {
-        const std::int64_t r0 = unit * kPackRows, r1 = std::min(in_pixels, (unit + 1) * kPackRows);
-        pack_rows_range_avx2(a.input, r0, r1, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs);
-        make_nibble_planes(bits + r0 * packed, (r1 - r0) * packed, planar + r0 * words);
+      if (unit >= pack_units) {
+        transpose_filter_block(s, filter, unit - pack_units, scratch,
+                               same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
         continue;
       }
-      transpose_filter_block(s, filter, unit - pack_units, scratch,
-                             same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
+      const std::int64_t n = unit / s.in_h;
+      const int ih = static_cast<int>(unit % s.in_h);
+      const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
+      std::uint32_t* dst = planar + prow * words;
+      std::uint32_t* tmp = bits + unit * s.in_w * packed;
+      pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c,
+                           reinterpret_cast<PackedWord*>(tmp),
+                           mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
+      make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed, dst + pad_left * words);
+      if (pad_h == 0 && pad_w == 0) continue;
+      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * words * 4);
+      std::memset(dst + (pad_left + s.in_w) * words, 0, static_cast<std::size_t>(pad_right) * words * 4);
+      if (mean_pad != nullptr) {
+        for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
+        for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
+      }
+      // The first and last rows of an image also clear the padding rows above / below.
+      if (ih == 0) {
+        std::memset(planar + n * hp * wp * words, 0, static_cast<std::size_t>(pad_top) * wp * words * 4);
+        if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
+      }
+      if (ih == s.in_h - 1) {
+        const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
+        std::memset(planar + z0 * wp * words, 0, static_cast<std::size_t>(pad_bottom) * wp * words * 4);
+        if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
+      }
     }
   });
+
+  // The k sequence of a receptive field as runs from its corner: one run per kernel row when
+  // the taps of a row are adjacent (dilation_w 1), else one per tap; split so that at most 63
+  // steps pass between widenings.
+  const bool row_runs = s.dilation_w == 1;
+  const int seg_len = row_runs ? s.k_w * words : words;
+  const int segs = row_runs ? s.k_h : taps;
+  const int max_runs = segs + kw / 63 + 2;
+  auto* runs = static_cast<Run*>(thread_scratch(
+      static_cast<std::size_t>(max_runs) * sizeof(Run) + (static_cast<std::size_t>(s.out_h) + s.out_w) * sizeof(int),
+      kScratchRuns));
+  int nruns = 0;
+  {
+    int group = 0;
+    for (int g = 0; g < segs; ++g) {
+      const int i = row_runs ? g : g / s.k_w, q = row_runs ? 0 : g % s.k_w;
+      std::int64_t offset = (static_cast<std::int64_t>(i) * s.dilation_h * wp + q * s.dilation_w) * words;
+      int left = seg_len;
+      while (left > 0) {
+        const int n = std::min(left, 63 - group);
+        runs[nruns++] = Run{offset, n, false};
+        offset += n;
+        left -= n;
+        group += n;
+        if (group == 63) {
+          runs[nruns - 1].widen_after = true;
+          group = 0;
+        }
+      }
+    }
+    runs[nruns - 1].widen_after = true;
+  }
+
+  // How many kernel rows (columns) of each output row (column) fall inside the input.
+  int* row_valid = reinterpret_cast<int*>(runs + max_runs);
+  int* col_valid = row_valid + s.out_h;
+  for (int oh = 0; oh < s.out_h; ++oh) {
+    int v = 0;
+    for (int i = 0; i < s.k_h; ++i) {
+      const int r = oh * s.stride_h + i * s.dilation_h - s.pad_top;
+      v += r >= 0 && r < s.in_h;
+    }
+    row_valid[oh] = v;
+  }
+  for (int ow = 0; ow < s.out_w; ++ow) {
+    int v = 0;
+    for (int q = 0; q < s.k_w; ++q) {
+      const int c = ow * s.stride_w + q * s.dilation_w - s.pad_left;
+      v += c >= 0 && c < s.in_w;
+    }
+    col_valid[ow] = v;
+  }
+  InputGeometry geo;
+  geo.hp = hp;
+  geo.wp = wp;
+  geo.words = words;
+  geo.planar = planar;
+  geo.mean_pad = mean_pad;
+  geo.row_valid = row_valid;
+  geo.col_valid = col_valid;
+  geo.gather_ok = padded_pixels < (std::int64_t{1} << 31);
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   // Few pixels: one-quad blocks, so every task costs the same (with 16-pixel blocks, 49 pixels
@@ -228,16 +479,14 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int block_pixels = total < 512 ? 4 : kBlock;
   const ConvTiling tiling = plan_conv_tiling(s, block_pixels, kLanes);
   const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * kw;
-  const int span_w = (s.k_w - 1) * s.dilation_w;
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
   const bool use_k = a.use_k, relu = a.relu, has_bias = a.bias != nullptr;
   float* const output = a.output;
   const int out_c = s.out_c;
-  parallel_for(tiling.tasks, cost, [&, use_k, relu, has_bias, output, out_c](std::int64_t begin, std::int64_t end) {
-    const __m256 zero = _mm256_setzero_ps();
-    auto* patches = static_cast<std::uint32_t*>(
-        thread_scratch(static_cast<std::size_t>(kBlock) * kw * 4, kScratchPatches));
-    auto* pops = static_cast<std::int32_t*>(thread_scratch(kBlock * kLanes * 4, kScratchTile));
+  const Run* const run_list = runs;
+  const int run_count = nruns;
+  parallel_for(tiling.tasks, cost, [&, use_k, relu, has_bias, output, out_c, run_list, run_count](
+                                       std::int64_t begin, std::int64_t end) {
     PixelBlock blk;
     std::int64_t cached = -1;
     for (std::int64_t t = begin; t < end; ++t) {
@@ -245,115 +494,45 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
         cached = bi;
-        blk.first = bi * block_pixels;
-        blk.count = static_cast<int>(std::min<std::int64_t>(block_pixels, total - blk.first));
-        const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
-        std::int64_t img = blk.first / hw;
-        int rem = static_cast<int>(blk.first % hw);
-        int oh = rem / s.out_w, ow = rem % s.out_w;
-        const int row_words = s.k_w * words;
-        const bool rows_contiguous = s.dilation_w == 1;
-        for (int j = 0; j < blk.count; ++j) {
-          const int ih0 = oh * s.stride_h - s.pad_top, iw0 = ow * s.stride_w - s.pad_left;
-          const bool cols_ok = iw0 >= 0 && iw0 + span_w < s.in_w;
-          std::uint32_t* prow = patches + static_cast<std::int64_t>(j) * kw;
-          float ksum = 0.0f;
-          int valid = 0, npad = 0, k = 0;
-          for (int i = 0; i < s.k_h; ++i, k += row_words) {
-            const int ih = ih0 + i * s.dilation_h;
-            const bool row_ok = ih >= 0 && ih < s.in_h;
-            const std::int64_t row_pix = (img * s.in_h + ih) * s.in_w;
-            if (row_ok && cols_ok && rows_contiguous) {
-              // The k_w taps of this kernel row are adjacent input pixels: one block copy.
-              // May over-read/over-write by < 8 words: the planar input and the patch
-              // buffer have >= 64 bytes of slack, and later writes fix the patch overlap.
-              const std::uint32_t* src = planar + (row_pix + iw0) * words;
-              for (int w = 0; w < row_words; w += 8) {
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + k + w),
-                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + w)));
-              }
-              if (mean_abs != nullptr) {
-                const float* m = mean_abs + row_pix + iw0;
-                for (int q = 0; q < s.k_w; ++q) ksum += m[q];
-              }
-              valid += s.k_w;
-              continue;
-            }
-            for (int q = 0; q < s.k_w; ++q) {
-              const int iw = iw0 + q * s.dilation_w;
-              std::uint32_t* dst = prow + k + q * words;
-              if (row_ok && iw >= 0 && iw < s.in_w) {
-                const std::uint32_t* src = planar + (row_pix + iw) * words;
-                for (int w = 0; w < words; ++w) dst[w] = src[w];
-                if (mean_abs != nullptr) ksum += mean_abs[row_pix + iw];
-                ++valid;
-              } else {
-                for (int w = 0; w < words; ++w) dst[w] = 0;
-                blk.padded_tap[j][npad++] = static_cast<unsigned char>(i * s.k_w + q);
-              }
-            }
-          }
-          blk.k[j] = mean_abs != nullptr ? ksum / static_cast<float>(taps) : 1.0f;
-          blk.n_valid[j] = valid * s.in_c;
-          blk.padded_taps[j] = npad;
-          if (++ow == s.out_w) {
-            ow = 0;
-            if (++oh == s.out_h) {
-              oh = 0;
-              ++img;
-            }
-          }
-        }
+        describe_block(s, geo, bi * block_pixels,
+                       static_cast<int>(std::min<std::int64_t>(block_pixels, total - bi * block_pixels)), &blk);
       }
       const int oc_begin = chunk * tiling.oc_chunk;
-      const int oc_end = std::min(s.out_c, oc_begin + tiling.oc_chunk);
+      const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);
       for (int oc0 = oc_begin; oc0 < oc_end; oc0 += kLanes) {
         const std::uint32_t* wblock = wt + static_cast<std::int64_t>(oc0 / kLanes) * kw * kLanes;
-        const __m256 alpha0 = _mm256_loadu_ps(alpha + oc0), alpha1 = _mm256_loadu_ps(alpha + oc0 + 8);
-        const __m256 bias0 = _mm256_loadu_ps(bias + oc0), bias1 = _mm256_loadu_ps(bias + oc0 + 8);
-        // Channels past out_c (the last block) are computed and not stored.
-        const bool full = oc0 + kLanes <= out_c;
+        OutputStage st;
+        st.alpha0 = _mm256_loadu_ps(alpha + oc0);
+        st.alpha1 = _mm256_loadu_ps(alpha + oc0 + 8);
+        st.bias0 = _mm256_loadu_ps(bias + oc0);
+        st.bias1 = _mm256_loadu_ps(bias + oc0 + 8);
+        st.full = oc0 + kLanes <= out_c;
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const __m256i store0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0), lane);
-        const __m256i store1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0 - 8), lane);
-        // All quads of the block in one call (the patch buffer holds whole quads).
-        xnor_gemm_4x16_rows_avx2(patches, kw, (blk.count + 3) / 4, kw, wblock, pops);
-        for (int q0 = 0; q0 < blk.count; q0 += 4) {
-          const int np = std::min(4, blk.count - q0);
-          for (int i = 0; i < np; ++i) {
-            const int j = q0 + i;
-            float* out = output + (blk.first + j) * out_c + oc0;
-            const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
-            const __m256 kv = _mm256_set1_ps(blk.k[j]);
-            __m256i p0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16));
-            __m256i p1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pops + j * 16 + 8));
-            for (int e = 0; e < blk.padded_taps[j]; ++e) {
-              const std::int32_t* tp = tap_pop + blk.padded_tap[j][e] * oc_pad + oc0;
-              p0 = _mm256_sub_epi32(p0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp)));
-              p1 = _mm256_sub_epi32(p1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + 8)));
-            }
-            __m256 r0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p0, p0))), alpha0);
-            __m256 r1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p1, p1))), alpha1);
-            if (use_k) {
-              r0 = _mm256_mul_ps(r0, kv);
-              r1 = _mm256_mul_ps(r1, kv);
-            }
-            if (has_bias) {
-              r0 = _mm256_add_ps(r0, bias0);
-              r1 = _mm256_add_ps(r1, bias1);
-            }
-            if (relu) {
-              r0 = _mm256_max_ps(r0, zero);
-              r1 = _mm256_max_ps(r1, zero);
-            }
-            if (full) {
-              _mm256_storeu_ps(out, r0);
-              _mm256_storeu_ps(out + 8, r1);
-            } else {
-              _mm256_maskstore_ps(out, store0, r0);
-              _mm256_maskstore_ps(out + 8, store1, r1);
-            }
-          }
+        st.store0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0), lane);
+        st.store1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0 - 8), lane);
+        st.use_k = use_k;
+        st.relu = relu;
+        st.has_bias = has_bias;
+        st.tap_pop = tap_pop + oc0;
+        st.oc_pad = oc_pad;
+        st.out = output + blk.first * out_c + oc0;
+        st.out_c = out_c;
+        int q0 = 0;
+        for (; q0 + 4 <= blk.count; q0 += 4) {
+          finish_tile<4>(gemm_tile_runs_x16<4>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+        }
+        switch (blk.count - q0) {
+          case 3:
+            finish_tile<3>(gemm_tile_runs_x16<3>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            break;
+          case 2:
+            finish_tile<2>(gemm_tile_runs_x16<2>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            break;
+          case 1:
+            finish_tile<1>(gemm_tile_runs_x16<1>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            break;
+          default:
+            break;
         }
       }
     }

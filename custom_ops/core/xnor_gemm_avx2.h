@@ -9,7 +9,8 @@
 //   pops     int32 [NR][16]: pops[j * 16 + i] = popcount over k for pixel lane i, channel j.
 // Popcount: vpshufb nibble LUT into byte accumulators, widened to int32 every 31 words (each
 // step adds at most 8 to a byte, 31 * 8 = 248 < 256). Reads exactly kw rows of 16 words.
-// (The 4x16 channel-lane kernels take nibble-planar operands instead, see below.)
+// (The channel-lane driver has its own nibble-planar tile, gemm_tile_runs_x16 in
+// xnor_gemm_tile_avx2.h, inlined into its fused output stage.)
 #ifndef KERAS_XNOR_CORE_XNOR_GEMM_AVX2_H_
 #define KERAS_XNOR_CORE_XNOR_GEMM_AVX2_H_
 
@@ -24,22 +25,6 @@ void xnor_gemm_16x4_avx2(const std::uint32_t* patches, int kw,
 // 8 pixels (one vector) x 8 channels: blocks of at most 8 pixels (small outputs, tails).
 void xnor_gemm_8x8_avx2(const std::uint32_t* patches, int kw,
                         const std::uint32_t* const* weights, std::int32_t* pops);
-
-// Channel lanes, 4 pixels x 16 channels, NIBBLE-PLANAR operands: every byte of every word
-// holds 4 data bits in its low nibble (high nibble 0): packed word x becomes the two planar
-// words x & 0x0f0f0f0f and (x >> 4) & 0x0f0f0f0f (any fixed mapping works as long as both
-// operands use it; the driver puts them at 2k and 2k + 1). pixel_rows[i] points to kw planar patch words of pixel i (pixel-major
-// im2col, any alignment, read with broadcasts); weights is uint32 [kw][16], 32-byte aligned,
-// channel j of the 16-channel block at weights[k * 16 + j] (transposed filter, same planar
-// mapping). pops int32 [4][16]: pops[i * 16 + j] for pixel i, channel j. Byte accumulators
-// are widened every 63 words (each word adds at most 4 to a byte).
-void xnor_gemm_4x16_avx2(const std::uint32_t* const* pixel_rows, int kw,
-                         const std::uint32_t* weights, std::int32_t* pops);
-
-// `quads` consecutive 4x16 tiles over pixel rows rows + i * stride (i < 4 * quads, all
-// readable), pops int32 [quads][4][16]. Saves the per-call setup for short kw.
-void xnor_gemm_4x16_rows_avx2(const std::uint32_t* rows, std::int64_t stride, int quads, int kw,
-                              const std::uint32_t* weights, std::int32_t* pops);
 
 // Dense layer at small batch: pops[j] = popcount(x XOR weights[j]) over `words` words, j < 4.
 // Reads exactly `words` words of x and of each weight row (any alignment).

@@ -145,61 +145,106 @@ inline void gemm_tile_8x8(const std::uint32_t* patches, int kw,
   "vpshufb %[t1], %[lut], %[t1]\n\t"       \
   "vpaddb %[t1], " acc ", " acc "\n\t"
 
-// 4 pixels x 16 channels (channel lanes), nibble-planar operands: weights [kw][16] vectors,
-// patch words broadcast from four pixel rows. Every byte of both operands is < 16, so each
-// step adds at most 4 to a byte accumulator: widened every 63 steps (63 * 4 = 252 < 256).
-inline void gemm_tile_4x16(const std::uint32_t* const* pixel_rows, int kw,
-                           const std::uint32_t* weights, std::int32_t* pops) {
+// Channel-lane tile: NP <= 4 output pixels x 16 output channels, nibble-planar operands.
+// The k sequence of a pixel is a list of runs (Run): `length` consecutive planar words starting
+// `offset` words past the pixel's base pointer (its receptive field's corner in the padded
+// planar input), so the tile reads the input image in place, no im2col. The weights are one
+// 16-channel block, uint32 [k][16], 32-byte aligned, in the same k order as the runs.
+// Every byte of both operands is < 16, so each step adds at most 4 to a byte accumulator: a
+// run has widen_after set at least every 63 steps (63 * 4 = 252 < 256), where the byte
+// accumulators are widened into the int32 sums.
+struct Run {
+  std::int64_t offset;  // planar words from the pixel base
+  int length;           // steps (planar words), >= 1
+  bool widen_after;
+};
+
+// int32 popcounts of NP pixels x 16 channels: pop[j][0] channels 0-7, pop[j][1] 8-15.
+template <int NP>
+struct TilePops {
+  __m256i pop[NP][2];
+};
+
+#define KX_TILE_PIXEL(J)                                                                     \
+  "vpbroadcastd (%[p" #J "], %[off]), %[w]\n\t"                                              \
+  KX_XOR_POP_ACC_PLANAR("%[b0]", "%[c" #J "0]") KX_XOR_POP_ACC_PLANAR("%[b1]", "%[c" #J "1]")
+#define KX_TILE_HEAD        \
+  "1:\n\t"                  \
+  "vmovdqa (%[wk]), %[b0]\n\t" \
+  "vmovdqa 32(%[wk]), %[b1]\n\t"
+// A negative byte offset counts up to 0 and indexes the pixel rows from their run ends, so the
+// loop overhead is two adds and a fused jnz.
+#define KX_TILE_TAIL     \
+  "add $64, %[wk]\n\t"   \
+  "add $4, %[off]\n\t"   \
+  "jnz 1b\n\t"
+#define KX_TILE_COMMON_OUT                                                                   \
+  [b0] "=&x"(b0), [b1] "=&x"(b1), [w] "=&x"(wv), [t1] "=&x"(t1), [wk] "+r"(wk), [off] "+r"(off)
+
+template <int NP>
+__attribute__((always_inline)) inline TilePops<NP> gemm_tile_runs_x16(
+    const std::uint32_t* const* base, const Run* runs, int nruns, const std::uint32_t* weights) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const std::uint32_t *p0 = pixel_rows[0], *p1 = pixel_rows[1], *p2 = pixel_rows[2],
-                      *p3 = pixel_rows[3];
-  for (int k0 = 0; k0 < kw; k0 += 63) {
-    const int k1 = std::min(kw, k0 + 63);
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    // The whole k loop is one asm block: a negative byte offset counts up to 0 and indexes the
-    // four pixel rows from their ends, so the loop overhead is two adds and a fused jnz (the
-    // step's 30 vector ops are then within the 6 macro-ops per cycle dispatch width).
-    const std::uint32_t* wk = weights + static_cast<std::int64_t>(k0) * 16;
-    std::int64_t off = -4 * static_cast<std::int64_t>(k1 - k0);
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  TilePops<NP> out;
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+  __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  bool first = true;
+  const std::uint32_t* wk = weights;
+  for (int r = 0; r < nruns; ++r) {
+    const Run run = runs[r];
+    std::int64_t off = -4 * static_cast<std::int64_t>(run.length);
+    const std::int64_t end = run.offset + run.length;
     __m256i b0, b1, wv, t1;
-    __asm__(
-        "1:\n\t"
-        "vmovdqa (%[wk]), %[b0]\n\t"
-        "vmovdqa 32(%[wk]), %[b1]\n\t"
-        "vpbroadcastd (%[p0], %[off]), %[w]\n\t"
-        KX_XOR_POP_ACC_PLANAR("%[b0]", "%[c00]") KX_XOR_POP_ACC_PLANAR("%[b1]", "%[c01]")
-        "vpbroadcastd (%[p1], %[off]), %[w]\n\t"
-        KX_XOR_POP_ACC_PLANAR("%[b0]", "%[c10]") KX_XOR_POP_ACC_PLANAR("%[b1]", "%[c11]")
-        "vpbroadcastd (%[p2], %[off]), %[w]\n\t"
-        KX_XOR_POP_ACC_PLANAR("%[b0]", "%[c20]") KX_XOR_POP_ACC_PLANAR("%[b1]", "%[c21]")
-        "vpbroadcastd (%[p3], %[off]), %[w]\n\t"
-        KX_XOR_POP_ACC_PLANAR("%[b0]", "%[c30]") KX_XOR_POP_ACC_PLANAR("%[b1]", "%[c31]")
-        "add $64, %[wk]\n\t"
-        "add $4, %[off]\n\t"
-        "jnz 1b\n\t"
-        : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
-          [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
-          [b0] "=&x"(b0), [b1] "=&x"(b1), [w] "=&x"(wv), [t1] "=&x"(t1), [wk] "+r"(wk),
-          [off] "+r"(off)
-        : [p0] "r"(p0 + k1), [p1] "r"(p1 + k1), [p2] "r"(p2 + k1), [p3] "r"(p3 + k1),
-          [lut] "x"(lut)
-        : "cc", "memory");
-    const bool first = k0 == 0;
-    store_or_add(pops + 0 * 16, widen_bytes_to_int32(c00), first);
-    store_or_add(pops + 0 * 16 + 8, widen_bytes_to_int32(c01), first);
-    store_or_add(pops + 1 * 16, widen_bytes_to_int32(c10), first);
-    store_or_add(pops + 1 * 16 + 8, widen_bytes_to_int32(c11), first);
-    store_or_add(pops + 2 * 16, widen_bytes_to_int32(c20), first);
-    store_or_add(pops + 2 * 16 + 8, widen_bytes_to_int32(c21), first);
-    store_or_add(pops + 3 * 16, widen_bytes_to_int32(c30), first);
-    store_or_add(pops + 3 * 16 + 8, widen_bytes_to_int32(c31), first);
+    if constexpr (NP == 4) {
+      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_PIXEL(3)
+                  KX_TILE_TAIL
+              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+                KX_TILE_COMMON_OUT
+              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
+                [p3] "r"(base[3] + end), [lut] "x"(lut)
+              : "cc", "memory");
+    } else if constexpr (NP == 3) {
+      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_TAIL
+              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                [c20] "+x"(c20), [c21] "+x"(c21), KX_TILE_COMMON_OUT
+              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
+                [lut] "x"(lut)
+              : "cc", "memory");
+    } else if constexpr (NP == 2) {
+      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_TAIL
+              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                KX_TILE_COMMON_OUT
+              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [lut] "x"(lut)
+              : "cc", "memory");
+    } else {
+      static_assert(NP == 1, "NP is 1..4");
+      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_TAIL
+              : [c00] "+x"(c00), [c01] "+x"(c01), KX_TILE_COMMON_OUT
+              : [p0] "r"(base[0] + end), [lut] "x"(lut)
+              : "cc", "memory");
+    }
+    if (!run.widen_after) continue;
+    const __m256i acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    for (int j = 0; j < NP; ++j) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_madd_epi16(_mm256_maddubs_epi16(acc[j][h], ones8), ones16);
+        out.pop[j][h] = first ? v : _mm256_add_epi32(out.pop[j][h], v);
+      }
+    }
+    first = false;
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
   }
-  if (kw <= 0) {
-    for (int i = 0; i < 4 * 16; i += 8) store_or_add(pops + i, _mm256_setzero_si256(), true);
-  }
+  return out;
 }
+
+#undef KX_TILE_PIXEL
+#undef KX_TILE_HEAD
+#undef KX_TILE_TAIL
+#undef KX_TILE_COMMON_OUT
 
 #undef KX_XOR_POP_ACC_PLANAR
 #undef KX_XOR_POP_ACC
