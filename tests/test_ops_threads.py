@@ -2,9 +2,10 @@
 
 TensorFlow fixes its intra-op thread pool when its context starts, so each configuration runs
 in a fresh subprocess (test_ops.py reads KERAS_XNOR_TEST_INTRA_OP_THREADS before using TF).
-KERAS_XNOR_TF_FIXED_BLOCK_SIZE=1 makes the TF adapter hand the core one unit of work per
-block instead of TF's cost-model blocks, so the 2-thread run really splits every kernel call
-into many concurrent ranges; results must stay bit-identical to the single-thread oracle.
+Two threads run twice: with the adapter's default chunking (the caller and a pool thread take
+chunks from a shared counter), and with KERAS_XNOR_TF_FIXED_BLOCK_SIZE=1, which makes the
+adapter hand the core one unit of work per chunk, so every kernel call is split into many
+concurrent ranges. Results must stay bit-identical to the single-thread oracle.
 """
 
 import os
@@ -19,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.skipif(not ops.compiled_ops_available(), reason="compiled ops not built")
-@pytest.mark.parametrize("threads,block_size", [(1, None), (2, 1)])
+@pytest.mark.parametrize("threads,block_size", [(1, None), (2, None), (2, 1)])
 def test_op_sweeps_with_threads(threads, block_size):
     env = dict(os.environ)
     env["KERAS_XNOR_TEST_INTRA_OP_THREADS"] = str(threads)

@@ -2,22 +2,26 @@
 //
 // The adapters only validate and translate: tensors in, a core call, tensors out. Everything
 // here is glue, with no arithmetic on tensor values:
-//  * parallel_for_from(context) wraps TF's intra-op thread pool into the core's ParallelFor
-//    (custom_ops/core/parallel.h), so the kernels use the threads the user gave TF
+//  * parallel_for_from(context) runs the core's ParallelFor (custom_ops/core/parallel.h) on
+//    TF's intra-op thread pool, so the kernels use the threads the user gave TF
 //    (tf.config.threading.set_intra_op_parallelism_threads).
 //  * validation helpers that return readable messages, used both by the shape functions (at
 //    graph construction) and by the kernels (at run time, where shapes are finally known).
 //
 // Testing hook: when the environment variable KERAS_XNOR_TF_FIXED_BLOCK_SIZE is set to a
-// positive integer when the first op runs, work is split into blocks of that many units
-// instead of TF's cost model, so tests can force many small concurrent ranges.
+// positive integer when the first op runs, work is split into chunks of that many units
+// (even on one thread) instead of the default chunking, so tests can force many small ranges.
 #ifndef KERAS_XNOR_TF_TF_ADAPTER_H_
 #define KERAS_XNOR_TF_TF_ADAPTER_H_
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "custom_ops/core/parallel.h"
@@ -27,6 +31,13 @@
 
 namespace keras_xnor {
 namespace tf_adapter {
+
+// A spin-wait hint to the CPU (pause on x86).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 // Block size forced by KERAS_XNOR_TF_FIXED_BLOCK_SIZE, or 0 (use TF's cost model).
 inline std::int64_t forced_block_size() {
@@ -39,27 +50,69 @@ inline std::int64_t forced_block_size() {
   return block;
 }
 
-// The core's ParallelFor on top of the op's intra-op thread pool. The returned function
-// refers to the pool, which lives as long as the device: use it within Compute() only.
+// Shared state of one parallel_for_from call: units are handed out in chunks through an atomic
+// counter, so whichever thread is free takes the next chunk (the caller included).
+struct ParallelRun {
+  std::atomic<std::int64_t> next{0};      // next chunk to claim
+  std::atomic<std::int64_t> finished{0};  // chunks whose fn call has returned
+  std::int64_t chunks = 0, chunk_units = 0, units = 0;
+  const RangeFn* fn = nullptr;  // valid until finished == chunks (the caller waits for that)
+
+  // Claims and runs chunks until none is left.
+  void work() {
+    for (;;) {
+      const std::int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      const std::int64_t begin = c * chunk_units;
+      (*fn)(begin, std::min(units, begin + chunk_units));
+      finished.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+};
+
+// Work below this many cost units (the core's "simple operations") runs on the caller: waking a
+// pool thread costs more than it saves.
+inline constexpr std::int64_t kMinParallelCost = 20000;
+// Chunks per thread: enough for a late or slower thread to be balanced by the others.
+inline constexpr std::int64_t kChunksPerThread = 4;
+
+// The core's ParallelFor on top of the op's intra-op thread pool
+// (tf.config.threading.set_intra_op_parallelism_threads): the caller runs chunks itself and
+// NumThreads() - 1 pool closures join it, taking chunks from a shared counter. Compared with
+// the pool's own ParallelFor this starts work at once on the caller (no wake-up on the critical
+// path), keeps at most NumThreads() threads busy even when the caller is not a pool thread, and
+// a closure that starts after the last chunk was claimed just returns. Results do not depend on
+// the split (the core's contract). The returned function refers to the pool, which lives as
+// long as the device: use it within Compute() only.
 inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
   auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
   return [workers](std::int64_t n, std::int64_t cost_per_unit, const RangeFn& fn) {
     if (n <= 0) return;
-    using Params = tsl::thread::ThreadPool::SchedulingParams;
-    const std::int64_t block = forced_block_size();
-    if (workers == nullptr || workers->NumThreads() <= 1) {
-      if (block > 0) {
-        for (std::int64_t b = 0; b < n; b += block) fn(b, std::min(n, b + block));
-      } else {
-        fn(0, n);
-      }
+    const std::int64_t forced = forced_block_size();
+    const int threads = workers == nullptr ? 1 : workers->NumThreads();
+    const std::int64_t cost = std::max<std::int64_t>(cost_per_unit, 1);
+    if (forced == 0 && (threads <= 1 || n == 1 || cost * n < kMinParallelCost)) {
+      fn(0, n);
       return;
     }
-    const Params params = block > 0 ? Params::Fixed(block)
-                                    : Params::Adaptive(std::max<std::int64_t>(cost_per_unit, 1));
-    workers->ParallelFor(n, params, [&fn](std::int64_t begin, std::int64_t end) {
-      fn(begin, end);
-    });
+    auto run = std::make_shared<ParallelRun>();
+    run->units = n;
+    run->chunk_units =
+        forced > 0 ? forced : std::max<std::int64_t>(1, (n + threads * kChunksPerThread - 1) /
+                                                            (threads * kChunksPerThread));
+    run->chunks = (n + run->chunk_units - 1) / run->chunk_units;
+    run->fn = &fn;
+    const std::int64_t helpers = std::min<std::int64_t>(threads - 1, run->chunks - 1);
+    for (std::int64_t h = 0; h < helpers; ++h) workers->Schedule([run] { run->work(); });
+    run->work();
+    // Every chunk is claimed; wait for the ones other threads are still running.
+    for (int spins = 0; run->finished.load(std::memory_order_acquire) < run->chunks; ++spins) {
+      if (spins < 4096) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
   };
 }
 
