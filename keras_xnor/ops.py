@@ -1,10 +1,12 @@
 """TensorFlow front end of the compiled XNOR kernels, and their pure-TF twins.
 
 The compiled library ``keras_xnor/_ops/_keras_xnor_ops*.so`` (built from ``custom_ops/core``
-and ``custom_ops/tf`` by ``make ops``) registers three ops (names in :mod:`keras_xnor.spec`):
+and ``custom_ops/tf`` by ``make ops``) registers four ops (names in :mod:`keras_xnor.spec`):
 
 * ``KerasXnorPackBits``: float ``[..., C]`` -> int32 ``[..., ceil(C / 32)]`` sign bits
   (bit set = negative, channel ``c`` in bit ``c % 32`` of word ``c // 32``, sign(0) = +1).
+* ``KerasXnorPackFilter``: a Keras kernel ``[..., C, O]`` -> ``[O, ..., ceil(C / 32)]`` with
+  the same bits, cached per weight buffer so unchanged weights are packed once.
 * ``KerasXnorBinConv2D``: the XNOR-Net convolution of eq. 11 (Rastegari et al., 2016),
 
       I (*) W  ~=  (sign(I) (*) sign(W)) . K alpha  (+ bias, then ReLU if asked),
@@ -24,7 +26,8 @@ What this module offers:
   backward = the gradients of the layer's float simulation (so training with the op is
   exactly as training with the simulation).
 * Pure-TF twins of the ops, the oracle and the fallback where the library cannot run:
-  :func:`pack_bits_reference` (bit-identical), :func:`unpack_bits_reference`,
+  :func:`pack_bits_reference` and :func:`pack_filter_reference` (bit-identical),
+  :func:`unpack_bits_reference`,
   :func:`bin_conv2d_reference` and :func:`bin_dense_reference` (same integer dot, same float
   formula). They also define the gradients registered for the raw ops.
 
@@ -243,6 +246,39 @@ def pack_bits_reference(x):
     return packed
 
 
+def pack_filter(kernel, cache=True):
+    """Packs a Keras kernel for the compiled conv / dense ops (``KerasXnorPackFilter``).
+
+    The input-channel axis (second to last) is packed and the output axis (last) moves to the
+    front: HWIO ``[KH, KW, C, O]`` -> OHWI ``[O, KH, KW, ceil(C / 32)]``, ``[C, units]`` ->
+    ``[units, ceil(C / 32)]``. Equal to ``pack_bits(transpose(kernel, [r-1, 0, ..., r-2]))``
+    bit for bit. The op remembers its result per weight buffer: called again on the same
+    unchanged weights (a variable that was not assigned since, a constant) it returns the
+    packed tensor it made before instead of packing again, so inference packs each layer's
+    weights once. Set ``KERAS_XNOR_TF_WEIGHT_CACHE=0`` before the first call to turn this off
+    (needed only with TF1 reference variables or raw in-place ops such as ``InplaceUpdate``).
+
+    Args:
+        kernel: float tensor of rank >= 2, ``[..., C, O]``.
+        cache: False for weights that are new at every call (a training step's binarized
+            kernel): remembering them would only hold memory.
+
+    Returns:
+        int32 tensor ``[O, ..., ceil(C / 32)]``.
+    """
+    return load_ops().keras_xnor_pack_filter(_as_float32(kernel), cache=bool(cache))
+
+
+def pack_filter_reference(kernel):
+    """Pure-TF twin of :func:`pack_filter`, bit-identical, no compiled library needed."""
+    kernel = _as_float32(kernel)
+    rank = kernel.shape.rank
+    if rank is None or rank < 2:
+        raise ValueError("pack_filter_reference: kernel must have rank >= 2, got shape %s"
+                         % kernel.shape)
+    return pack_bits_reference(tf.transpose(kernel, [rank - 1] + list(range(rank - 1))))
+
+
 def unpack_bits_reference(packed, channels):
     """Inverse of packing: int32 ``[..., ceil(C / 32)]`` -> float32 ``[..., C]`` of -1 / +1.
 
@@ -365,7 +401,8 @@ def bin_conv2d(
 ):
     """XNOR convolution (eq. 11) with the compiled op, differentiated like ``simulation``.
 
-    Forward: the latent kernel is binarized and packed (HWIO -> OHWI, ``KerasXnorPackBits``),
+    Forward: the latent kernel is binarized and packed (HWIO -> OHWI, ``KerasXnorPackFilter``,
+    which packs unchanged weights only once),
     then ``KerasXnorBinConv2D`` computes ``dot * alpha * K + bias`` (ReLU if ``relu``), with
     ``inputs`` binarized inside the op and K computed from the same real-valued ``inputs``.
     Backward: the gradients of ``simulation(inputs, kernel, alpha, bias)`` (recomputed under a
@@ -406,7 +443,7 @@ def bin_conv2d(
     }
 
     def forward(x, k, a, b):
-        packed = ops.keras_xnor_pack_bits(tf.transpose(k, [3, 0, 1, 2]))  # OHWI
+        packed = ops.keras_xnor_pack_filter(k)  # OHWI; packed once while k is unchanged
         return ops.keras_xnor_bin_conv2d(x, packed, a, b, **attrs)
 
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
@@ -439,7 +476,7 @@ def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
     }
 
     def forward(x, k, a, b):
-        packed = ops.keras_xnor_pack_bits(tf.transpose(k))  # [units, words]
+        packed = ops.keras_xnor_pack_filter(k)  # [units, words]; packed once while k is unchanged
         return ops.keras_xnor_bin_dense(x, packed, a, b, **attrs)
 
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
@@ -478,7 +515,7 @@ def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution):
     zeros = tf.zeros([wb.shape[3]], tf.float32)
 
     def dot(x, w):
-        packed = ops.keras_xnor_pack_bits(tf.transpose(w, [3, 0, 1, 2]))  # OHWI
+        packed = ops.keras_xnor_pack_filter(w, cache=False)  # OHWI; w is new at every step
         return ops.keras_xnor_bin_conv2d(x, packed, ones, zeros, **attrs)
 
     return _with_linear_gradient(dot, convolution, xb, wb)
@@ -501,7 +538,7 @@ def binary_dense_dot(xb, wb, *, matmul):
     zeros = tf.zeros([wb.shape[1]], tf.float32)
 
     def dot(x, w):
-        packed = ops.keras_xnor_pack_bits(tf.transpose(w))  # [units, words]
+        packed = ops.keras_xnor_pack_filter(w, cache=False)  # [units, words]; new every step
         return ops.keras_xnor_bin_dense(x, packed, ones, zeros, **attrs)
 
     return _with_linear_gradient(dot, matmul, xb, wb)
@@ -605,10 +642,11 @@ def _register_gradients():
             tf.RegisterGradient(name)(function)
         except KeyError:  # already registered (module reloaded)
             pass
-    try:
-        tf.no_gradient(spec.PACK_BITS_OP)
-    except KeyError:
-        pass
+    for name in (spec.PACK_BITS_OP, spec.PACK_FILTER_OP):
+        try:
+            tf.no_gradient(name)
+        except KeyError:
+            pass
 
 
 _register_gradients()

@@ -18,6 +18,7 @@ OP_PREFIX = "KerasXnor"
 PACK_BITS_OP = OP_PREFIX + "PackBits"
 BIN_CONV2D_OP = OP_PREFIX + "BinConv2D"
 BIN_DENSE_OP = OP_PREFIX + "BinDense"
+PACK_FILTER_OP = OP_PREFIX + "PackFilter"
 
 BITS_PER_WORD = 32
 NEGATIVE_BIT = 1  # value of the bit that encodes -1

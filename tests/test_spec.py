@@ -13,6 +13,7 @@ TWINS = {
     "kPackBitsOp": "PACK_BITS_OP",
     "kBinConv2DOp": "BIN_CONV2D_OP",
     "kBinDenseOp": "BIN_DENSE_OP",
+    "kPackFilterOp": "PACK_FILTER_OP",
     "kBitsPerWord": "BITS_PER_WORD",
     "kNegativeBit": "NEGATIVE_BIT",
     "kBitOrder": "BIT_ORDER",
@@ -44,7 +45,7 @@ def test_every_cpp_constant_has_an_equal_python_twin():
 
 
 def test_op_names_share_the_prefix():
-    for name in (spec.PACK_BITS_OP, spec.BIN_CONV2D_OP, spec.BIN_DENSE_OP):
+    for name in (spec.PACK_BITS_OP, spec.BIN_CONV2D_OP, spec.BIN_DENSE_OP, spec.PACK_FILTER_OP):
         assert name.startswith(spec.OP_PREFIX)
 
 

@@ -19,6 +19,7 @@ inline constexpr const char kOpPrefix[] = "KerasXnor";
 inline constexpr const char kPackBitsOp[] = "KerasXnorPackBits";
 inline constexpr const char kBinConv2DOp[] = "KerasXnorBinConv2D";
 inline constexpr const char kBinDenseOp[] = "KerasXnorBinDense";
+inline constexpr const char kPackFilterOp[] = "KerasXnorPackFilter";
 
 inline constexpr int kBitsPerWord = 32;
 inline constexpr int kNegativeBit = 1;

@@ -14,12 +14,19 @@
 //   use_k, relu.
 // Every malformed input is an InvalidArgument error. The gradient is registered in Python
 // (keras_xnor/ops.py).
+//
+// Filter preparation: the AVX2 kernel wants the filter transposed into its own layout, which
+// a PreparedConv2DFilter holds. The kernel keeps one per filter buffer it has seen twice
+// (held_tensor_cache.h): inference on a constant or an unchanged variable (through
+// KerasXnorPackFilter, which returns the same packed tensor while the weights are unchanged)
+// prepares once, while a filter that is new at every call (training) never pays for it.
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "custom_ops/core/spec.h"
 #include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/tf/held_tensor_cache.h"
 #include "custom_ops/tf/tf_adapter.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -30,6 +37,8 @@ namespace keras_xnor {
 namespace {
 
 constexpr tf_adapter::OperandNouns kNouns = {"channels", "tap", "filter"};
+// Filter buffers remembered per kernel (eager mode shares a kernel between layers).
+constexpr int kFilterCacheEntries = 8;
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
@@ -116,7 +125,8 @@ absl::Status bin_conv2d_shape(InferenceContext* c) {
 
 class BinConv2DOp : public OpKernel {
  public:
-  explicit BinConv2DOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit BinConv2DOp(OpKernelConstruction* context)
+      : OpKernel(context), filter_cache_(kFilterCacheEntries) {
     OP_REQUIRES_OK(context, read_attrs(context, &attrs_));
   }
 
@@ -186,14 +196,33 @@ class BinConv2DOp : public OpKernel {
                        0, TensorShape({input.dim_size(0), shape.out_h, shape.out_w, out_c}),
                        &output));
     if (empty_batch) return;
-    xnor_conv2d(shape, input.flat<float>().data(), filter.flat<PackedWord>().data(),
-                alpha.flat<float>().data(), bias.flat<float>().data(), attrs_.use_k,
-                attrs_.relu, output->flat<float>().data(),
-                tf_adapter::parallel_for_from(context));
+    const ParallelFor parallel_for = tf_adapter::parallel_for_from(context);
+    const PackedWord* filter_data = filter.flat<PackedWord>().data();
+    // Seen before: prepare (second sighting) or reuse; first sighting: remember it only.
+    PreparedConv2DFilter prepared;
+    if (filter_cache_.find(filter, &prepared)) {
+      if (!prepared.matches(shape)) {
+        tf_adapter::count_filter_prepare();
+        prepared = prepare_conv2d_filter(shape, filter_data, parallel_for);
+        filter_cache_.insert(filter, prepared);
+      }
+    } else {
+      filter_cache_.insert(filter, PreparedConv2DFilter{});
+    }
+    if (!prepared.empty()) {
+      xnor_conv2d(shape, input.flat<float>().data(), prepared, alpha.flat<float>().data(),
+                  bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
+                  output->flat<float>().data(), parallel_for);
+      return;
+    }
+    xnor_conv2d(shape, input.flat<float>().data(), filter_data, alpha.flat<float>().data(),
+                bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
+                output->flat<float>().data(), parallel_for);
   }
 
  private:
   Conv2DAttrs attrs_;
+  tf_adapter::HeldTensorCache<PreparedConv2DFilter> filter_cache_;
 };
 
 std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }

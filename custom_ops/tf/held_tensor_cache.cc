@@ -1,0 +1,31 @@
+// Process-wide counters of the work the weight caches save (held_tensor_cache.h), exported
+// as C functions for tests (read with ctypes from the loaded op library).
+#include <atomic>
+#include <cstdint>
+
+#include "custom_ops/tf/held_tensor_cache.h"
+
+namespace keras_xnor {
+namespace tf_adapter {
+namespace {
+
+std::atomic<std::int64_t> filter_packs{0};
+std::atomic<std::int64_t> filter_prepares{0};
+
+}  // namespace
+
+void count_filter_pack() { filter_packs.fetch_add(1, std::memory_order_relaxed); }
+void count_filter_prepare() { filter_prepares.fetch_add(1, std::memory_order_relaxed); }
+
+}  // namespace tf_adapter
+}  // namespace keras_xnor
+
+// Filters packed by KerasXnorPackFilter so far (cache misses).
+extern "C" __attribute__((visibility("default"))) std::int64_t keras_xnor_tf_filter_packs() {
+  return keras_xnor::tf_adapter::filter_packs.load();
+}
+
+// Conv filters prepared by KerasXnorBinConv2D so far.
+extern "C" __attribute__((visibility("default"))) std::int64_t keras_xnor_tf_filter_prepares() {
+  return keras_xnor::tf_adapter::filter_prepares.load();
+}

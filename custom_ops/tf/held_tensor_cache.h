@@ -1,0 +1,116 @@
+// A small cache keyed by the identity of an input tensor's buffer, for values derived from
+// weights that stay the same across calls: the conv op's prepared filter, the packed filter of
+// KerasXnorPackFilter.
+//
+// Why identity is enough: TensorFlow never changes the contents of a buffer that more than one
+// Tensor refers to. Ops that update in place (variable assignments and optimizer updates,
+// forwarded outputs) do so only when the buffer's reference count is one, and otherwise write
+// a new buffer (copy on write). An entry holds a Tensor referring to the input's buffer, so
+// while the entry lives that buffer cannot be updated in place nor freed and reused: a later
+// input with the same buffer address and shape has the same contents. A weight variable that
+// the optimizer updates therefore gets a new buffer at its first update after being cached
+// (one copy), and the next call misses and recomputes.
+// The exceptions are the raw ops documented as unsafe for shared buffers (InplaceUpdate and
+// its kin) and TF1 reference variables; KERAS_XNOR_TF_WEIGHT_CACHE=0 in the environment (read
+// once, when the first op runs) turns every cache off for such programs.
+//
+// How often the ops did the work a cache saves (packed a filter, prepared a conv filter) is
+// counted process-wide and readable through the C functions of held_tensor_cache.cc, so tests
+// can check that unchanged weights are processed once.
+//
+// One cache per OpKernel. In graph mode every node has its own kernel; eager mode shares one
+// kernel between all calls with the same attributes, hence several entries (least recently
+// used evicted). Thread-safe: Compute may run concurrently.
+#ifndef KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
+#define KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace keras_xnor {
+namespace tf_adapter {
+
+// False when KERAS_XNOR_TF_WEIGHT_CACHE=0.
+inline bool weight_cache_enabled() {
+  static const bool enabled = [] {
+    const char* text = std::getenv("KERAS_XNOR_TF_WEIGHT_CACHE");
+    return text == nullptr || std::strcmp(text, "0") != 0;
+  }();
+  return enabled;
+}
+
+// Counters of work done (not of cache hits); see held_tensor_cache.cc.
+void count_filter_pack();
+void count_filter_prepare();
+
+template <typename Value>
+class HeldTensorCache {
+ public:
+  explicit HeldTensorCache(int capacity) : capacity_(capacity) {}
+
+  // The value stored for `key`'s buffer and shape, if any (copied out under the lock).
+  bool find(const tensorflow::Tensor& key, Value* value) {
+    if (!weight_cache_enabled()) return false;
+    absl::MutexLock lock(&mu_);
+    for (Entry& e : entries_) {
+      if (same_buffer(e.held, key)) {
+        e.last_use = ++clock_;
+        *value = e.value;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Stores `value` for `key` (replacing an entry for the same buffer, else evicting the least
+  // recently used entry when full). Holds a reference to key's buffer from now on.
+  void insert(const tensorflow::Tensor& key, Value value) {
+    if (!weight_cache_enabled()) return;
+    absl::MutexLock lock(&mu_);
+    Entry* slot = nullptr;
+    for (Entry& e : entries_) {
+      if (same_buffer(e.held, key)) slot = &e;
+    }
+    if (slot == nullptr && static_cast<int>(entries_.size()) < capacity_) {
+      entries_.emplace_back();
+      slot = &entries_.back();
+    }
+    if (slot == nullptr) {
+      slot = &entries_.front();
+      for (Entry& e : entries_) {
+        if (e.last_use < slot->last_use) slot = &e;
+      }
+    }
+    slot->held = key;  // shares the buffer (a reference, not a copy)
+    slot->value = std::move(value);
+    slot->last_use = ++clock_;
+  }
+
+ private:
+  struct Entry {
+    tensorflow::Tensor held;
+    Value value;
+    std::uint64_t last_use = 0;
+  };
+
+  static bool same_buffer(const tensorflow::Tensor& held, const tensorflow::Tensor& key) {
+    return held.IsInitialized() && held.dtype() == key.dtype() && held.shape() == key.shape() &&
+           held.tensor_data().data() == key.tensor_data().data();
+  }
+
+  const int capacity_;
+  absl::Mutex mu_;
+  std::vector<Entry> entries_;
+  std::uint64_t clock_ = 0;
+};
+
+}  // namespace tf_adapter
+}  // namespace keras_xnor
+
+#endif  // KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
