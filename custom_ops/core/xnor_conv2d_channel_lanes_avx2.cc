@@ -256,22 +256,24 @@ struct OutputStage {
 };
 
 // out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + NP - 1 of the block, from the
-// tile's popcounts: dot = n_valid - 2 * (pop - sum of the padded taps' weight popcounts).
+// tile's -2 * popcounts: dot = n_valid - 2 * (pop - sum of the padded taps' weight popcounts).
 template <int NP>
 __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, const PixelBlock& blk,
                                                        int q0, const OutputStage& st) {
   const __m256 zero = _mm256_setzero_ps();
   for (int i = 0; i < NP; ++i) {
     const int j = q0 + i;
-    __m256i p0 = tp.pop[i][0], p1 = tp.pop[i][1];
+    const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
+    __m256i d0 = _mm256_add_epi32(nv, tp.pop[i][0]), d1 = _mm256_add_epi32(nv, tp.pop[i][1]);
     for (int e = 0; e < blk.padded_taps[j]; ++e) {
       const std::int32_t* t = st.tap_pop + blk.padded_tap[j][e] * st.oc_pad;
-      p0 = _mm256_sub_epi32(p0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
-      p1 = _mm256_sub_epi32(p1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8)));
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8));
+      d0 = _mm256_add_epi32(d0, _mm256_add_epi32(w0, w0));
+      d1 = _mm256_add_epi32(d1, _mm256_add_epi32(w1, w1));
     }
-    const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
-    __m256 r0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p0, p0))), st.alpha0);
-    __m256 r1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(p1, p1))), st.alpha1);
+    __m256 r0 = _mm256_mul_ps(_mm256_cvtepi32_ps(d0), st.alpha0);
+    __m256 r1 = _mm256_mul_ps(_mm256_cvtepi32_ps(d1), st.alpha1);
     if (st.use_k) {
       const __m256 kv = _mm256_set1_ps(blk.k[j]);
       r0 = _mm256_mul_ps(r0, kv);

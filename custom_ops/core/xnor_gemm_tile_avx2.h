@@ -159,7 +159,8 @@ struct Run {
   bool widen_after;
 };
 
-// int32 popcounts of NP pixels x 16 channels: pop[j][0] channels 0-7, pop[j][1] 8-15.
+// -2 * popcount, int32, of NP pixels x 16 channels: pop[j][0] channels 0-7, pop[j][1] 8-15
+// (the output stage needs n - 2 * popcount; the factor is free in the widening multiply).
 template <int NP>
 struct TilePops {
   __m256i pop[NP][2];
@@ -186,59 +187,76 @@ __attribute__((always_inline)) inline TilePops<NP> gemm_tile_runs_x16(
     const std::uint32_t* const* base, const Run* runs, int nruns, const std::uint32_t* weights) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i ones8 = _mm256_set1_epi8(1);
-  const __m256i ones16 = _mm256_set1_epi16(1);
   TilePops<NP> out;
-  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-  __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  bool first = true;
   const std::uint32_t* wk = weights;
-  for (int r = 0; r < nruns; ++r) {
-    const Run run = runs[r];
-    std::int64_t off = -4 * static_cast<std::int64_t>(run.length);
-    const std::int64_t end = run.offset + run.length;
-    __m256i b0, b1, wv, t1;
-    if constexpr (NP == 4) {
-      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_PIXEL(3)
-                  KX_TILE_TAIL
-              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
-                [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
-                KX_TILE_COMMON_OUT
-              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
-                [p3] "r"(base[3] + end), [lut] "x"(lut)
-              : "cc", "memory");
-    } else if constexpr (NP == 3) {
-      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_TAIL
-              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
-                [c20] "+x"(c20), [c21] "+x"(c21), KX_TILE_COMMON_OUT
-              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
-                [lut] "x"(lut)
-              : "cc", "memory");
-    } else if constexpr (NP == 2) {
-      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_TAIL
-              : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
-                KX_TILE_COMMON_OUT
-              : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [lut] "x"(lut)
-              : "cc", "memory");
+  int r = 0;
+  for (bool first = true;; first = false) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    bool widen;
+    do {
+      const Run run = runs[r++];
+      widen = run.widen_after;
+      std::int64_t off = -4 * static_cast<std::int64_t>(run.length);
+      const std::int64_t end = run.offset + run.length;
+      __m256i b0, b1, wv, t1;
+      if constexpr (NP == 4) {
+        __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_PIXEL(3)
+                    KX_TILE_TAIL
+                : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                  [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+                  KX_TILE_COMMON_OUT
+                : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
+                  [p3] "r"(base[3] + end), [lut] "x"(lut)
+                : "cc", "memory");
+      } else if constexpr (NP == 3) {
+        __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_PIXEL(2) KX_TILE_TAIL
+                : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                  [c20] "+x"(c20), [c21] "+x"(c21), KX_TILE_COMMON_OUT
+                : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [p2] "r"(base[2] + end),
+                  [lut] "x"(lut)
+                : "cc", "memory");
+      } else if constexpr (NP == 2) {
+        __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_PIXEL(1) KX_TILE_TAIL
+                : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                  KX_TILE_COMMON_OUT
+                : [p0] "r"(base[0] + end), [p1] "r"(base[1] + end), [lut] "x"(lut)
+                : "cc", "memory");
+      } else {
+        static_assert(NP == 1, "NP is 1..4");
+        __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_TAIL
+                : [c00] "+x"(c00), [c01] "+x"(c01), KX_TILE_COMMON_OUT
+                : [p0] "r"(base[0] + end), [lut] "x"(lut)
+                : "cc", "memory");
+      }
+    } while (!widen);
+    // Bytes -> int32 lanes (each 32-bit lane is one channel: -2 * the sum of its 4 byte counts).
+    const __m256i ones8 = _mm256_set1_epi8(1), minus2 = _mm256_set1_epi16(-2);
+    const auto w = [&](__m256i c) { return _mm256_madd_epi16(_mm256_maddubs_epi16(c, ones8), minus2); };
+    if (first) {
+      out.pop[0][0] = w(c00);
+      out.pop[0][1] = w(c01);
+      if constexpr (NP > 1) { out.pop[1][0] = w(c10); out.pop[1][1] = w(c11); }
+      if constexpr (NP > 2) { out.pop[2][0] = w(c20); out.pop[2][1] = w(c21); }
+      if constexpr (NP > 3) { out.pop[3][0] = w(c30); out.pop[3][1] = w(c31); }
     } else {
-      static_assert(NP == 1, "NP is 1..4");
-      __asm__(KX_TILE_HEAD KX_TILE_PIXEL(0) KX_TILE_TAIL
-              : [c00] "+x"(c00), [c01] "+x"(c01), KX_TILE_COMMON_OUT
-              : [p0] "r"(base[0] + end), [lut] "x"(lut)
-              : "cc", "memory");
-    }
-    if (!run.widen_after) continue;
-    const __m256i acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
-    for (int j = 0; j < NP; ++j) {
-      for (int h = 0; h < 2; ++h) {
-        const __m256i v = _mm256_madd_epi16(_mm256_maddubs_epi16(acc[j][h], ones8), ones16);
-        out.pop[j][h] = first ? v : _mm256_add_epi32(out.pop[j][h], v);
+      out.pop[0][0] = _mm256_add_epi32(out.pop[0][0], w(c00));
+      out.pop[0][1] = _mm256_add_epi32(out.pop[0][1], w(c01));
+      if constexpr (NP > 1) {
+        out.pop[1][0] = _mm256_add_epi32(out.pop[1][0], w(c10));
+        out.pop[1][1] = _mm256_add_epi32(out.pop[1][1], w(c11));
+      }
+      if constexpr (NP > 2) {
+        out.pop[2][0] = _mm256_add_epi32(out.pop[2][0], w(c20));
+        out.pop[2][1] = _mm256_add_epi32(out.pop[2][1], w(c21));
+      }
+      if constexpr (NP > 3) {
+        out.pop[3][0] = _mm256_add_epi32(out.pop[3][0], w(c30));
+        out.pop[3][1] = _mm256_add_epi32(out.pop[3][1], w(c31));
       }
     }
-    first = false;
-    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
+    if (r == nruns) return out;
   }
-  return out;
 }
 
 #undef KX_TILE_PIXEL
