@@ -337,17 +337,21 @@ class _XnorMixin:
     def call(self, inputs, training=None):
         x = self._prepare_input(inputs)
         kernel = tf.convert_to_tensor(self.kernel)
-        alpha = self.get_alpha()
         bias = self._bias_tensor()
         if not self._use_compiled(x):
-            return self._activate(self._simulate(x, kernel, alpha, bias))
+            return self._activate(self._simulate(x, kernel, self.get_alpha(), bias))
         if training:
-            return self._activate(self._simulate(x, kernel, alpha, bias, dot=self._compiled_dot))
+            return self._activate(
+                self._simulate(x, kernel, self.get_alpha(), bias, dot=self._compiled_dot)
+            )
         relu = self._relu_fused()
 
         def simulation(i, k, a, b):
             return self._simulate(i, k, a, b, relu=relu)
 
+        # Eq. 6's alpha = mean|W| comes from the op that packs W (None here), which reads the
+        # weights once while they are unchanged instead of reducing them at every call.
+        alpha = None if self.kernel_scale == "mean_abs" else self.get_alpha()
         outputs = self._fused_op(x, kernel, alpha, bias, relu, simulation)
         return outputs if relu else self._activate(outputs)
 

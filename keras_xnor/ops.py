@@ -44,7 +44,7 @@ import threading
 
 import tensorflow as tf
 
-from keras_xnor import spec
+from keras_xnor import quantizers, spec
 
 __all__ = [
     "CompiledOpsError",
@@ -252,11 +252,14 @@ def pack_filter(kernel, cache=True):
     The input-channel axis (second to last) is packed and the output axis (last) moves to the
     front: HWIO ``[KH, KW, C, O]`` -> OHWI ``[O, KH, KW, ceil(C / 32)]``, ``[C, units]`` ->
     ``[units, ceil(C / 32)]``. Equal to ``pack_bits(transpose(kernel, [r-1, 0, ..., r-2]))``
-    bit for bit. The op remembers its result per weight buffer: called again on the same
+    bit for bit. The same pass gives ``mean |W|`` per output filter, eq. 6's alpha.
+
+    With ``cache`` the op remembers its results per weight buffer: called again on the same
     unchanged weights (a variable that was not assigned since, a constant) it returns the
-    packed tensor it made before instead of packing again, so inference packs each layer's
-    weights once. Set ``KERAS_XNOR_TF_WEIGHT_CACHE=0`` before the first call to turn this off
-    (needed only with TF1 reference variables or raw in-place ops such as ``InplaceUpdate``).
+    tensors it made before instead of reading the weights again, so inference packs each
+    layer's weights once. Set ``KERAS_XNOR_TF_WEIGHT_CACHE=0`` before the first call to turn
+    this off everywhere (needed only with TF1 reference variables or raw in-place ops such as
+    ``InplaceUpdate``).
 
     Args:
         kernel: float tensor of rank >= 2, ``[..., C, O]``.
@@ -264,19 +267,22 @@ def pack_filter(kernel, cache=True):
             kernel): remembering them would only hold memory.
 
     Returns:
-        int32 tensor ``[O, ..., ceil(C / 32)]``.
+        ``(packed, mean_abs)``: int32 ``[O, ..., ceil(C / 32)]`` and float32 ``[O]`` (summed in
+        double, so it may differ from ``quantizers.mean_abs`` in the last bit).
     """
-    return load_ops().keras_xnor_pack_filter(_as_float32(kernel), cache=bool(cache))
+    packed, mean_abs = load_ops().keras_xnor_pack_filter(_as_float32(kernel), cache=bool(cache))
+    return packed, mean_abs
 
 
 def pack_filter_reference(kernel):
-    """Pure-TF twin of :func:`pack_filter`, bit-identical, no compiled library needed."""
+    """Pure-TF twin of :func:`pack_filter` (packing bit-identical), no compiled library needed."""
     kernel = _as_float32(kernel)
     rank = kernel.shape.rank
     if rank is None or rank < 2:
         raise ValueError("pack_filter_reference: kernel must have rank >= 2, got shape %s"
                          % kernel.shape)
-    return pack_bits_reference(tf.transpose(kernel, [rank - 1] + list(range(rank - 1))))
+    packed = pack_bits_reference(tf.transpose(kernel, [rank - 1] + list(range(rank - 1))))
+    return packed, tf.reduce_mean(tf.abs(kernel), axis=list(range(rank - 1)))
 
 
 def unpack_bits_reference(packed, channels):
@@ -412,7 +418,9 @@ def bin_conv2d(
     Args:
         inputs: float NHWC ``[N, H, W, C]`` (computed in float32, returned in its dtype).
         kernel: float HWIO ``[KH, KW, C, O]`` latent kernel; sign(0) = +1.
-        alpha: float ``[O]`` per-filter scale (ones when scaling is off).
+        alpha: float ``[O]`` per-filter scale (ones when scaling is off), or None for eq. 6's
+            ``mean |kernel|``, which then comes from the op that packs the kernel (read once
+            while the kernel is unchanged) and is differentiated as ``quantizers.mean_abs``.
         bias: float ``[O]`` or None.
         strides, dilation_rate: 2 ints (or one int for both).
         padding: "same" or "valid", any case.
@@ -443,8 +451,8 @@ def bin_conv2d(
     }
 
     def forward(x, k, a, b):
-        packed = ops.keras_xnor_pack_filter(k)  # OHWI; packed once while k is unchanged
-        return ops.keras_xnor_bin_conv2d(x, packed, a, b, **attrs)
+        packed, mean_abs = ops.keras_xnor_pack_filter(k)  # OHWI; once while k is unchanged
+        return ops.keras_xnor_bin_conv2d(x, packed, mean_abs if a is None else a, b, **attrs)
 
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
 
@@ -458,7 +466,8 @@ def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
     Args:
         inputs: float ``[N, C]``.
         kernel: float ``[C, units]`` latent kernel.
-        alpha: float ``[units]``; bias: float ``[units]`` or None.
+        alpha: float ``[units]``, or None for ``mean |kernel|`` (as in :func:`bin_conv2d`);
+            bias: float ``[units]`` or None.
         use_k, relu: bool.
         simulation: callable ``(inputs, kernel, alpha, bias) -> [N, units]`` in pure TF.
     """
@@ -476,8 +485,8 @@ def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
     }
 
     def forward(x, k, a, b):
-        packed = ops.keras_xnor_pack_filter(k)  # [units, words]; packed once while k is unchanged
-        return ops.keras_xnor_bin_dense(x, packed, a, b, **attrs)
+        packed, mean_abs = ops.keras_xnor_pack_filter(k)  # [units, words]; once while unchanged
+        return ops.keras_xnor_bin_dense(x, packed, mean_abs if a is None else a, b, **attrs)
 
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
 
@@ -515,7 +524,7 @@ def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution):
     zeros = tf.zeros([wb.shape[3]], tf.float32)
 
     def dot(x, w):
-        packed = ops.keras_xnor_pack_filter(w, cache=False)  # OHWI; w is new at every step
+        packed, _ = ops.keras_xnor_pack_filter(w, cache=False)  # OHWI; w is new at every step
         return ops.keras_xnor_bin_conv2d(x, packed, ones, zeros, **attrs)
 
     return _with_linear_gradient(dot, convolution, xb, wb)
@@ -538,7 +547,7 @@ def binary_dense_dot(xb, wb, *, matmul):
     zeros = tf.zeros([wb.shape[1]], tf.float32)
 
     def dot(x, w):
-        packed = ops.keras_xnor_pack_filter(w, cache=False)  # [units, words]; new every step
+        packed, _ = ops.keras_xnor_pack_filter(w, cache=False)  # [units, words]; new every step
         return ops.keras_xnor_bin_dense(x, packed, ones, zeros, **attrs)
 
     return _with_linear_gradient(dot, matmul, xb, wb)
@@ -563,33 +572,43 @@ def _with_linear_gradient(dot, linear, xb, wb):
 
 
 def _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias):
-    """Runs ``forward`` (float32) and differentiates it as ``simulation``."""
+    """Runs ``forward`` (float32) and differentiates it as ``simulation``.
+
+    ``alpha`` None stands for eq. 6's ``mean |W|`` of ``kernel``: ``forward`` gets None and
+    takes it from the op that packs the kernel (cached with it), and the gradient
+    differentiates ``simulation`` with ``alpha = quantizers.mean_abs(kernel)``, so it reaches
+    the kernel through alpha as well, exactly as in the simulation.
+    """
     inputs = tf.convert_to_tensor(inputs)
     out_dtype = inputs.dtype if inputs.dtype.is_floating else tf.float32
     x = _as_float32(inputs)
     k = _as_float32(kernel)
-    a = _as_float32(alpha)
+    alpha_from_kernel = alpha is None
     has_bias = bias is not None
-    b = _as_float32(bias) if has_bias else tf.zeros_like(a)
+    b = _as_float32(bias) if has_bias else tf.zeros(tf.shape(k)[-1:], tf.float32)
+    sources = [x, k, b] if alpha_from_kernel else [x, k, b, _as_float32(alpha)]
 
     @tf.custom_gradient
-    def run(x, k, a, b):
+    def run(*args):
+        x, k, b = args[:3]
+        a = None if alpha_from_kernel else args[3]
+
         def grad(dy):
-            sources = [x, k, a, b]
             with tf.GradientTape() as tape:
-                tape.watch(sources)
-                y_sim = simulation(x, k, a, b if has_bias else None)
+                tape.watch(args)
+                alpha_sim = quantizers.mean_abs(k) if alpha_from_kernel else a
+                y_sim = simulation(x, k, alpha_sim, b if has_bias else None)
             grads = tape.gradient(
                 y_sim,
-                sources,
+                list(args),
                 output_gradients=tf.cast(dy, y_sim.dtype),
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
-            return [tf.cast(g, s.dtype) for g, s in zip(grads, sources)]
+            return [tf.cast(g, s.dtype) for g, s in zip(grads, args)]
 
         return forward(x, k, a, b), grad
 
-    return tf.cast(run(x, k, a, b), out_dtype)
+    return tf.cast(run(*sources), out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,17 +55,19 @@ def test_pack_filter_equals_transpose_then_pack(shape):
     kernel = rng.standard_normal(shape).astype(np.float32)
     kernel[..., 0] = 0.0  # sign(0) = +1
     kernel.flat[::7] = -0.0
-    packed = ops.pack_filter(kernel).numpy()
-    reference = ops.pack_filter_reference(kernel).numpy()
+    packed, mean_abs = ops.pack_filter(kernel)
+    reference, reference_mean_abs = ops.pack_filter_reference(kernel)
     assert packed.shape == (shape[-1],) + shape[:-2] + (spec.packed_words(shape[-2]),)
-    np.testing.assert_array_equal(packed, reference)
+    np.testing.assert_array_equal(packed.numpy(), reference.numpy())
+    np.testing.assert_allclose(mean_abs.numpy(), reference_mean_abs.numpy(), rtol=1e-6)
 
 
 def test_pack_filter_shape_function_and_errors():
     fn = tf.function(lambda k: ops.pack_filter(k)).get_concrete_function(
         tf.TensorSpec([3, 5, 40, 7], tf.float32)
     )
-    assert fn.structured_outputs.shape.as_list() == [7, 3, 5, 2]
+    packed, mean_abs = fn.structured_outputs
+    assert packed.shape.as_list() == [7, 3, 5, 2] and mean_abs.shape.as_list() == [7]
     with pytest.raises(tf.errors.InvalidArgumentError, match="rank >= 2"):
         ops.pack_filter(tf.ones([4]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="input-channel axis"):
@@ -98,7 +100,10 @@ def check_follows_updates(pack):
     v = tf.Variable(rng.standard_normal((3, 3, 40, 8)).astype(np.float32))
 
     def expect():
-        np.testing.assert_array_equal(pack(v).numpy(), ops.pack_filter_reference(v).numpy())
+        packed, mean_abs = pack(v)
+        reference, reference_mean_abs = ops.pack_filter_reference(v)
+        np.testing.assert_array_equal(packed.numpy(), reference.numpy())
+        np.testing.assert_allclose(mean_abs.numpy(), reference_mean_abs.numpy(), rtol=1e-6)
 
     expect()
     expect()  # cached now
@@ -228,7 +233,8 @@ def test_cache_can_be_turned_off():
         lib = ctypes.CDLL(ops.library_path())
         lib.keras_xnor_tf_filter_packs.restype = ctypes.c_int64
         for _ in range(3):
-            assert (ops.pack_filter(k).numpy() == ops.pack_filter_reference(k).numpy()).all()
+            got, want = ops.pack_filter(k)[0], ops.pack_filter_reference(k)[0]
+            assert (got.numpy() == want.numpy()).all()
         print("PACKS", lib.keras_xnor_tf_filter_packs())
     """)
     env = dict(os.environ, KERAS_XNOR_TF_WEIGHT_CACHE="0", TF_CPP_MIN_LOG_LEVEL="2")

@@ -1,8 +1,10 @@
 // TensorFlow op KerasXnorPackFilter: a Keras float kernel packed straight into the filter
 // layout of KerasXnorBinConv2D / KerasXnorBinDense (custom_ops/core/filter_pack.h).
 //
-//   filter  float [..., C, O]  (rank >= 2: HWIO conv kernel or [C, units] dense kernel)
-//   packed  int32 [O, ..., packed_words(C)]  (OHWI packed along I, or [units, words])
+//   filter    float [..., C, O]  (rank >= 2: HWIO conv kernel or [C, units] dense kernel)
+//   packed    int32 [O, ..., packed_words(C)]  (OHWI packed along I, or [units, words])
+//   mean_abs  float [O]: mean |w| of each output filter, eq. 6's alpha (computed in the same
+//             pass, in double; tf.reduce_mean may differ in the last bit)
 //
 // Equal to KerasXnorPackBits(transpose(filter, [r-1, 0, ..., r-2])) without the transposed float
 // copy. The result is cached per filter buffer (held_tensor_cache.h): called again on the same
@@ -12,6 +14,7 @@
 // are new at every call (the training path), which would only fill the cache.
 // No gradient (the output is integer).
 #include <cstdint>
+#include <limits>
 
 #include "custom_ops/core/filter_pack.h"
 #include "custom_ops/core/spec.h"
@@ -57,6 +60,7 @@ absl::Status pack_filter_shape(InferenceContext* c) {
   for (int d = 0; d < rank - 2; ++d) dims.push_back(c->Dim(filter, d));
   dims.push_back(words);
   c->set_output(0, c->MakeShape(dims));
+  c->set_output(1, c->Vector(c->Dim(filter, rank - 1)));
   return absl::OkStatus();
 }
 
@@ -82,9 +86,10 @@ class PackFilterOp : public OpKernel {
     OP_REQUIRES(context, tf_adapter::fits_int(out_c),
                 InvalidArgument(kPackFilterOp, ": filter shape ", filter.shape().DebugString(),
                                 " is too large"));
-    Tensor cached;
+    Packed cached;
     if (use_cache_ && cache_.find(filter, &cached)) {
-      context->set_output(0, cached);
+      context->set_output(0, cached.packed);
+      context->set_output(1, cached.mean_abs);
       return;
     }
     TensorShape packed_shape({out_c});
@@ -95,18 +100,28 @@ class PackFilterOp : public OpKernel {
     }
     packed_shape.AddDim(packed_words(static_cast<int>(in_c)));
     Tensor* packed = nullptr;
+    Tensor* mean_abs = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, packed_shape, &packed));
-    if (packed->NumElements() == 0) return;
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({out_c}), &mean_abs));
+    if (packed->NumElements() == 0) {
+      // No output filters, or a zero-sized tap axis (then mean |w| of no weights: NaN, as
+      // tf.reduce_mean gives).
+      mean_abs->flat<float>().setConstant(std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
     tf_adapter::count_filter_pack();
     pack_filter(filter.flat<float>().data(), taps, static_cast<int>(in_c),
                 static_cast<int>(out_c), packed->flat<PackedWord>().data(),
-                tf_adapter::parallel_for_from(context));
-    if (use_cache_) cache_.insert(filter, *packed);
+                mean_abs->flat<float>().data(), tf_adapter::parallel_for_from(context));
+    if (use_cache_) cache_.insert(filter, Packed{*packed, *mean_abs});
   }
 
  private:
+  struct Packed {
+    Tensor packed, mean_abs;
+  };
   bool use_cache_ = true;
-  tf_adapter::HeldTensorCache<Tensor> cache_;
+  tf_adapter::HeldTensorCache<Packed> cache_;
 };
 
 }  // namespace
@@ -114,11 +129,13 @@ class PackFilterOp : public OpKernel {
 REGISTER_OP(kPackFilterOp)
     .Input("filter: float")
     .Output("packed: int32")
+    .Output("mean_abs: float")
     .Attr("cache: bool = true")
     .SetShapeFn(pack_filter_shape)
     .Doc(R"doc(
 Packs the signs of a float kernel [..., C, O] along C into 32-bit words and moves O first:
-HWIO -> OHWI packed (conv), [C, units] -> [units, words] (dense). Bit convention of
+HWIO -> OHWI packed (conv), [C, units] -> [units, words] (dense); also mean |w| per output
+filter (the alpha of XNOR-Net eq. 6). Bit convention of
 KerasXnorPackBits. With `cache`, the result is kept per input buffer: unchanged weights are
 packed once.
 )doc");

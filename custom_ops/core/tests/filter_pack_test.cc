@@ -1,6 +1,8 @@
 // pack_filter (filter_pack.h): a [taps, in_c, out_c] float filter packed into
 // [out_c, taps, packed_words(in_c)] equals pack_bits of the transposed filter, bit for bit, for
-// channel counts around the word size, zeros of both signs, and any split of the taps.
+// channel counts around the word size, zeros of both signs, and any split of the work; its
+// mean_abs is mean |w| per output filter (eq. 6's alpha).
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -29,7 +31,18 @@ void check_shape(Rng& rng, int taps, int in_c, int out_c, const ParallelFor& par
   const std::size_t words = static_cast<std::size_t>(out_c) * taps * packed_words(in_c);
   std::vector<PackedWord> want(words), got(words, 0x5a5a5a5a);
   pack_bits(transposed.data(), static_cast<std::int64_t>(out_c) * taps, in_c, want.data());
-  pack_filter(filter.data(), taps, in_c, out_c, got.data(), parallel_for);
+  std::vector<float> mean_abs(out_c, -1.0f);
+  pack_filter(filter.data(), taps, in_c, out_c, got.data(), mean_abs.data(), parallel_for);
+  for (int o = 0; o < out_c; ++o) {
+    double sum = 0.0;
+    for (int i = 0; i < taps * in_c; ++i) sum += std::fabs(transposed[o * taps * in_c + i]);
+    const double want_mean = sum / (taps * in_c);
+    KX_CHECK(std::fabs(mean_abs[o] - want_mean) <= 1e-6 * want_mean + 1e-30,
+             "mean_abs[%d] %g want %g (taps %d in_c %d)", o, mean_abs[o], want_mean, taps, in_c);
+  }
+  std::vector<PackedWord> no_mean(words);
+  pack_filter(filter.data(), taps, in_c, out_c, no_mean.data(), nullptr, parallel_for);
+  KX_CHECK(no_mean == got, "packing differs with mean_abs == nullptr");
   int mismatches = 0;
   for (std::size_t i = 0; i < words; ++i) mismatches += got[i] != want[i];
   KX_CHECK(mismatches == 0, "taps %d in_c %d out_c %d: %d of %zu words differ", taps, in_c,
@@ -40,7 +53,7 @@ void test_shapes() {
   Rng rng(11);
   const int channels[] = {1, 5, 31, 32, 33, 64, 65, 100};
   const int taps[] = {1, 2, 9, 25};
-  const int outs[] = {1, 3, 16, 17};
+  const int outs[] = {1, 3, 16, 17, 40};
   for (int in_c : channels) {
     for (int t : taps) {
       for (int o : outs) {
