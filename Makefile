@@ -70,6 +70,7 @@ py-test:
 bench: venv ops
 	$(PY) benchmarks/bench_conv.py --json build/bench_conv.json
 	$(PY) benchmarks/bench_tflite.py --json build/bench_tflite.json
+	$(PY) benchmarks/bench_keras.py --json build/bench_keras.json
 
 clean:
 	rm -rf build keras_xnor/_ops/*.so
