@@ -23,8 +23,22 @@ namespace keras_xnor {
 namespace internal {
 namespace {
 
-constexpr int kBlock = 16;    // pixels per block (large outputs)
-constexpr int kLanes = 16;    // channels per weight block (two vectors)
+constexpr int kBlock = 16;         // pixels per block, planar tile (large outputs)
+constexpr int kLanes = 16;         // channels per weight block, planar tile (two vectors)
+constexpr int kTablePixels = 5;    // pixels per table tile
+constexpr int kTableBlock = 20;    // pixels per block, table tile (large outputs)
+constexpr int kTableLanes = 64;    // channels per weight block, table tile
+constexpr int kMaxBlock = 20;
+
+// tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
+alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
+#define KX_T(v)   __builtin_popcount(0 ^ v), __builtin_popcount(1 ^ v), __builtin_popcount(2 ^ v), __builtin_popcount(3 ^ v),   __builtin_popcount(4 ^ v), __builtin_popcount(5 ^ v), __builtin_popcount(6 ^ v), __builtin_popcount(7 ^ v),   __builtin_popcount(8 ^ v), __builtin_popcount(9 ^ v), __builtin_popcount(10 ^ v), __builtin_popcount(11 ^ v),   __builtin_popcount(12 ^ v), __builtin_popcount(13 ^ v), __builtin_popcount(14 ^ v), __builtin_popcount(15 ^ v)
+#define KX_T2(v) KX_T(v), KX_T(v)
+    KX_T2(0), KX_T2(1), KX_T2(2), KX_T2(3), KX_T2(4), KX_T2(5), KX_T2(6), KX_T2(7),
+    KX_T2(8), KX_T2(9), KX_T2(10), KX_T2(11), KX_T2(12), KX_T2(13), KX_T2(14), KX_T2(15)
+#undef KX_T2
+#undef KX_T
+};
 constexpr int kMaxTaps = 11 * 11;
 
 // A block of consecutive output pixels (flattened n, oh, ow): per pixel, the corner of its
@@ -33,12 +47,12 @@ constexpr int kMaxTaps = 11 * 11;
 struct PixelBlock {
   std::int64_t first = 0;
   int count = 0;
-  const std::uint32_t* base[kBlock];
-  std::int64_t corner[kBlock];  // padded pixel index of the receptive field's corner
-  alignas(32) float k[kBlock + 8];
-  std::int32_t n_valid[kBlock];
-  int padded_taps[kBlock];
-  unsigned char padded_tap[kBlock][kMaxTaps];
+  const void* base[kMaxBlock];     // pixel's corner in the padded image
+  std::int64_t corner[kMaxBlock];  // padded pixel index of the receptive field's corner
+  alignas(32) float k[kMaxBlock + 8];
+  std::int32_t n_valid[kMaxBlock];
+  int padded_taps[kMaxBlock];
+  unsigned char padded_tap[kMaxBlock][kMaxTaps];
 };
 
 // Popcount of each 32-bit lane.
@@ -91,6 +105,27 @@ inline void make_nibble_planes(const std::uint32_t* src, std::int64_t n, std::ui
   for (; k < n; ++k) {
     dst[2 * k] = src[k] & 0x0f0f0f0fu;
     dst[2 * k + 1] = (src[k] >> 4) & 0x0f0f0f0fu;
+  }
+}
+
+// Table-tile input: entry 8k + m of a pixel is 32 * nibble m of its packed word k (the byte
+// offset of that nibble's table in kNibbleTables), for n packed words.
+inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::uint16_t* dst) {
+  const __m128i low = _mm_set1_epi8(0x0f);
+  std::int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
+    const __m128i lo = _mm_and_si128(x, low);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low);
+    // Byte b of the 16 gives nibbles 2b (low) and 2b + 1 (high): in order after interleaving.
+    const __m128i n0 = _mm_unpacklo_epi8(lo, hi), n1 = _mm_unpackhi_epi8(lo, hi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * k),
+                        _mm256_slli_epi16(_mm256_cvtepu8_epi16(n0), 5));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * k + 16),
+                        _mm256_slli_epi16(_mm256_cvtepu8_epi16(n1), 5));
+  }
+  for (; k < n; ++k) {
+    for (int m = 0; m < 8; ++m) dst[8 * k + m] = static_cast<std::uint16_t>(((src[k] >> (4 * m)) & 15u) * 32);
   }
 }
 
@@ -154,8 +189,8 @@ void transpose_filter_block(const Conv2DShape& s, const std::uint32_t* filter, s
 
 // Per-call geometry of the padded planar input, for describe_block.
 struct InputGeometry {
-  int hp = 0, wp = 0, words = 0;
-  const std::uint32_t* planar = nullptr;
+  int hp = 0, wp = 0, pixel_bytes = 0;
+  const char* image = nullptr;
   const float* mean_pad = nullptr;  // null without K
   const int* row_valid = nullptr;   // [out_h]: kernel rows inside the input
   const int* col_valid = nullptr;   // [out_w]: kernel columns inside the input
@@ -174,12 +209,12 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   int oh = rem / s.out_w, ow = rem % s.out_w;
   const int taps = s.k_h * s.k_w;
   // Runs of pixels with contiguous corners (same output row, stride 1) take plain loads for K.
-  bool k_rows[kBlock / 8 + 1] = {};
+  bool k_rows[kMaxBlock / 8 + 1] = {};
   for (int j = 0; j < count; ++j) {
     if ((j & 7) == 0) k_rows[j >> 3] = s.stride_w == 1 && ow + std::min(8, count - j) <= s.out_w;
     const int r0 = oh * s.stride_h, c0 = ow * s.stride_w;  // padded coordinates
     const std::int64_t corner = (img * g.hp + r0) * g.wp + c0;
-    blk->base[j] = g.planar + corner * g.words;
+    blk->base[j] = g.image + corner * g.pixel_bytes;
     blk->corner[j] = corner;
     const int valid = g.row_valid[oh] * g.col_valid[ow];
     int npad = 0;
@@ -244,6 +279,76 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   }
 }
 
+struct OutputFlags {
+  bool use_k = false, relu = false, has_bias = false;
+};
+
+// What the table tile's output stage needs for one 64-channel block.
+struct TableOutput {
+  const float* alpha;           // + oc0, padded
+  const float* bias;            // + oc0, padded
+  const std::int32_t* tap_pop;  // + oc0; row stride oc_pad
+  int oc_pad;
+  float* out;                   // pixel blk.first, channel oc0
+  int out_c;
+  int count;                    // channels of this block that exist (<= 64)
+  OutputFlags flags;
+};
+
+// out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + np - 1 of the block, from the
+// table tile's uint16 popcount sums (layout in gemm_tile_table_x64): dot = n_valid -
+// 2 * (pop - sum of the padded taps' weight popcounts).
+inline void finish_table_tile(const __m256i* sums, int np, const PixelBlock& blk, int q0,
+                              const TableOutput& st) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int groups = (st.count + 7) / 8;
+  const bool full = st.count == kTableLanes;
+  const bool relu = st.flags.relu;
+  for (int i = 0; i < np; ++i) {
+    const int j = q0 + i;
+    const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
+    const __m256 kv = _mm256_set1_ps(blk.k[j]);  // 1 without K: exact
+    float* out = st.out + static_cast<std::int64_t>(j) * st.out_c;
+    const __m256i* ps = sums + i * 4;
+    // Channel 8g..8g+7 of the pixel: uint16 lanes 0-7 or 8-15 of ps[2 * (g / 4) + (g & 1)].
+    const auto dot = [&](int g) {
+      const __m256i s16 = ps[2 * (g >> 2) + (g & 1)];
+      const __m128i half = (g & 2) ? _mm256_extracti128_si256(s16, 1) : _mm256_castsi256_si128(s16);
+      const __m256i pop = _mm256_cvtepu16_epi32(half);
+      return _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
+    };
+    // (dot * alpha) * K + bias; the bias is -0.0 without one, which adds exactly nothing. The
+    // empty asm keeps the compiler from fusing the last multiply and add into an FMA (this
+    // file is built with -mfma), which would round differently from the reference.
+    const auto value = [&](__m256i d, int g) {
+      __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(st.alpha + 8 * g));
+      r = _mm256_mul_ps(r, kv);
+      __asm__("" : "+x"(r));
+      r = _mm256_add_ps(r, _mm256_loadu_ps(st.bias + 8 * g));
+      return relu ? _mm256_max_ps(r, zero) : r;
+    };
+    if (full && blk.padded_taps[j] == 0) {
+      for (int g = 0; g < 8; ++g) _mm256_storeu_ps(out + 8 * g, value(dot(g), g));
+      continue;
+    }
+    for (int g = 0; g < groups; ++g) {
+      __m256i d = dot(g);
+      for (int e = 0; e < blk.padded_taps[j]; ++e) {
+        const __m256i w = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(st.tap_pop + blk.padded_tap[j][e] * st.oc_pad + 8 * g));
+        d = _mm256_add_epi32(d, _mm256_add_epi32(w, w));
+      }
+      const __m256 r = value(d, g);
+      if (8 * g + 8 <= st.count) {
+        _mm256_storeu_ps(out + 8 * g, r);
+      } else {
+        _mm256_maskstore_ps(out + 8 * g, _mm256_cmpgt_epi32(_mm256_set1_epi32(st.count - 8 * g), lane), r);
+      }
+    }
+  }
+}
+
 // What the output stage needs for one 16-channel block.
 struct OutputStage {
   __m256 alpha0, alpha1, bias0, bias1;
@@ -279,6 +384,8 @@ __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, c
       r0 = _mm256_mul_ps(r0, kv);
       r1 = _mm256_mul_ps(r1, kv);
     }
+    // No FMA contraction of the multiply and the bias add (see finish_table_tile).
+    __asm__("" : "+x"(r0), "+x"(r1));
     if (st.has_bias) {
       r0 = _mm256_add_ps(r0, st.bias0);
       r1 = _mm256_add_ps(r1, st.bias1);
@@ -323,58 +430,101 @@ bool channel_lanes_preferred(const Conv2DShape& s) {
   return pixels >= 32;
 }
 
+bool channel_table_supported(const Conv2DShape& s) {
+  // The table tile sums popcounts in uint16 lanes: at most 4 per nibble step.
+  return static_cast<std::int64_t>(s.k_h) * s.k_w * packed_words(s.in_c) * kBitsPerWord < 65536;
+}
+
+void prepare_channel_table_filter_avx2(const Conv2DShape& s, const PackedWord* filter,
+                                       std::uint8_t* nibble_filter, std::int32_t* tap_pop,
+                                       const ParallelFor& parallel_for) {
+  const int packed = packed_words(s.in_c);
+  const int taps = s.k_h * s.k_w;
+  const std::int64_t kn = static_cast<std::int64_t>(taps) * packed * 8;
+  const int blocks64 = (s.out_c + kTableLanes - 1) / kTableLanes;
+  const int oc_pad = blocks64 * kTableLanes;
+  const auto* f = reinterpret_cast<const std::uint32_t*>(filter);
+  parallel_for(blocks64, kn * kTableLanes, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t b = begin; b < end; ++b) {
+      std::uint8_t* dst = nibble_filter + b * kn * kTableLanes;
+      for (int cl = 0; cl < kTableLanes; ++cl) {
+        const int c = static_cast<int>(b) * kTableLanes + cl;
+        for (int t = 0; t < taps; ++t) {
+          int pop = 0;
+          for (int k = 0; k < packed; ++k) {
+            const std::uint32_t x = c < s.out_c ? f[(static_cast<std::int64_t>(c) * taps + t) * packed + k] : 0u;
+            pop += __builtin_popcount(x);
+            const std::int64_t n0 = (static_cast<std::int64_t>(t) * packed + k) * 8;
+            for (int m = 0; m < 8; ++m) dst[(n0 + m) * kTableLanes + cl] = static_cast<std::uint8_t>((x >> (4 * m)) & 15u);
+          }
+          tap_pop[static_cast<std::int64_t>(t) * oc_pad + c] = pop;
+        }
+      }
+    }
+  });
+}
+
 void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs) {
   const Conv2DShape& s = a.shape;
   const int packed = packed_words(s.in_c);  // packed words per pixel / tap
-  const int words = 2 * packed;               // planar words per pixel / tap
   const int taps = s.k_h * s.k_w;
-  const int kw = taps * words;                // planar words per receptive field / filter row
-  const int blocks16 = (s.out_c + kLanes - 1) / kLanes;
-  const int oc_pad = blocks16 * kLanes;
   const bool same = s.padding == Padding::kSame;
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
+  // Two tiles: the table tile (64-channel blocks, needs the prepared nibble filter) or the
+  // nibble-planar one (16-channel blocks, filter transposed per call unless prepared).
+  const bool table = a.nibble_filter != nullptr && channel_table_supported(s);
+  const int lanes = table ? kTableLanes : kLanes;
+  // Input elements per pixel: planar words (uint32) or table offsets (uint16, one per nibble).
+  const int elems = table ? 8 * packed : 2 * packed;
+  const int elem_bytes = table ? 2 : 4;
+  const int pixel_bytes = elems * elem_bytes;
+  const int steps = taps * elems;  // k steps per receptive field
+  const int oc_blocks = (s.out_c + lanes - 1) / lanes;
+  const int oc_pad = oc_blocks * lanes;
 
-  // Transposed planar filter [block][k][16] and per-tap popcounts [tap][oc_pad] (SAME): from a
-  // PreparedConv2DFilter, else made per call; alpha/bias padded to whole vectors. One scratch
-  // allocation, carved up.
-  const bool prepared = a.lanes_filter != nullptr;
-  const std::size_t wt_words = prepared ? 0 : static_cast<std::size_t>(blocks16) * kw * kLanes;
+  // Planar path without a prepared filter: transposed filter [block][k][16] and per-tap
+  // popcounts [tap][oc_pad] (SAME) made per call. alpha/bias padded to whole blocks. One
+  // scratch allocation, carved up.
+  const bool prepared = table || a.lanes_filter != nullptr;
+  const std::size_t wt_words = prepared ? 0 : static_cast<std::size_t>(oc_blocks) * steps * kLanes;
   const std::size_t tp_words = same && !prepared ? static_cast<std::size_t>(taps) * oc_pad : 0;
   auto* scratch = static_cast<std::uint32_t*>(
       thread_scratch((wt_words + tp_words + 2 * static_cast<std::size_t>(oc_pad)) * 4, kScratchFilterT));
-  const std::uint32_t* wt = prepared ? a.lanes_filter : scratch;
-  const std::int32_t* tap_pop =
-      prepared ? a.lanes_tap_pop : reinterpret_cast<std::int32_t*>(scratch + wt_words);
+  const std::int32_t* tap_pop = table ? a.nibble_tap_pop
+                                : a.lanes_filter != nullptr ? a.lanes_tap_pop
+                                : reinterpret_cast<std::int32_t*>(scratch + wt_words);
   float* alpha = reinterpret_cast<float*>(scratch + wt_words + tp_words);
   float* bias = alpha + oc_pad;
   for (int c = 0; c < oc_pad; ++c) {
     alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
-    bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : 0.0f;
+    // The table path always adds the bias: -0.0 when there is none (x + -0.0 == x, also for
+    // x = -0.0 and NaN).
+    bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : (table ? -0.0f : 0.0f);
   }
 
-  // The input, sign-packed into nibble planes, in a zero-padded image [batch][hp][wp][words]
-  // (hp, wp: the input plus TensorFlow's SAME padding), so every receptive field is a fixed
-  // pattern of runs from its corner and the tiles read it in place. A padded tap then has
-  // bits 0 (+1), and the output stage subtracts its weight popcount (per-tap tap_pop): it
-  // contributes 0 to the dot. mean |x| (for K) gets the same zero border.
+  // The input, sign-packed and split into nibbles, in a zero-padded image
+  // [batch][hp][wp][elems] (hp, wp: the input plus TensorFlow's SAME padding), so every
+  // receptive field is a fixed pattern of runs from its corner and the tiles read it in place.
+  // A padded tap then has bits 0 (+1), and the output stage subtracts its weight popcount
+  // (per-tap tap_pop): it contributes 0 to the dot. mean |x| (for K) gets the same zero border.
   const int pad_h = same ? std::max((s.out_h - 1) * s.stride_h + (s.k_h - 1) * s.dilation_h + 1 - s.in_h, 0) : 0;
   const int pad_w = same ? std::max((s.out_w - 1) * s.stride_w + (s.k_w - 1) * s.dilation_w + 1 - s.in_w, 0) : 0;
   const int hp = s.in_h + pad_h, wp = s.in_w + pad_w;
   const std::int64_t padded_pixels = static_cast<std::int64_t>(s.batch) * hp * wp;
-  auto* planar = static_cast<std::uint32_t*>(
-      thread_scratch(static_cast<std::size_t>(padded_pixels) * words * 4, kScratchPlanar));
+  auto* image = static_cast<char*>(
+      thread_scratch(static_cast<std::size_t>(padded_pixels) * pixel_bytes, kScratchPlanar));
   float* mean_pad = mean_abs != nullptr
                         ? static_cast<float*>(thread_scratch(
                               static_cast<std::size_t>(padded_pixels) * 4, kScratchMeanAbsPadded))
                         : nullptr;
 
   // One parallel pass: units [0, pack_units) each pack one input row (and zero the border
-  // around it), the rest (none with a prepared filter) transpose one 16-channel filter block.
+  // around it), the rest (only without a prepared filter) transpose one 16-channel block.
   const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
-  const std::int64_t filter_units = prepared ? 0 : blocks16;
+  const std::int64_t filter_units = prepared ? 0 : oc_blocks;
   const std::int64_t unit_cost = (static_cast<std::int64_t>(s.in_w) * s.in_c * 2 * pack_units +
-                                  static_cast<std::int64_t>(kw) * kLanes * 2 * filter_units) /
+                                  static_cast<std::int64_t>(steps) * kLanes * 2 * filter_units) /
                                  (pack_units + filter_units);
   const int pad_top = s.pad_top, pad_left = s.pad_left;
   const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
@@ -388,27 +538,33 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const std::int64_t n = unit / s.in_h;
       const int ih = static_cast<int>(unit % s.in_h);
       const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
-      std::uint32_t* dst = planar + prow * words;
+      char* dst = image + prow * pixel_bytes;
       std::uint32_t* tmp = bits + unit * s.in_w * packed;
       pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c,
                            reinterpret_cast<PackedWord*>(tmp),
                            mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
-      make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed, dst + pad_left * words);
+      if (table) {
+        make_nibble_offsets(tmp, static_cast<std::int64_t>(s.in_w) * packed,
+                            reinterpret_cast<std::uint16_t*>(dst + pad_left * pixel_bytes));
+      } else {
+        make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed,
+                           reinterpret_cast<std::uint32_t*>(dst + pad_left * pixel_bytes));
+      }
       if (pad_h == 0 && pad_w == 0) continue;
-      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * words * 4);
-      std::memset(dst + (pad_left + s.in_w) * words, 0, static_cast<std::size_t>(pad_right) * words * 4);
+      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * pixel_bytes);
+      std::memset(dst + (pad_left + s.in_w) * pixel_bytes, 0, static_cast<std::size_t>(pad_right) * pixel_bytes);
       if (mean_pad != nullptr) {
         for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
         for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
       }
       // The first and last rows of an image also clear the padding rows above / below.
       if (ih == 0) {
-        std::memset(planar + n * hp * wp * words, 0, static_cast<std::size_t>(pad_top) * wp * words * 4);
+        std::memset(image + n * hp * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_top) * wp * pixel_bytes);
         if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
       }
       if (ih == s.in_h - 1) {
         const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
-        std::memset(planar + z0 * wp * words, 0, static_cast<std::size_t>(pad_bottom) * wp * words * 4);
+        std::memset(image + z0 * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_bottom) * wp * pixel_bytes);
         if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
       }
     }
@@ -416,38 +572,43 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
 
   // The k sequence of a receptive field as runs from its corner: one run per kernel row when
   // the taps of a row are adjacent (dilation_w 1), else one per tap; split so that at most 63
-  // steps pass between widenings.
+  // steps pass between widenings (each step adds at most 4 to a byte counter).
   const bool row_runs = s.dilation_w == 1;
-  const int seg_len = row_runs ? s.k_w * words : words;
+  const int seg_len = row_runs ? s.k_w * elems : elems;
   const int segs = row_runs ? s.k_h : taps;
-  const int max_runs = segs + kw / 63 + 2;
-  auto* runs = static_cast<Run*>(thread_scratch(
-      static_cast<std::size_t>(max_runs) * sizeof(Run) + (static_cast<std::size_t>(s.out_h) + s.out_w) * sizeof(int),
+  const int max_runs = segs + steps / 63 + 2;
+  const std::size_t run_bytes = std::max(sizeof(Run), sizeof(TableRun));
+  auto* run_mem = static_cast<char*>(thread_scratch(
+      static_cast<std::size_t>(max_runs) * run_bytes + (static_cast<std::size_t>(s.out_h) + s.out_w) * sizeof(int),
       kScratchRuns));
+  auto* runs = reinterpret_cast<Run*>(run_mem);
+  auto* table_runs = reinterpret_cast<TableRun*>(run_mem);
   int nruns = 0;
   {
     int group = 0;
     for (int g = 0; g < segs; ++g) {
       const int i = row_runs ? g : g / s.k_w, q = row_runs ? 0 : g % s.k_w;
-      std::int64_t offset = (static_cast<std::int64_t>(i) * s.dilation_h * wp + q * s.dilation_w) * words;
+      std::int64_t offset = (static_cast<std::int64_t>(i) * s.dilation_h * wp + q * s.dilation_w) * elems;
       int left = seg_len;
       while (left > 0) {
         const int n = std::min(left, 63 - group);
-        runs[nruns++] = Run{offset, n, false};
+        group += n;
+        const bool widen = group == 63 || (g == segs - 1 && n == left);
+        if (table) {
+          table_runs[nruns++] = TableRun{offset * 2, (offset + n) * 2, widen ? 1 : 0};
+        } else {
+          runs[nruns++] = Run{offset, n, widen};
+        }
+        if (group == 63) group = 0;
         offset += n;
         left -= n;
-        group += n;
-        if (group == 63) {
-          runs[nruns - 1].widen_after = true;
-          group = 0;
-        }
       }
     }
-    runs[nruns - 1].widen_after = true;
+    if (table) table_runs[nruns - 1].flags |= 2;
   }
 
   // How many kernel rows (columns) of each output row (column) fall inside the input.
-  int* row_valid = reinterpret_cast<int*>(runs + max_runs);
+  int* row_valid = reinterpret_cast<int*>(run_mem + static_cast<std::size_t>(max_runs) * run_bytes);
   int* col_valid = row_valid + s.out_h;
   for (int oh = 0; oh < s.out_h; ++oh) {
     int v = 0;
@@ -468,29 +629,37 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   InputGeometry geo;
   geo.hp = hp;
   geo.wp = wp;
-  geo.words = words;
-  geo.planar = planar;
+  geo.pixel_bytes = pixel_bytes;
+  geo.image = image;
   geo.mean_pad = mean_pad;
   geo.row_valid = row_valid;
   geo.col_valid = col_valid;
   geo.gather_ok = padded_pixels < (std::int64_t{1} << 31);
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  // Few pixels: one-quad blocks, so every task costs the same (with 16-pixel blocks, 49 pixels
-  // would make three full blocks and a one-pixel one, and a 2-thread split would be uneven).
-  const int block_pixels = total < 512 ? 4 : kBlock;
-  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, kLanes);
-  const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * kw;
+  // Pixels per block: whole tiles (4 pixels planar, kTablePixels table) and, for few pixels,
+  // one tile per block so that every task costs about the same.
+  const int tile_pixels = table ? kTablePixels : 4;
+  const int block_pixels = total < 512 ? tile_pixels : (table ? kTableBlock : kBlock);
+  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, lanes);
+  const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * steps;
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
-  const bool use_k = a.use_k, relu = a.relu, has_bias = a.bias != nullptr;
+  OutputFlags flags;
+  flags.use_k = a.use_k;
+  flags.relu = a.relu;
+  flags.has_bias = a.bias != nullptr;
   float* const output = a.output;
   const int out_c = s.out_c;
   const Run* const run_list = runs;
+  const TableRun* const table_run_list = table_runs;
   const int run_count = nruns;
-  parallel_for(tiling.tasks, cost, [&, use_k, relu, has_bias, output, out_c, run_list, run_count](
+  const std::uint32_t* const wt = a.lanes_filter != nullptr ? a.lanes_filter : scratch;
+  const std::uint8_t* const nibble_filter = a.nibble_filter;
+  parallel_for(tiling.tasks, cost, [&, flags, output, out_c, run_list, table_run_list, run_count](
                                        std::int64_t begin, std::int64_t end) {
     PixelBlock blk;
     std::int64_t cached = -1;
+    alignas(32) __m256i sums[kTablePixels * 4];
     for (std::int64_t t = begin; t < end; ++t) {
       const std::int64_t bi = t / tiling.oc_chunks;
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
@@ -501,8 +670,29 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);
-      for (int oc0 = oc_begin; oc0 < oc_end; oc0 += kLanes) {
-        const std::uint32_t* wblock = wt + static_cast<std::int64_t>(oc0 / kLanes) * kw * kLanes;
+      for (int oc0 = oc_begin; oc0 < oc_end; oc0 += lanes) {
+        float* const out = output + blk.first * out_c + oc0;
+        const std::int32_t* const tp = tap_pop + oc0;
+        if (table) {
+          const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
+          const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags};
+          int q0 = 0;
+          for (; q0 < blk.count; q0 += kTablePixels) {
+            const int np = std::min(kTablePixels, blk.count - q0);
+            const std::uint16_t* const* bases = reinterpret_cast<const std::uint16_t* const*>(blk.base + q0);
+            switch (np) {
+              case 6: gemm_tile_table_x64<6>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 5: gemm_tile_table_x64<5>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 4: gemm_tile_table_x64<4>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 3: gemm_tile_table_x64<3>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 2: gemm_tile_table_x64<2>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              default: gemm_tile_table_x64<1>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+            }
+            finish_table_tile(sums, np, blk, q0, st);
+          }
+          continue;
+        }
+        const std::uint32_t* wblock = wt + static_cast<std::int64_t>(oc0 / kLanes) * steps * kLanes;
         OutputStage st;
         st.alpha0 = _mm256_loadu_ps(alpha + oc0);
         st.alpha1 = _mm256_loadu_ps(alpha + oc0 + 8);
@@ -512,26 +702,27 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         st.store0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0), lane);
         st.store1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(out_c - oc0 - 8), lane);
-        st.use_k = use_k;
-        st.relu = relu;
-        st.has_bias = has_bias;
-        st.tap_pop = tap_pop + oc0;
+        st.use_k = flags.use_k;
+        st.relu = flags.relu;
+        st.has_bias = flags.has_bias;
+        st.tap_pop = tp;
         st.oc_pad = oc_pad;
-        st.out = output + blk.first * out_c + oc0;
+        st.out = out;
         st.out_c = out_c;
+        const std::uint32_t* const* bases = reinterpret_cast<const std::uint32_t* const*>(blk.base);
         int q0 = 0;
         for (; q0 + 4 <= blk.count; q0 += 4) {
-          finish_tile<4>(gemm_tile_runs_x16<4>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+          finish_tile<4>(gemm_tile_runs_x16<4>(bases + q0, run_list, run_count, wblock), blk, q0, st);
         }
         switch (blk.count - q0) {
           case 3:
-            finish_tile<3>(gemm_tile_runs_x16<3>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            finish_tile<3>(gemm_tile_runs_x16<3>(bases + q0, run_list, run_count, wblock), blk, q0, st);
             break;
           case 2:
-            finish_tile<2>(gemm_tile_runs_x16<2>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            finish_tile<2>(gemm_tile_runs_x16<2>(bases + q0, run_list, run_count, wblock), blk, q0, st);
             break;
           case 1:
-            finish_tile<1>(gemm_tile_runs_x16<1>(blk.base + q0, run_list, run_count, wblock), blk, q0, st);
+            finish_tile<1>(gemm_tile_runs_x16<1>(bases + q0, run_list, run_count, wblock), blk, q0, st);
             break;
           default:
             break;

@@ -32,6 +32,11 @@ struct ConvArgs {
   // prepare_channel_lanes_filter_avx2); when set, the channel-lane driver skips the transpose.
   const std::uint32_t* lanes_filter = nullptr;
   const std::int32_t* lanes_tap_pop = nullptr;
+  // Optional, from a PreparedConv2DFilter: the channel-lane table tile's filter layout (see
+  // prepare_channel_table_filter_avx2); when set (and channel_table_supported), the
+  // channel-lane driver runs the table tile.
+  const std::uint8_t* nibble_filter = nullptr;
+  const std::int32_t* nibble_tap_pop = nullptr;
 };
 
 // What a PreparedConv2DFilter holds (xnor_conv2d.h). Not copyable.
@@ -40,6 +45,8 @@ struct PreparedFilterData {
   std::vector<PackedWord> packed;          // OHWI copy of the filter (the other drivers, paths)
   std::uint32_t* lanes_filter = nullptr;   // AVX2 only: in `buffer`, 64-byte aligned
   std::int32_t* lanes_tap_pop = nullptr;   // AVX2 only: in `buffer`
+  std::uint8_t* nibble_filter = nullptr;   // AVX2 and channel_table_supported only: in `buffer`
+  std::int32_t* nibble_tap_pop = nullptr;  // likewise
   void* buffer = nullptr;                  // std::aligned_alloc, freed by the destructor
   PreparedFilterData() = default;
   PreparedFilterData(const PreparedFilterData&) = delete;
@@ -96,6 +103,24 @@ inline std::size_t channel_lanes_tap_pop_words(const Conv2DShape& s) {
 // Fills both (lanes_filter 32-byte aligned); uses in_c, out_c, k_h, k_w of `shape`.
 void prepare_channel_lanes_filter_avx2(const Conv2DShape& shape, const PackedWord* filter,
                                        std::uint32_t* lanes_filter, std::int32_t* tap_pop,
+                                       const ParallelFor& parallel_for);
+
+// The channel-lane driver's TABLE tile (xnor_gemm_tile_avx2.h, gemm_tile_table_x64) filter
+// layout, made once by prepare_conv2d_filter: bytes [ceil(out_c / 64)][k_h * k_w * 8 *
+// packed_words(in_c)][64], byte (n, c) = nibble n of channel c's OHWI packed row (nibble 8k + m
+// = bits 4m..4m+3 of packed word k; channels past out_c are 0), and tap_pop int32
+// [k_h * k_w][ceil(out_c / 64) * 64]. The tile sums popcounts in uint16, so it needs
+// 32 * k_h * k_w * packed_words(in_c) < 65536 (channel_table_supported).
+bool channel_table_supported(const Conv2DShape& s);
+inline std::size_t channel_table_filter_bytes(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 63) / 64) * 64 * s.k_h * s.k_w * 8 * packed_words(s.in_c);
+}
+inline std::size_t channel_table_tap_pop_words(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 63) / 64) * 64 * s.k_h * s.k_w;
+}
+// Fills both (nibble_filter 64-byte aligned); uses in_c, out_c, k_h, k_w of `shape`.
+void prepare_channel_table_filter_avx2(const Conv2DShape& shape, const PackedWord* filter,
+                                       std::uint8_t* nibble_filter, std::int32_t* tap_pop,
                                        const ParallelFor& parallel_for);
 
 // Sign-packs `pixels` rows of `in_c` floats (bitpack.h layout) and, when mean_abs is not null,
