@@ -13,8 +13,11 @@
 // of making the planes (one pass per operand, paid by the driver, not per pair). A fourth
 // variant adds two scalar 64-bit XOR + POPCNT + ADD chains per planar step on the integer ALUs
 // the vector loop leaves idle: 5-10% more on Zen 3 (measured; 4 chains is no better, dispatch-
-// bound). No kernel uses that mix yet, so the kernels' best %roof is ~85-90%, not ~100%.
-// Otherwise: 64-bit XOR + scalar popcount.
+// bound). A fifth is the channel-lane TABLE tile's mix (gemm_tile_table_x64): per pixel and
+// step, a 16-bit table offset load, a 32-byte popcount-table load, and one vpshufb (the weight
+// nibbles as indices) + byte add per 32 channels, i.e. 2 vector ALU ops per 128 bit-MACs; on
+// Zen 3 it is the fastest (~645 G/s per core against ~550 for the planar mixes), so it sets
+// the roofline there. Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
 // kernel call, so it cannot use a caller's ParallelFor, and it must pin one busy loop per
@@ -44,6 +47,7 @@ double roofline_loop_avx2_registers(long long iterations, unsigned long long* si
 double roofline_loop_avx2_broadcast(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_planar(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_table(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 
 }  // namespace internal

@@ -227,6 +227,92 @@ double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long*
   return static_cast<double>(done) * (8.0 * 128.0 + 2.0 * 64.0);
 }
 
+// The channel-lane TABLE tile's mix (xnor_gemm_tile_avx2.h, gemm_tile_table_x64): per step,
+// two 64-channel weight vectors of nibble bytes, and per pixel a 16-bit table offset load, a
+// table load, and one vpshufb (weights as indices) + byte add per 32 channels: 2 vector ALU ops
+// per 128 bit-MACs. Six pixels (the tile's maximum; the kernel uses five), all operands in one
+// L1-resident line, 63 steps per widening as in the kernel (each step adds <= 4 to a byte).
+// Counted as 6 x 64 x 4 bit-MACs per step.
+namespace {
+
+alignas(64) const std::uint8_t kRooflineTables[16 * 32] = {
+#define KX_RL_T(v)                                                                          \
+  __builtin_popcount(0 ^ v), __builtin_popcount(1 ^ v), __builtin_popcount(2 ^ v),          \
+      __builtin_popcount(3 ^ v), __builtin_popcount(4 ^ v), __builtin_popcount(5 ^ v),      \
+      __builtin_popcount(6 ^ v), __builtin_popcount(7 ^ v), __builtin_popcount(8 ^ v),      \
+      __builtin_popcount(9 ^ v), __builtin_popcount(10 ^ v), __builtin_popcount(11 ^ v),    \
+      __builtin_popcount(12 ^ v), __builtin_popcount(13 ^ v), __builtin_popcount(14 ^ v),   \
+      __builtin_popcount(15 ^ v)
+#define KX_RL_T2(v) KX_RL_T(v), KX_RL_T(v)
+    KX_RL_T2(0), KX_RL_T2(1), KX_RL_T2(2),  KX_RL_T2(3),  KX_RL_T2(4),  KX_RL_T2(5),
+    KX_RL_T2(6), KX_RL_T2(7), KX_RL_T2(8),  KX_RL_T2(9),  KX_RL_T2(10), KX_RL_T2(11),
+    KX_RL_T2(12), KX_RL_T2(13), KX_RL_T2(14), KX_RL_T2(15)
+#undef KX_RL_T2
+#undef KX_RL_T
+};
+
+// Weights (64 nibble bytes) then six pixels' table offsets (2 bytes each, distinct tables).
+alignas(64) const std::uint8_t kTableOperands[128] = {
+    3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5,
+    0, 2, 8, 8, 4, 1, 9, 7, 1, 6, 9, 3, 9, 9, 3, 7, 5, 1, 0, 5, 8, 2, 0, 9, 7, 4, 9, 4, 4, 5, 9, 2,
+    3 * 32, 0, 7 * 32 % 256, 7 * 32 / 256, 12 * 32 % 256, 12 * 32 / 256, 5 * 32, 0,
+    9 * 32 % 256, 9 * 32 / 256, 14 * 32 % 256, 14 * 32 / 256};
+
+#define KX_RL_TBL_PIXEL(OFF, A, B)                     \
+  "movzwl " OFF "(%[p]), %%eax\n\t"                    \
+  "vmovdqa (%[tb], %%rax), %%ymm14\n\t"                \
+  "vpshufb %%ymm12, %%ymm14, %%ymm15\n\t"              \
+  "vpaddb %%ymm15, %%" A ", %%" A "\n\t"               \
+  "vpshufb %%ymm13, %%ymm14, %%ymm15\n\t"              \
+  "vpaddb %%ymm15, %%" B ", %%" B "\n\t"
+
+}  // namespace
+
+double roofline_loop_avx2_table(long long iterations, unsigned long long* sink) {
+  alignas(32) std::uint64_t lanes[4];
+  std::uint64_t total = 0;
+  long long done = 0;
+  while (done < iterations) {
+    long long n = 63;
+    __asm__ volatile(
+        "vpxor %%ymm0, %%ymm0, %%ymm0\n\t"
+        "vmovdqa %%ymm0, %%ymm1\n\t vmovdqa %%ymm0, %%ymm2\n\t vmovdqa %%ymm0, %%ymm3\n\t"
+        "vmovdqa %%ymm0, %%ymm4\n\t vmovdqa %%ymm0, %%ymm5\n\t vmovdqa %%ymm0, %%ymm6\n\t"
+        "vmovdqa %%ymm0, %%ymm7\n\t vmovdqa %%ymm0, %%ymm8\n\t vmovdqa %%ymm0, %%ymm9\n\t"
+        "vmovdqa %%ymm0, %%ymm10\n\t vmovdqa %%ymm0, %%ymm11\n\t"
+        "1:\n\t"
+        "vmovdqa (%[p]), %%ymm12\n\t"
+        "vmovdqa 32(%[p]), %%ymm13\n\t"
+        KX_RL_TBL_PIXEL("64", "ymm0", "ymm1") KX_RL_TBL_PIXEL("66", "ymm2", "ymm3")
+        KX_RL_TBL_PIXEL("68", "ymm4", "ymm5") KX_RL_TBL_PIXEL("70", "ymm6", "ymm7")
+        KX_RL_TBL_PIXEL("72", "ymm8", "ymm9") KX_RL_TBL_PIXEL("74", "ymm10", "ymm11")
+        "dec %[n]\n\t"
+        "jnz 1b\n\t"
+        // Sum all byte counters (so nothing is dead) into lanes.
+        "vpaddb %%ymm1, %%ymm0, %%ymm0\n\t vpaddb %%ymm3, %%ymm2, %%ymm2\n\t"
+        "vpaddb %%ymm5, %%ymm4, %%ymm4\n\t vpaddb %%ymm7, %%ymm6, %%ymm6\n\t"
+        "vpaddb %%ymm9, %%ymm8, %%ymm8\n\t vpaddb %%ymm11, %%ymm10, %%ymm10\n\t"
+        "vpxor %%ymm15, %%ymm15, %%ymm15\n\t"
+        "vpsadbw %%ymm15, %%ymm0, %%ymm0\n\t vpsadbw %%ymm15, %%ymm2, %%ymm2\n\t"
+        "vpsadbw %%ymm15, %%ymm4, %%ymm4\n\t vpsadbw %%ymm15, %%ymm6, %%ymm6\n\t"
+        "vpsadbw %%ymm15, %%ymm8, %%ymm8\n\t vpsadbw %%ymm15, %%ymm10, %%ymm10\n\t"
+        "vpaddq %%ymm2, %%ymm0, %%ymm0\n\t vpaddq %%ymm6, %%ymm4, %%ymm4\n\t"
+        "vpaddq %%ymm10, %%ymm8, %%ymm8\n\t vpaddq %%ymm4, %%ymm0, %%ymm0\n\t"
+        "vpaddq %%ymm8, %%ymm0, %%ymm0\n\t"
+        "vmovdqa %%ymm0, (%[out])\n\t"
+        : [n] "+r"(n)
+        : [p] "r"(kTableOperands), [tb] "r"(kRooflineTables), [out] "r"(lanes)
+        : "cc", "memory", "rax", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+          "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    done += 63;
+  }
+  *sink += total;
+  return static_cast<double>(done) * 6.0 * 64.0 * 4.0;
+}
+
+#undef KX_RL_TBL_PIXEL
+
 #undef KX_RL_STEP
 #undef KX_RL_PLANAR_STEP
 #undef KX_RL_SCALAR_STEP
