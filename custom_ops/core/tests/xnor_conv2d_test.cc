@@ -240,6 +240,35 @@ void check_prepared(const Problem& p) {
     KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
              "[avx2 driver %d] %s: prepared filter changes the result", static_cast<int>(driver),
              describe(s).c_str());
+    if (driver != internal::Avx2Driver::kChannelLanes || prepared.data->nibble_filter == nullptr) {
+      continue;
+    }
+    // The channel-lane table tile (prepared nibble filter), without and with the planar
+    // layout beside it, with and without bias / K / ReLU.
+    a.nibble_filter = prepared.data->nibble_filter;
+    a.nibble_tap_pop = prepared.data->nibble_tap_pop;
+    for (int variant = 0; variant < 3; ++variant) {
+      a.lanes_filter = variant == 1 ? nullptr : prepared.data->lanes_filter;
+      a.lanes_tap_pop = variant == 1 ? nullptr : prepared.data->lanes_tap_pop;
+      a.filter = variant == 1 ? p.filter.data() : prepared.data->packed.data();
+      a.use_k = variant != 2;
+      a.relu = variant == 2;
+      a.bias = variant == 2 ? p.bias.data() : nullptr;
+      std::vector<float> ref(count + 8, 777.0f), table(count + 8, 777.0f);
+      internal::ConvArgs plain = a;
+      plain.nibble_filter = nullptr;
+      plain.nibble_tap_pop = nullptr;
+      plain.lanes_filter = nullptr;
+      plain.lanes_tap_pop = nullptr;
+      plain.filter = p.filter.data();
+      plain.output = ref.data();
+      internal::conv2d_avx2_driver(plain, serial_for, driver);
+      a.output = table.data();
+      internal::conv2d_avx2_driver(a, variant == 0 ? odd_split_for : thread_for(2), driver);
+      KX_CHECK(std::memcmp(ref.data(), table.data(), (count + 8) * sizeof(float)) == 0,
+               "[table tile, variant %d] %s: differs from the planar tile", variant,
+               describe(s).c_str());
+    }
   }
 }
 
@@ -283,6 +312,10 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(4, 5, 6, 1, 70, 1, 1, 1, 1, 1, 1, V), true);
   run_shape(rng, shape(1, 6, 6, 257, 33, 2, 4, 3, 2, 1, 1, S), true);  // even kernels
   run_shape(rng, shape(1, 3, 3, 8, 4, 3, 3, 4, 4, 1, 1, S), true);     // stride > input
+  // ResNet-18-like channel counts (64-channel table blocks, 5-pixel table tiles), a 7x7 map.
+  run_shape(rng, shape(1, 7, 7, 256, 128, 3, 3, 1, 1, 1, 1, S), true);
+  // Beyond the table tile's uint16 sums (32 * taps * words >= 65536): the planar tile runs.
+  run_shape(rng, shape(1, 8, 8, 600, 3, 11, 11, 1, 1, 1, 1, S), false);
 }
 
 void test_random_sweep(Rng& rng, int cases) {
