@@ -329,6 +329,7 @@ inline void finish_table_tile(const __m256i* sums, int np, const PixelBlock& blk
       return relu ? _mm256_max_ps(r, zero) : r;
     };
     if (full && blk.padded_taps[j] == 0) {
+#pragma GCC unroll 8
       for (int g = 0; g < 8; ++g) _mm256_storeu_ps(out + 8 * g, value(dot(g), g));
       continue;
     }
