@@ -311,36 +311,40 @@ inline void finish_table_tile(const __m256i* sums, int np, const PixelBlock& blk
     const __m256 kv = _mm256_set1_ps(blk.k[j]);  // 1 without K: exact
     float* out = st.out + static_cast<std::int64_t>(j) * st.out_c;
     const __m256i* ps = sums + i * 4;
-    // Channel 8g..8g+7 of the pixel: uint16 lanes 0-7 or 8-15 of ps[2 * (g / 4) + (g & 1)].
-    const auto dot = [&](int g) {
-      const __m256i s16 = ps[2 * (g >> 2) + (g & 1)];
-      const __m128i half = (g & 2) ? _mm256_extracti128_si256(s16, 1) : _mm256_castsi256_si128(s16);
-      const __m256i pop = _mm256_cvtepu16_epi32(half);
-      return _mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop));
+    // Channels 8g..8g+7 of the pixel: uint16 lanes 0-7 or 8-15 of ps[2 * (g / 4) + (g & 1)],
+    // zero-extended straight from memory.
+    const auto pops = [&](int g) {
+      const auto* half = reinterpret_cast<const __m128i*>(ps + 2 * (g >> 2) + (g & 1)) + ((g >> 1) & 1);
+      return _mm256_cvtepu16_epi32(_mm_load_si128(half));
     };
     // (dot * alpha) * K + bias; the bias is -0.0 without one, which adds exactly nothing. The
     // empty asm keeps the compiler from fusing the last multiply and add into an FMA (this
     // file is built with -mfma), which would round differently from the reference.
-    const auto value = [&](__m256i d, int g) {
-      __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(st.alpha + 8 * g));
+    const auto value = [&](__m256 dot, int g) {
+      __m256 r = _mm256_mul_ps(dot, _mm256_loadu_ps(st.alpha + 8 * g));
       r = _mm256_mul_ps(r, kv);
       __asm__("" : "+x"(r));
       r = _mm256_add_ps(r, _mm256_loadu_ps(st.bias + 8 * g));
       return relu ? _mm256_max_ps(r, zero) : r;
     };
     if (full && blk.padded_taps[j] == 0) {
+      // dot = n_valid - 2 * pop in float, one FMA: every term is an integer below 2^24, so
+      // it is exact (the same float as converting the integer dot).
+      const __m256 nvf = _mm256_cvtepi32_ps(nv), minus2 = _mm256_set1_ps(-2.0f);
 #pragma GCC unroll 8
-      for (int g = 0; g < 8; ++g) _mm256_storeu_ps(out + 8 * g, value(dot(g), g));
+      for (int g = 0; g < 8; ++g) {
+        const __m256 dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pops(g)), minus2, nvf);
+        _mm256_storeu_ps(out + 8 * g, value(dot, g));
+      }
       continue;
     }
     for (int g = 0; g < groups; ++g) {
-      __m256i d = dot(g);
+      __m256i pop = pops(g);
       for (int e = 0; e < blk.padded_taps[j]; ++e) {
-        const __m256i w = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(st.tap_pop + blk.padded_tap[j][e] * st.oc_pad + 8 * g));
-        d = _mm256_add_epi32(d, _mm256_add_epi32(w, w));
+        pop = _mm256_sub_epi32(pop, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                        st.tap_pop + blk.padded_tap[j][e] * st.oc_pad + 8 * g)));
       }
-      const __m256 r = value(d, g);
+      const __m256 r = value(_mm256_cvtepi32_ps(_mm256_sub_epi32(nv, _mm256_add_epi32(pop, pop))), g);
       if (8 * g + 8 <= st.count) {
         _mm256_storeu_ps(out + 8 * g, r);
       } else {
