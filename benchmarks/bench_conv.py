@@ -212,6 +212,21 @@ def print_table(runs):
                   100 * TARGETS["roofline"]))
 
 
+def run_workers(script, thread_counts, worker_args):
+    """Runs ``script --worker --threads T worker_args`` once per thread count, each in a fresh
+    process (TF fixes its intra-op pool at start-up); returns the JSON each one printed last."""
+    runs = []
+    for threads in thread_counts:
+        command = [sys.executable, script, "--worker", "--threads", str(threads)] + worker_args
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-5000:])
+            raise SystemExit("benchmark worker with %d thread(s) failed" % threads)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return runs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -228,19 +243,11 @@ def main():
         args.threads = args.threads[0]
         return worker(args)
 
-    runs = []
-    for threads in args.threads:
-        command = [sys.executable, os.path.abspath(__file__), "--worker",
-                   "--threads", str(threads), "--min-seconds", str(args.min_seconds),
-                   "--unroll", str(args.unroll), "--roofline-seconds", str(args.roofline_seconds)]
-        if args.only:
-            command += ["--only"] + args.only
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr[-5000:])
-            raise SystemExit("benchmark worker with %d thread(s) failed" % threads)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    worker_args = ["--min-seconds", str(args.min_seconds), "--unroll", str(args.unroll),
+                   "--roofline-seconds", str(args.roofline_seconds)]
+    if args.only:
+        worker_args += ["--only"] + args.only
+    runs = run_workers(os.path.abspath(__file__), args.threads, worker_args)
     print_table(runs)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

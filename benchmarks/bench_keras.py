@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_conv import time_interleaved  # noqa: E402
+from bench_conv import run_workers, time_interleaved  # noqa: E402
 
 NETWORKS = {"resnet18": "resnet18", "alexnet": "alexnet"}
 
@@ -78,16 +77,8 @@ def main():
     if args.worker:
         args.threads = args.threads[0]
         return worker(args)
-    runs = []
-    for threads in args.threads:
-        command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads",
-                   str(threads), "--min-seconds", str(args.min_seconds), "--models"] + args.models
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr[-5000:])
-            raise SystemExit("benchmark worker with %d thread(s) failed" % threads)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    runs = run_workers(os.path.abspath(__file__), args.threads,
+                       ["--min-seconds", str(args.min_seconds), "--models"] + args.models)
     print("median ms per image (batch 1, 224x224), model(x, training=False) in tf.function")
     print("%-9s %3s %9s %12s %14s %11s %13s %7s" % (
         "network", "thr", "float", "XNOR (op)", "XNOR (simul.)", "op/float", "op/simul.",
