@@ -168,26 +168,26 @@ PreparedConv2DFilter prepare_conv2d_filter(const Conv2DShape& shape, const Packe
       static_cast<std::size_t>(shape.out_c) * shape.k_h * shape.k_w * packed_words(shape.in_c);
   d->packed.assign(filter, filter + words);
   if (cpu_has_avx2()) {
-    const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
-    const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
-    const std::size_t lanes_bytes = ((lanes_words + tap_words) * 4 + 63) / 64 * 64;
-    // The table tile's layout too, when the shape allows it: the channel-lane driver then
-    // runs the table tile (faster); the planar layout stays for calls that force the planar
-    // tile (tests) and shapes the table tile cannot take.
-    const bool table = internal::channel_table_supported(shape);
-    const std::size_t nibble_bytes = table ? (internal::channel_table_filter_bytes(shape) + 63) / 64 * 64 : 0;
-    const std::size_t table_tap_bytes = table ? internal::channel_table_tap_pop_words(shape) * 4 : 0;
-    d->buffer = std::aligned_alloc(64, lanes_bytes + nibble_bytes + (table_tap_bytes + 63) / 64 * 64);
-    if (d->buffer == nullptr) std::abort();
-    d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
-    d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
-    internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
-                                                d->lanes_tap_pop, parallel_for);
-    if (table) {
-      d->nibble_filter = static_cast<std::uint8_t*>(d->buffer) + lanes_bytes;
+    // The channel-lane driver's filter layout: the table tile's nibble bytes when the shape
+    // allows that tile (it then always runs it), else the nibble-planar words.
+    if (internal::channel_table_supported(shape)) {
+      const std::size_t nibble_bytes = (internal::channel_table_filter_bytes(shape) + 63) / 64 * 64;
+      const std::size_t tap_bytes = internal::channel_table_tap_pop_words(shape) * 4;
+      d->buffer = std::aligned_alloc(64, nibble_bytes + (tap_bytes + 63) / 64 * 64);
+      if (d->buffer == nullptr) std::abort();
+      d->nibble_filter = static_cast<std::uint8_t*>(d->buffer);
       d->nibble_tap_pop = reinterpret_cast<std::int32_t*>(d->nibble_filter + nibble_bytes);
       internal::prepare_channel_table_filter_avx2(shape, d->packed.data(), d->nibble_filter,
                                                   d->nibble_tap_pop, parallel_for);
+    } else {
+      const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
+      const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
+      d->buffer = std::aligned_alloc(64, ((lanes_words + tap_words) * 4 + 63) / 64 * 64);
+      if (d->buffer == nullptr) std::abort();
+      d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
+      d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
+      internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
+                                                  d->lanes_tap_pop, parallel_for);
     }
   }
   PreparedConv2DFilter out;

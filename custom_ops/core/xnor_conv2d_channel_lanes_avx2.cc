@@ -29,6 +29,7 @@ constexpr int kTablePixels = 5;    // pixels per table tile
 constexpr int kTableBlock = 20;    // pixels per block, table tile (large outputs)
 constexpr int kTableLanes = 64;    // channels per weight block, table tile
 constexpr int kMaxBlock = 20;
+constexpr int kTableMinPixelsPerCall = 128;  // see conv2d_channel_lanes_avx2
 
 // tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
 alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
@@ -108,8 +109,10 @@ inline void make_nibble_planes(const std::uint32_t* src, std::int64_t n, std::ui
   }
 }
 
-// Table-tile input: entry 8k + m of a pixel is 32 * nibble m of its packed word k (the byte
-// offset of that nibble's table in kNibbleTables), for n packed words.
+// Table-tile input: for packed word k of a pixel, entries 8k .. 8k + 3 are 32 * the low
+// nibbles of its bytes 0..3 and entries 8k + 4 .. 8k + 7 those of the high nibbles (the order
+// of the nibble-planar words 2k, 2k + 1, byte by byte): byte offsets of the nibbles' tables in
+// kNibbleTables, for n packed words.
 inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::uint16_t* dst) {
   const __m128i low = _mm_set1_epi8(0x0f);
   std::int64_t k = 0;
@@ -117,15 +120,85 @@ inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::u
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
     const __m128i lo = _mm_and_si128(x, low);
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), low);
-    // Byte b of the 16 gives nibbles 2b (low) and 2b + 1 (high): in order after interleaving.
-    const __m128i n0 = _mm_unpacklo_epi8(lo, hi), n1 = _mm_unpackhi_epi8(lo, hi);
+    // Words 0, 1 then 2, 3, each as its 4 low nibbles then its 4 high nibbles.
+    const __m128i n0 = _mm_unpacklo_epi32(lo, hi), n1 = _mm_unpackhi_epi32(lo, hi);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * k),
                         _mm256_slli_epi16(_mm256_cvtepu8_epi16(n0), 5));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * k + 16),
                         _mm256_slli_epi16(_mm256_cvtepu8_epi16(n1), 5));
   }
   for (; k < n; ++k) {
-    for (int m = 0; m < 8; ++m) dst[8 * k + m] = static_cast<std::uint16_t>(((src[k] >> (4 * m)) & 15u) * 32);
+    for (int b = 0; b < 4; ++b) {
+      dst[8 * k + b] = static_cast<std::uint16_t>(((src[k] >> (8 * b)) & 15u) * 32);
+      dst[8 * k + 4 + b] = static_cast<std::uint16_t>(((src[k] >> (8 * b + 4)) & 15u) * 32);
+    }
+  }
+}
+
+// Writes 64-channel block b64 of the table-tile filter layout (channel_table_filter_bytes) and
+// that block's per-tap weight popcounts (tap_pop [tap][oc_pad64]).
+void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, std::int64_t b64,
+                           std::uint8_t* nibble_filter, std::int32_t* tap_pop) {
+  const int packed = packed_words(s.in_c);
+  const int taps = s.k_h * s.k_w;
+  const int kw_packed = taps * packed;
+  const std::int64_t kn = static_cast<std::int64_t>(kw_packed) * 8;
+  const int oc_pad = (s.out_c + kTableLanes - 1) / kTableLanes * kTableLanes;
+  std::uint8_t* dst = nibble_filter + b64 * kn * kTableLanes;
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  // Per 128-bit lane: 4 channels x 4 bytes -> byte b of the 4 channels in dword b.
+  const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  // Then qword b = byte b of channels 0-3 (lane 0) and 4-7 (lane 1).
+  const __m256i pair = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int h = 0; h < kTableLanes / 8; ++h) {
+    const int c0 = static_cast<int>(b64) * kTableLanes + h * 8;
+    const std::uint32_t* rows[8];
+    bool live[8];
+    for (int j = 0; j < 8; ++j) {
+      live[j] = c0 + j < s.out_c;
+      rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw_packed;
+    }
+    // Planar word w (2k low nibbles, 2k + 1 high) of the 8 channels, lanes = channels: its 4
+    // bytes are steps 4w .. 4w + 3, each written as 8 channel bytes.
+    const auto put = [&](std::int64_t w, __m256i planar) {
+      const __m256i q = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(planar, by_byte), pair);
+      std::uint8_t* d = dst + 4 * w * kTableLanes + h * 8;
+      const __m128i q01 = _mm256_castsi256_si128(q), q23 = _mm256_extracti128_si256(q, 1);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(d), q01);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + kTableLanes), _mm_unpackhi_epi64(q01, q01));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 2 * kTableLanes), q23);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 3 * kTableLanes), _mm_unpackhi_epi64(q23, q23));
+    };
+    int k = 0;
+    for (; k + 8 <= kw_packed; k += 8) {
+      __m256i r[8];
+      for (int j = 0; j < 8; ++j) {
+        r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
+                       : _mm256_setzero_si256();
+      }
+      transpose8x8(r);
+      for (int i = 0; i < 8; ++i) {
+        put(2 * (k + i), _mm256_and_si256(r[i], low));
+        put(2 * (k + i) + 1, _mm256_and_si256(_mm256_srli_epi16(r[i], 4), low));
+      }
+    }
+    for (; k < kw_packed; ++k) {
+      alignas(32) std::uint32_t x[8];
+      for (int j = 0; j < 8; ++j) x[j] = live[j] ? rows[j][k] : 0u;
+      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(x));
+      put(2 * k, _mm256_and_si256(v, low));
+      put(2 * k + 1, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    }
+    for (int t = 0; t < taps; ++t) {
+      for (int j = 0; j < 8; ++j) {
+        int pop = 0;
+        if (live[j]) {
+          for (int q = 0; q < packed; ++q) pop += _mm_popcnt_u32(rows[j][t * packed + q]);
+        }
+        tap_pop[static_cast<std::int64_t>(t) * oc_pad + c0 + j] = pop;
+      }
+    }
   }
 }
 
@@ -443,28 +516,11 @@ bool channel_table_supported(const Conv2DShape& s) {
 void prepare_channel_table_filter_avx2(const Conv2DShape& s, const PackedWord* filter,
                                        std::uint8_t* nibble_filter, std::int32_t* tap_pop,
                                        const ParallelFor& parallel_for) {
-  const int packed = packed_words(s.in_c);
-  const int taps = s.k_h * s.k_w;
-  const std::int64_t kn = static_cast<std::int64_t>(taps) * packed * 8;
   const int blocks64 = (s.out_c + kTableLanes - 1) / kTableLanes;
-  const int oc_pad = blocks64 * kTableLanes;
-  const auto* f = reinterpret_cast<const std::uint32_t*>(filter);
-  parallel_for(blocks64, kn * kTableLanes, [&](std::int64_t begin, std::int64_t end) {
+  const std::int64_t cost = static_cast<std::int64_t>(s.k_h) * s.k_w * packed_words(s.in_c) * kTableLanes * 8;
+  parallel_for(blocks64, cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t b = begin; b < end; ++b) {
-      std::uint8_t* dst = nibble_filter + b * kn * kTableLanes;
-      for (int cl = 0; cl < kTableLanes; ++cl) {
-        const int c = static_cast<int>(b) * kTableLanes + cl;
-        for (int t = 0; t < taps; ++t) {
-          int pop = 0;
-          for (int k = 0; k < packed; ++k) {
-            const std::uint32_t x = c < s.out_c ? f[(static_cast<std::int64_t>(c) * taps + t) * packed + k] : 0u;
-            pop += __builtin_popcount(x);
-            const std::int64_t n0 = (static_cast<std::int64_t>(t) * packed + k) * 8;
-            for (int m = 0; m < 8; ++m) dst[(n0 + m) * kTableLanes + cl] = static_cast<std::uint8_t>((x >> (4 * m)) & 15u);
-          }
-          tap_pop[static_cast<std::int64_t>(t) * oc_pad + c] = pop;
-        }
-      }
+      transpose_table_block(s, reinterpret_cast<const std::uint32_t*>(filter), b, nibble_filter, tap_pop);
     }
   });
 }
@@ -476,9 +532,15 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int taps = s.k_h * s.k_w;
   const bool same = s.padding == Padding::kSame;
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
-  // Two tiles: the table tile (64-channel blocks, needs the prepared nibble filter) or the
-  // nibble-planar one (16-channel blocks, filter transposed per call unless prepared).
-  const bool table = a.nibble_filter != nullptr && channel_table_supported(s);
+  // Two tiles: the table tile (64-channel blocks; the default) or the nibble-planar one
+  // (16-channel blocks: shapes beyond the table tile's uint16 sums, or forced by tests). Each
+  // takes its filter layout from a PreparedConv2DFilter or makes it per call.
+  // Without a prepared filter the table layout costs more per call than the planar one
+  // (~0.3 ns per filter byte against ~0.05), which few output pixels do not repay (measured:
+  // 512@7, 49 pixels, loses; 256@14, 196 pixels, gains 10%).
+  const std::int64_t out_pixels = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
+  const bool table = channel_table_supported(s) && !a.planar_tile &&
+                     (a.nibble_filter != nullptr || out_pixels >= kTableMinPixelsPerCall);
   const int lanes = table ? kTableLanes : kLanes;
   // Input elements per pixel: planar words (uint32) or table offsets (uint16, one per nibble).
   const int elems = table ? 8 * packed : 2 * packed;
@@ -488,17 +550,21 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int oc_blocks = (s.out_c + lanes - 1) / lanes;
   const int oc_pad = oc_blocks * lanes;
 
-  // Planar path without a prepared filter: transposed filter [block][k][16] and per-tap
-  // popcounts [tap][oc_pad] (SAME) made per call. alpha/bias padded to whole blocks. One
-  // scratch allocation, carved up.
-  const bool prepared = table || a.lanes_filter != nullptr;
-  const std::size_t wt_words = prepared ? 0 : static_cast<std::size_t>(oc_blocks) * steps * kLanes;
-  const std::size_t tp_words = same && !prepared ? static_cast<std::size_t>(taps) * oc_pad : 0;
+  // Per-call filter layout when not prepared: the table tile's nibble bytes [block][k][64] and
+  // tap popcounts [tap][oc_pad], or the planar [block][k][16] words and (SAME) tap popcounts;
+  // then alpha/bias padded to whole blocks. One scratch allocation, carved up (4-byte words;
+  // the nibble bytes first, 64-byte aligned).
+  const bool prepared = table ? a.nibble_filter != nullptr : a.lanes_filter != nullptr;
+  const std::size_t wt_words =
+      prepared ? 0
+      : table  ? (static_cast<std::size_t>(oc_blocks) * steps * kTableLanes + 63) / 64 * 16
+               : static_cast<std::size_t>(oc_blocks) * steps * kLanes;
+  const std::size_t tp_words = !prepared && (same || table) ? static_cast<std::size_t>(taps) * oc_pad : 0;
   auto* scratch = static_cast<std::uint32_t*>(
       thread_scratch((wt_words + tp_words + 2 * static_cast<std::size_t>(oc_pad)) * 4, kScratchFilterT));
-  const std::int32_t* tap_pop = table ? a.nibble_tap_pop
-                                : a.lanes_filter != nullptr ? a.lanes_tap_pop
-                                : reinterpret_cast<std::int32_t*>(scratch + wt_words);
+  const std::int32_t* tap_pop = !prepared ? reinterpret_cast<std::int32_t*>(scratch + wt_words)
+                                : table   ? a.nibble_tap_pop
+                                          : a.lanes_tap_pop;
   float* alpha = reinterpret_cast<float*>(scratch + wt_words + tp_words);
   float* bias = alpha + oc_pad;
   for (int c = 0; c < oc_pad; ++c) {
@@ -525,19 +591,24 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                         : nullptr;
 
   // One parallel pass: units [0, pack_units) each pack one input row (and zero the border
-  // around it), the rest (only without a prepared filter) transpose one 16-channel block.
+  // around it), the rest (only without a prepared filter) transpose one filter block.
   const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
   const std::int64_t filter_units = prepared ? 0 : oc_blocks;
   const std::int64_t unit_cost = (static_cast<std::int64_t>(s.in_w) * s.in_c * 2 * pack_units +
-                                  static_cast<std::int64_t>(steps) * kLanes * 2 * filter_units) /
+                                  static_cast<std::int64_t>(steps) * lanes * 2 * filter_units) /
                                  (pack_units + filter_units);
   const int pad_top = s.pad_top, pad_left = s.pad_left;
   const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
   parallel_for(pack_units + filter_units, unit_cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t unit = begin; unit < end; ++unit) {
       if (unit >= pack_units) {
-        transpose_filter_block(s, filter, unit - pack_units, scratch,
-                               same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
+        if (table) {
+          transpose_table_block(s, filter, unit - pack_units, reinterpret_cast<std::uint8_t*>(scratch),
+                                reinterpret_cast<std::int32_t*>(scratch + wt_words));
+        } else {
+          transpose_filter_block(s, filter, unit - pack_units, scratch,
+                                 same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
+        }
         continue;
       }
       const std::int64_t n = unit / s.in_h;
@@ -658,8 +729,9 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const Run* const run_list = runs;
   const TableRun* const table_run_list = table_runs;
   const int run_count = nruns;
-  const std::uint32_t* const wt = a.lanes_filter != nullptr ? a.lanes_filter : scratch;
-  const std::uint8_t* const nibble_filter = a.nibble_filter;
+  const std::uint32_t* const wt = prepared ? a.lanes_filter : scratch;
+  const std::uint8_t* const nibble_filter =
+      prepared ? a.nibble_filter : reinterpret_cast<const std::uint8_t*>(scratch);
   parallel_for(tiling.tasks, cost, [&, flags, output, out_c, run_list, table_run_list, run_count](
                                        std::int64_t begin, std::int64_t end) {
     PixelBlock blk;

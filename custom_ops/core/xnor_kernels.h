@@ -33,20 +33,23 @@ struct ConvArgs {
   const std::uint32_t* lanes_filter = nullptr;
   const std::int32_t* lanes_tap_pop = nullptr;
   // Optional, from a PreparedConv2DFilter: the channel-lane table tile's filter layout (see
-  // prepare_channel_table_filter_avx2); when set (and channel_table_supported), the
-  // channel-lane driver runs the table tile.
+  // prepare_channel_table_filter_avx2), else the driver makes it per call.
   const std::uint8_t* nibble_filter = nullptr;
   const std::int32_t* nibble_tap_pop = nullptr;
+  // Tests: the channel-lane driver runs the nibble-planar tile even where the table tile could.
+  bool planar_tile = false;
 };
 
 // What a PreparedConv2DFilter holds (xnor_conv2d.h). Not copyable.
 struct PreparedFilterData {
   int in_c = 0, out_c = 0, k_h = 0, k_w = 0;
   std::vector<PackedWord> packed;          // OHWI copy of the filter (the other drivers, paths)
-  std::uint32_t* lanes_filter = nullptr;   // AVX2 only: in `buffer`, 64-byte aligned
-  std::int32_t* lanes_tap_pop = nullptr;   // AVX2 only: in `buffer`
-  std::uint8_t* nibble_filter = nullptr;   // AVX2 and channel_table_supported only: in `buffer`
-  std::int32_t* nibble_tap_pop = nullptr;  // likewise
+  // AVX2 only, in `buffer` (64-byte aligned): the table tile's layout when
+  // channel_table_supported, else the planar tile's (the other pair is null).
+  std::uint32_t* lanes_filter = nullptr;
+  std::int32_t* lanes_tap_pop = nullptr;
+  std::uint8_t* nibble_filter = nullptr;
+  std::int32_t* nibble_tap_pop = nullptr;
   void* buffer = nullptr;                  // std::aligned_alloc, freed by the destructor
   PreparedFilterData() = default;
   PreparedFilterData(const PreparedFilterData&) = delete;
@@ -107,8 +110,9 @@ void prepare_channel_lanes_filter_avx2(const Conv2DShape& shape, const PackedWor
 
 // The channel-lane driver's TABLE tile (xnor_gemm_tile_avx2.h, gemm_tile_table_x64) filter
 // layout, made once by prepare_conv2d_filter: bytes [ceil(out_c / 64)][k_h * k_w * 8 *
-// packed_words(in_c)][64], byte (n, c) = nibble n of channel c's OHWI packed row (nibble 8k + m
-// = bits 4m..4m+3 of packed word k; channels past out_c are 0), and tap_pop int32
+// packed_words(in_c)][64], byte (n, c) = nibble n of channel c's OHWI packed row (nibbles
+// 8k .. 8k + 3: the low nibbles of bytes 0..3 of packed word k, 8k + 4 .. 8k + 7 the high
+// ones, i.e. the bytes of nibble-planar words 2k, 2k + 1; channels past out_c are 0), and tap_pop int32
 // [k_h * k_w][ceil(out_c / 64) * 64]. The tile sums popcounts in uint16, so it needs
 // 32 * k_h * k_w * packed_words(in_c) < 65536 (channel_table_supported).
 bool channel_table_supported(const Conv2DShape& s);

@@ -240,17 +240,17 @@ void check_prepared(const Problem& p) {
     KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
              "[avx2 driver %d] %s: prepared filter changes the result", static_cast<int>(driver),
              describe(s).c_str());
-    if (driver != internal::Avx2Driver::kChannelLanes || prepared.data->nibble_filter == nullptr) {
-      continue;
-    }
-    // The channel-lane table tile (prepared nibble filter), without and with the planar
-    // layout beside it, with and without bias / K / ReLU.
-    a.nibble_filter = prepared.data->nibble_filter;
-    a.nibble_tap_pop = prepared.data->nibble_tap_pop;
+    if (driver != internal::Avx2Driver::kChannelLanes) continue;
+    // The channel-lane table tile (prepared nibble filter, or made per call) against the
+    // planar tile, with and without bias / K / ReLU. Where the table tile cannot run (too
+    // deep a receptive field for its uint16 sums) both runs take the planar tile.
     for (int variant = 0; variant < 3; ++variant) {
-      a.lanes_filter = variant == 1 ? nullptr : prepared.data->lanes_filter;
-      a.lanes_tap_pop = variant == 1 ? nullptr : prepared.data->lanes_tap_pop;
-      a.filter = variant == 1 ? p.filter.data() : prepared.data->packed.data();
+      const bool per_call = variant == 1;
+      a.nibble_filter = per_call ? nullptr : prepared.data->nibble_filter;
+      a.nibble_tap_pop = per_call ? nullptr : prepared.data->nibble_tap_pop;
+      a.lanes_filter = per_call ? nullptr : prepared.data->lanes_filter;
+      a.lanes_tap_pop = per_call ? nullptr : prepared.data->lanes_tap_pop;
+      a.filter = per_call ? p.filter.data() : prepared.data->packed.data();
       a.use_k = variant != 2;
       a.relu = variant == 2;
       a.bias = variant == 2 ? p.bias.data() : nullptr;
@@ -261,6 +261,7 @@ void check_prepared(const Problem& p) {
       plain.lanes_filter = nullptr;
       plain.lanes_tap_pop = nullptr;
       plain.filter = p.filter.data();
+      plain.planar_tile = true;
       plain.output = ref.data();
       internal::conv2d_avx2_driver(plain, serial_for, driver);
       a.output = table.data();
