@@ -29,7 +29,7 @@ constexpr int kTablePixels = 5;    // pixels per table tile
 constexpr int kTableBlock = 20;    // pixels per block, table tile (large outputs)
 constexpr int kTableLanes = 64;    // channels per weight block, table tile
 constexpr int kMaxBlock = 20;
-constexpr int kTableMinPixelsPerCall = 128;  // see conv2d_channel_lanes_avx2
+constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
 
 // tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
 alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
@@ -136,7 +136,10 @@ inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::u
 }
 
 // Writes 64-channel block b64 of the table-tile filter layout (channel_table_filter_bytes) and
-// that block's per-tap weight popcounts (tap_pop [tap][oc_pad64]).
+// that block's per-tap weight popcounts (tap_pop [tap][oc_pad64]). Eight packed words (64
+// steps) at a time: per 8-channel group, a transpose8x8 (lanes = channels), the nibble split,
+// and a byte shuffle put each step's 8 channel bytes in one qword; a 4x4 qword transpose over
+// four groups then gives 32-byte rows, stored whole.
 void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, std::int64_t b64,
                            std::uint8_t* nibble_filter, std::int32_t* tap_pop) {
   const int packed = packed_words(s.in_c);
@@ -144,6 +147,7 @@ void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, st
   const int kw_packed = taps * packed;
   const std::int64_t kn = static_cast<std::int64_t>(kw_packed) * 8;
   const int oc_pad = (s.out_c + kTableLanes - 1) / kTableLanes * kTableLanes;
+  constexpr int kGroups = kTableLanes / 8;
   std::uint8_t* dst = nibble_filter + b64 * kn * kTableLanes;
   const __m256i low = _mm256_set1_epi8(0x0f);
   // Per 128-bit lane: 4 channels x 4 bytes -> byte b of the 4 channels in dword b.
@@ -151,53 +155,60 @@ void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, st
                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   // Then qword b = byte b of channels 0-3 (lane 0) and 4-7 (lane 1).
   const __m256i pair = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int h = 0; h < kTableLanes / 8; ++h) {
-    const int c0 = static_cast<int>(b64) * kTableLanes + h * 8;
-    const std::uint32_t* rows[8];
-    bool live[8];
-    for (int j = 0; j < 8; ++j) {
-      live[j] = c0 + j < s.out_c;
-      rows[j] = filter + static_cast<std::int64_t>(live[j] ? c0 + j : 0) * kw_packed;
-    }
-    // Planar word w (2k low nibbles, 2k + 1 high) of the 8 channels, lanes = channels: its 4
-    // bytes are steps 4w .. 4w + 3, each written as 8 channel bytes.
-    const auto put = [&](std::int64_t w, __m256i planar) {
-      const __m256i q = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(planar, by_byte), pair);
-      std::uint8_t* d = dst + 4 * w * kTableLanes + h * 8;
-      const __m128i q01 = _mm256_castsi256_si128(q), q23 = _mm256_extracti128_si256(q, 1);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(d), q01);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + kTableLanes), _mm_unpackhi_epi64(q01, q01));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 2 * kTableLanes), q23);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 3 * kTableLanes), _mm_unpackhi_epi64(q23, q23));
-    };
-    int k = 0;
-    for (; k + 8 <= kw_packed; k += 8) {
+  const std::uint32_t* rows[kTableLanes];
+  bool live[kTableLanes];
+  for (int c = 0; c < kTableLanes; ++c) {
+    const int oc = static_cast<int>(b64) * kTableLanes + c;
+    live[c] = oc < s.out_c;
+    rows[c] = filter + static_cast<std::int64_t>(live[c] ? oc : 0) * kw_packed;
+  }
+  alignas(32) __m256i q[16][kGroups];  // [planar word of the chunk][channel group]
+  for (int k = 0; k < kw_packed; k += 8) {
+    const int nw = std::min(8, kw_packed - k);
+    for (int h = 0; h < kGroups; ++h) {
       __m256i r[8];
       for (int j = 0; j < 8; ++j) {
-        r[j] = live[j] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k))
-                       : _mm256_setzero_si256();
+        const int c = h * 8 + j;
+        if (!live[c]) {
+          r[j] = _mm256_setzero_si256();
+        } else if (nw == 8) {
+          r[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[c] + k));
+        } else {
+          alignas(32) std::uint32_t x[8] = {};
+          for (int w = 0; w < nw; ++w) x[w] = rows[c][k + w];
+          r[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(x));
+        }
       }
       transpose8x8(r);
-      for (int i = 0; i < 8; ++i) {
-        put(2 * (k + i), _mm256_and_si256(r[i], low));
-        put(2 * (k + i) + 1, _mm256_and_si256(_mm256_srli_epi16(r[i], 4), low));
+      for (int w = 0; w < nw; ++w) {
+        const __m256i lo = _mm256_and_si256(r[w], low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(r[w], 4), low);
+        q[2 * w][h] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(lo, by_byte), pair);
+        q[2 * w + 1][h] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(hi, by_byte), pair);
       }
     }
-    for (; k < kw_packed; ++k) {
-      alignas(32) std::uint32_t x[8];
-      for (int j = 0; j < 8; ++j) x[j] = live[j] ? rows[j][k] : 0u;
-      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(x));
-      put(2 * k, _mm256_and_si256(v, low));
-      put(2 * k + 1, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-    }
-    for (int t = 0; t < taps; ++t) {
-      for (int j = 0; j < 8; ++j) {
-        int pop = 0;
-        if (live[j]) {
-          for (int q = 0; q < packed; ++q) pop += _mm_popcnt_u32(rows[j][t * packed + q]);
-        }
-        tap_pop[static_cast<std::int64_t>(t) * oc_pad + c0 + j] = pop;
+    for (int w = 0; w < 2 * nw; ++w) {
+      std::uint8_t* d = dst + (4 * (2 * static_cast<std::int64_t>(k) + w)) * kTableLanes;
+      for (int g = 0; g < kGroups; g += 4) {
+        const __m256i t0 = _mm256_unpacklo_epi64(q[w][g], q[w][g + 1]);
+        const __m256i t1 = _mm256_unpackhi_epi64(q[w][g], q[w][g + 1]);
+        const __m256i t2 = _mm256_unpacklo_epi64(q[w][g + 2], q[w][g + 3]);
+        const __m256i t3 = _mm256_unpackhi_epi64(q[w][g + 2], q[w][g + 3]);
+        // Row b (step 4w + b): qword b of groups g .. g + 3.
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d + g * 8), _mm256_permute2x128_si256(t0, t2, 0x20));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d + kTableLanes + g * 8), _mm256_permute2x128_si256(t1, t3, 0x20));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d + 2 * kTableLanes + g * 8), _mm256_permute2x128_si256(t0, t2, 0x31));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d + 3 * kTableLanes + g * 8), _mm256_permute2x128_si256(t1, t3, 0x31));
       }
+    }
+  }
+  for (int t = 0; t < taps; ++t) {
+    for (int c = 0; c < kTableLanes; ++c) {
+      int pop = 0;
+      if (live[c]) {
+        for (int w = 0; w < packed; ++w) pop += _mm_popcnt_u32(rows[c][t * packed + w]);
+      }
+      tap_pop[static_cast<std::int64_t>(t) * oc_pad + b64 * kTableLanes + c] = pop;
     }
   }
 }
@@ -535,9 +546,9 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // Two tiles: the table tile (64-channel blocks; the default) or the nibble-planar one
   // (16-channel blocks: shapes beyond the table tile's uint16 sums, or forced by tests). Each
   // takes its filter layout from a PreparedConv2DFilter or makes it per call.
-  // Without a prepared filter the table layout costs more per call than the planar one
-  // (~0.3 ns per filter byte against ~0.05), which few output pixels do not repay (measured:
-  // 512@7, 49 pixels, loses; 256@14, 196 pixels, gains 10%).
+  // Without a prepared filter the table layout is made per call; it costs about what the
+  // planar transpose costs, and the faster tile repays it from a few dozen output pixels
+  // (measured: 512@7, 49 pixels, 0.298 -> 0.283 ms at 1 thread).
   const std::int64_t out_pixels = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   const bool table = channel_table_supported(s) && !a.planar_tile &&
                      (a.nibble_filter != nullptr || out_pixels >= kTableMinPixelsPerCall);
