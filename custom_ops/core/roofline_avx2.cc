@@ -230,7 +230,7 @@ double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long*
 // The channel-lane TABLE tile's mix (xnor_gemm_tile_avx2.h, gemm_tile_table_x64): per step,
 // two 64-channel weight vectors of nibble bytes, and per pixel a 16-bit table offset load, a
 // table load, and one vpshufb (weights as indices) + byte add per 32 channels: 2 vector ALU ops
-// per 128 bit-MACs. Six pixels (the tile's maximum; the kernel uses five), all operands in one
+// per 128 bit-MACs. Six pixels (the tile's maximum, which the kernel uses), all operands in one
 // L1-resident line, 63 steps per widening as in the kernel (each step adds <= 4 to a byte).
 // Counted as 6 x 64 x 4 bit-MACs per step.
 namespace {

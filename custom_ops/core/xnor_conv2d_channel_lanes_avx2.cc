@@ -25,10 +25,10 @@ namespace {
 
 constexpr int kBlock = 16;         // pixels per block, planar tile (large outputs)
 constexpr int kLanes = 16;         // channels per weight block, planar tile (two vectors)
-constexpr int kTablePixels = 5;    // pixels per table tile
-constexpr int kTableBlock = 20;    // pixels per block, table tile (large outputs)
+constexpr int kTablePixels = 6;    // pixels per table tile
+constexpr int kTableBlock = 24;    // pixels per block, table tile (large outputs)
 constexpr int kTableLanes = 64;    // channels per weight block, table tile
-constexpr int kMaxBlock = 20;
+constexpr int kMaxBlock = 24;
 constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
 
 // tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
