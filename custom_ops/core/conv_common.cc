@@ -11,10 +11,11 @@
 namespace keras_xnor {
 namespace internal {
 
-ConvTiling plan_conv_tiling(const Conv2DShape& s, int block_pixels, int oc_multiple) {
+ConvTiling plan_conv_tiling(const Conv2DShape& s, int block_pixels, int oc_multiple,
+                            std::int64_t target_tasks) {
   // Enough tasks for a pool of a few threads to balance, few enough that each task amortises
-  // its im2col over many output channels.
-  constexpr std::int64_t kTargetTasks = 32;
+  // its per-block work (im2col, pixel description) over many output channels.
+  const std::int64_t kTargetTasks = target_tasks;
   ConvTiling t;
   const std::int64_t pixels = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   t.block_pixels = block_pixels;

@@ -30,6 +30,9 @@ constexpr int kTableBlock = 24;    // pixels per block, table tile (large output
 constexpr int kTableLanes = 64;    // channels per weight block, table tile
 constexpr int kMaxBlock = 24;
 constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
+// Tasks per call: 64 balances 2 threads better than 32 (128@28, 256@14: 33 blocks would be
+// 33 tasks, 16 against 17; measured 2-3% at 2 threads) at no cost at 1 thread.
+constexpr std::int64_t kTargetTasks = 64;
 
 // tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
 alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
@@ -135,13 +138,13 @@ inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::u
   }
 }
 
-// Writes 64-channel block b64 of the table-tile filter layout (channel_table_filter_bytes) and
-// that block's per-tap weight popcounts (tap_pop [tap][oc_pad64]). Eight packed words (64
-// steps) at a time: per 8-channel group, a transpose8x8 (lanes = channels), the nibble split,
-// and a byte shuffle put each step's 8 channel bytes in one qword; a 4x4 qword transpose over
-// four groups then gives 32-byte rows, stored whole.
+// Writes taps [t0, t1) of 64-channel block b64 of the table-tile filter layout
+// (channel_table_filter_bytes) and their weight popcounts (tap_pop [tap][oc_pad64]). Eight
+// packed words (64 steps) at a time: per 8-channel group, a transpose8x8 (lanes = channels),
+// the nibble split, and a byte shuffle put each step's 8 channel bytes in one qword; a 4x4
+// qword transpose over four groups then gives 32-byte rows, stored whole.
 void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, std::int64_t b64,
-                           std::uint8_t* nibble_filter, std::int32_t* tap_pop) {
+                           int t0, int t1, std::uint8_t* nibble_filter, std::int32_t* tap_pop) {
   const int packed = packed_words(s.in_c);
   const int taps = s.k_h * s.k_w;
   const int kw_packed = taps * packed;
@@ -163,8 +166,9 @@ void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, st
     rows[c] = filter + static_cast<std::int64_t>(live[c] ? oc : 0) * kw_packed;
   }
   alignas(32) __m256i q[16][kGroups];  // [planar word of the chunk][channel group]
-  for (int k = 0; k < kw_packed; k += 8) {
-    const int nw = std::min(8, kw_packed - k);
+  const int k_end = t1 * packed;
+  for (int k = t0 * packed; k < k_end; k += 8) {
+    const int nw = std::min(8, k_end - k);
     for (int h = 0; h < kGroups; ++h) {
       __m256i r[8];
       for (int j = 0; j < 8; ++j) {
@@ -202,7 +206,7 @@ void transpose_table_block(const Conv2DShape& s, const std::uint32_t* filter, st
       }
     }
   }
-  for (int t = 0; t < taps; ++t) {
+  for (int t = t0; t < t1; ++t) {
     for (int c = 0; c < kTableLanes; ++c) {
       int pop = 0;
       if (live[c]) {
@@ -528,10 +532,13 @@ void prepare_channel_table_filter_avx2(const Conv2DShape& s, const PackedWord* f
                                        std::uint8_t* nibble_filter, std::int32_t* tap_pop,
                                        const ParallelFor& parallel_for) {
   const int blocks64 = (s.out_c + kTableLanes - 1) / kTableLanes;
-  const std::int64_t cost = static_cast<std::int64_t>(s.k_h) * s.k_w * packed_words(s.in_c) * kTableLanes * 8;
-  parallel_for(blocks64, cost, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t b = begin; b < end; ++b) {
-      transpose_table_block(s, reinterpret_cast<const std::uint32_t*>(filter), b, nibble_filter, tap_pop);
+  const int taps = s.k_h * s.k_w;
+  const std::int64_t cost = static_cast<std::int64_t>(packed_words(s.in_c)) * kTableLanes * 8;
+  parallel_for(static_cast<std::int64_t>(blocks64) * taps, cost, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t u = begin; u < end; ++u) {
+      const int t = static_cast<int>(u % taps);
+      transpose_table_block(s, reinterpret_cast<const std::uint32_t*>(filter), u / taps, t, t + 1,
+                            nibble_filter, tap_pop);
     }
   });
 }
@@ -604,9 +611,11 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // One parallel pass: units [0, pack_units) each pack one input row (and zero the border
   // around it), the rest (only without a prepared filter) transpose one filter block.
   const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
-  const std::int64_t filter_units = prepared ? 0 : oc_blocks;
+  // Filter units: one 16-channel block (planar), or one tap of one 64-channel block (table:
+  // finer, so that they balance against the rows).
+  const std::int64_t filter_units = prepared ? 0 : table ? static_cast<std::int64_t>(oc_blocks) * taps : oc_blocks;
   const std::int64_t unit_cost = (static_cast<std::int64_t>(s.in_w) * s.in_c * 2 * pack_units +
-                                  static_cast<std::int64_t>(steps) * lanes * 2 * filter_units) /
+                                  static_cast<std::int64_t>(steps) * lanes * 2 / (table ? taps : 1) * filter_units) /
                                  (pack_units + filter_units);
   const int pad_top = s.pad_top, pad_left = s.pad_left;
   const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
@@ -614,7 +623,9 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     for (std::int64_t unit = begin; unit < end; ++unit) {
       if (unit >= pack_units) {
         if (table) {
-          transpose_table_block(s, filter, unit - pack_units, reinterpret_cast<std::uint8_t*>(scratch),
+          const std::int64_t fu = unit - pack_units;
+          const int t = static_cast<int>(fu % taps);
+          transpose_table_block(s, filter, fu / taps, t, t + 1, reinterpret_cast<std::uint8_t*>(scratch),
                                 reinterpret_cast<std::int32_t*>(scratch + wt_words));
         } else {
           transpose_filter_block(s, filter, unit - pack_units, scratch,
@@ -724,11 +735,12 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   geo.gather_ok = padded_pixels < (std::int64_t{1} << 31);
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  // Pixels per block: whole tiles (4 pixels planar, kTablePixels table) and, for few pixels,
-  // one tile per block so that every task costs about the same.
+  // Pixels per block (at most): whole tiles (4 pixels planar, kTablePixels table) and, for few
+  // pixels, one tile per block so that every task costs about the same.
   const int tile_pixels = table ? kTablePixels : 4;
-  const int block_pixels = total < 512 ? tile_pixels : (table ? kTableBlock : kBlock);
-  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, lanes);
+  const bool one_tile = total < 512;
+  const int block_pixels = one_tile ? tile_pixels : (table ? kTableBlock : kBlock);
+  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, lanes, kTargetTasks);
   const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * steps;
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
   OutputFlags flags;
@@ -753,8 +765,13 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
         cached = bi;
-        describe_block(s, geo, bi * block_pixels,
-                       static_cast<int>(std::min<std::int64_t>(block_pixels, total - bi * block_pixels)), &blk);
+        // One-tile blocks share the pixels out evenly (block_pixels - 1 or block_pixels each),
+        // so that tasks cost about the same (49 pixels in 6-pixel tiles: 5, 5, 6, ... not
+        // 8 x 6 + 1); larger blocks keep whole tiles (a short last block matters little there).
+        const std::int64_t first = one_tile ? bi * total / tiling.blocks : bi * block_pixels;
+        const std::int64_t next = one_tile ? (bi + 1) * total / tiling.blocks
+                                           : std::min(total, first + block_pixels);
+        describe_block(s, geo, first, static_cast<int>(next - first), &blk);
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);

@@ -149,7 +149,9 @@ struct ConvTiling {
   int oc_chunks = 0;
   std::int64_t tasks = 0;
 };
-ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_multiple);
+// Channel chunks are added until there are about `target_tasks` tasks.
+ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_multiple,
+                            std::int64_t target_tasks = 32);
 
 // Per-thread scratch memory, 64-byte aligned, reused across calls (grows, never shrinks):
 // `slot` names independent buffers (kScratch*). Contents are unspecified on return.
