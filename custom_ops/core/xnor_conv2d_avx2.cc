@@ -244,6 +244,7 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
         for (int w = 0; w < full; ++w) {
           const float* xw = x + w * kBitsPerWord;
           std::uint32_t word = 0;
+#pragma GCC unroll 4
           for (int q = 0; q < 4; ++q) {
             const __m256 v = _mm256_loadu_ps(xw + q * 8);
             word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
@@ -265,6 +266,7 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
       for (int w = 0; w < full; ++w) {
         const float* xw = x + w * kBitsPerWord;
         std::uint32_t word = 0;
+#pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) {
           const __m256 v = _mm256_loadu_ps(xw + q * 8);
           // x < 0 (ordered): -0.0 and NaN give 0, i.e. sign +1.
