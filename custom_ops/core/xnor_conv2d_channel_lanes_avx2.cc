@@ -619,6 +619,16 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                                  (pack_units + filter_units);
   const int pad_top = s.pad_top, pad_left = s.pad_left;
   const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
+  // Input rows some receptive field reads (all of them unless the stride skips rows, e.g. a
+  // 1x1 stride-2 conv reads every other row): the others are not packed.
+  auto* row_read = static_cast<std::uint8_t*>(thread_scratch(static_cast<std::size_t>(s.in_h), kScratchRowsRead));
+  std::memset(row_read, 0, static_cast<std::size_t>(s.in_h));
+  for (int oh = 0; oh < s.out_h; ++oh) {
+    for (int i = 0; i < s.k_h; ++i) {
+      const int r = oh * s.stride_h + i * s.dilation_h - pad_top;
+      if (r >= 0 && r < s.in_h) row_read[r] = 1;
+    }
+  }
   parallel_for(pack_units + filter_units, unit_cost, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t unit = begin; unit < end; ++unit) {
       if (unit >= pack_units) {
@@ -638,6 +648,17 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
       char* dst = image + prow * pixel_bytes;
       std::uint32_t* tmp = bits + unit * s.in_w * packed;
+      // The first and last rows of an image also clear the padding rows above / below.
+      if (ih == 0 && pad_top > 0) {
+        std::memset(image + n * hp * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_top) * wp * pixel_bytes);
+        if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
+      }
+      if (ih == s.in_h - 1 && pad_bottom > 0) {
+        const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
+        std::memset(image + z0 * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_bottom) * wp * pixel_bytes);
+        if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
+      }
+      if (!row_read[ih]) continue;  // no receptive field reads it (stride > kernel span)
       pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c,
                            reinterpret_cast<PackedWord*>(tmp),
                            mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
@@ -654,16 +675,6 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       if (mean_pad != nullptr) {
         for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
         for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
-      }
-      // The first and last rows of an image also clear the padding rows above / below.
-      if (ih == 0) {
-        std::memset(image + n * hp * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_top) * wp * pixel_bytes);
-        if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
-      }
-      if (ih == s.in_h - 1) {
-        const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
-        std::memset(image + z0 * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_bottom) * wp * pixel_bytes);
-        if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
       }
     }
   });
