@@ -27,8 +27,10 @@
 // Paths (KernelPath): kReference is the oracle (plain loops, serial). kPortable is plain C++17
 // (uint64 XOR + popcount, 4 pixels x 2 channels register tile; on x86 the tile is built with
 // and without POPCNT and the loader picks). kAvx2 (*_avx2.cc, used only after a CPUID check)
-// packs signs with compare+movemask, builds im2col blocks, and runs vpshufb-popcount
-// microkernels (xnor_gemm_{16x4,8x8,4x16}_avx2.cc) with the output stage fused per tile; the
+// packs signs with compare+movemask and runs vpshufb-popcount tiles with the output stage
+// fused per tile: by default output channels in vector lanes on a zero-padded input read in
+// place (xnor_conv2d_channel_lanes_avx2.cc: a popcount-table tile, see custom_ops/core/README.md),
+// pixels in lanes over im2col blocks for small outputs (xnor_gemm_{16x4,8x8}_avx2.cc); the
 // dense layer at batch < 8 uses a GEMV kernel (xnor_gemv_1x4_avx2.cc). For every path the
 // float part is (dot * alpha) * K + bias in float32, K summed over taps in (kh, kw) order; the
 // fast paths may differ from the reference in the last bits of K (channel-sum order) only.
@@ -84,8 +86,8 @@ struct PreparedFilterData;
 
 // A conv filter prepared once for many calls with the same weights (inference; the TFLite
 // delegate prepares at Prepare time, where the filter is a constant tensor). It holds a copy of
-// the packed filter and, on AVX2 CPUs, the channel-lane driver's transposed nibble-planar
-// layout with the per-tap weight popcounts, so a call does no filter work at all. Immutable
+// the packed filter and, on AVX2 CPUs, the channel-lane driver's filter layout (nibble bytes
+// for its table tile) with the per-tap weight popcounts, so a call does no filter work at all. Immutable
 // once made: copies share the data, and it may be used by several threads at once. Training
 // changes the weights every step and keeps using the plain-filter xnor_conv2d.
 struct PreparedConv2DFilter {
