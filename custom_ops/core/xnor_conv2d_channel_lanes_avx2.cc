@@ -694,21 +694,23 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   auto* table_runs = reinterpret_cast<TableRun*>(run_mem);
   int nruns = 0;
   {
+    // Widen after whole runs when they fit (fewer, longer runs), else every 63 steps.
+    const int gsz = seg_len <= 63 ? 63 / seg_len * seg_len : 63;
     int group = 0;
     for (int g = 0; g < segs; ++g) {
       const int i = row_runs ? g : g / s.k_w, q = row_runs ? 0 : g % s.k_w;
       std::int64_t offset = (static_cast<std::int64_t>(i) * s.dilation_h * wp + q * s.dilation_w) * elems;
       int left = seg_len;
       while (left > 0) {
-        const int n = std::min(left, 63 - group);
+        const int n = std::min(left, gsz - group);
         group += n;
-        const bool widen = group == 63 || (g == segs - 1 && n == left);
+        const bool widen = group == gsz || (g == segs - 1 && n == left);
         if (table) {
           table_runs[nruns++] = TableRun{offset * 2, (offset + n) * 2, widen ? 1 : 0};
         } else {
           runs[nruns++] = Run{offset, n, widen};
         }
-        if (group == 63) group = 0;
+        if (group == gsz) group = 0;
         offset += n;
         left -= n;
       }
