@@ -16,8 +16,9 @@ thread count runs in its own subprocess.
 
 Times are per conv call: TF graphs chain ``--unroll`` calls in one ``tf.function`` (grappler
 off so nothing is deduplicated) to hide Python's per-call cost; TFLite times one ``invoke``.
-The three methods are timed in interleaved rounds (one call of each per round) so that load
-from other processes hits them alike; each figure is the median (and min) over the rounds,
+The three methods are timed in interleaved rounds (a turn of each per round: 3 untimed calls
+while the previous method's thread pool stops spinning, then 5 timed calls) so that load from
+other processes hits them alike; each figure is the median (and min) over the timed calls,
 which last at least ``--min-seconds`` per method. The JSON also holds min-based figures.
 
 Usage::
@@ -57,11 +58,15 @@ def bit_macs(size, c_in, c_out, k, stride):
     return out * out * c_out * k * k * c_in
 
 
-def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7):
+def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, settle_calls=3,
+                     timed_calls=5):
     """Median and min seconds per conv of each method, measured in interleaved rounds.
 
-    ``methods`` maps a name to ``(fn, convs per fn call)``. Each round calls every method
-    once, so load from other processes on the machine hits all methods alike.
+    ``methods`` maps a name to ``(fn, convs per fn call)``. Each round gives every method a
+    turn, so load from other processes on the machine hits all methods alike. A turn first
+    makes ``settle_calls`` untimed calls, then times ``timed_calls`` calls: thread pools keep
+    spinning for a while after their work (XNNPACK's, TF's and ours), and without the untimed
+    calls every method would be timed while the previous method's pool still holds the cores.
     """
     # Warm up for a while, not a few calls: the first few hundred calls in a fresh process
     # run up to 2x slower (allocator and page-fault warm-up), which would bias the medians.
@@ -76,9 +81,12 @@ def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7):
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(methods):
         for name, (fn, per_call) in methods.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) / per_call)
+            for _ in range(settle_calls):
+                fn()
+            for _ in range(timed_calls):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) / per_call)
         rounds += 1
     return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 

@@ -26,9 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
-def _latencies(interpreters, x, runs, warmup=3):
+def _latencies(interpreters, x, runs, warmup=3, settle=1):
     """Median/min ms of one invoke for each interpreter, runs interleaved round-robin so that
-    every contender sees the same machine load (the box may be shared)."""
+    every contender sees the same machine load (the box may be shared). Each turn first makes
+    `settle` untimed invokes: thread pools (XNNPACK's, the delegate's) spin for a while after
+    their work, and a contender timed right after another would share the cores with them."""
     for interpreter in interpreters.values():
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
@@ -37,6 +39,8 @@ def _latencies(interpreters, x, runs, warmup=3):
     times = {name: [] for name in interpreters}
     for _ in range(runs):
         for name, interpreter in interpreters.items():
+            for _ in range(settle):
+                interpreter.invoke()
             start = time.perf_counter()
             interpreter.invoke()
             times[name].append(time.perf_counter() - start)
