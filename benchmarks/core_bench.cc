@@ -8,7 +8,9 @@
 //     g++ -O2 -std=c++17 -I. $x -c $f -o /tmp/core_bench_obj/$(basename $f .cc).o; done
 //   g++ -O2 -std=c++17 -I. benchmarks/core_bench.cc /tmp/core_bench_obj/*.o -pthread -o /tmp/core_bench
 //   /tmp/core_bench [--repeats=N] [--paths=avx2,avx2-prep,portable] [--threads=1,2] [--only=64@56]
-//                   [--roofline_seconds=S]
+//                   [--roofline_seconds=S] [--out_buffers=N]
+// --out_buffers=N rotates N output buffers (default 1): N = 16 mimics a framework that hands
+// each call a fresh output buffer, cold in cache (as TensorFlow does).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -122,6 +124,7 @@ int main(int argc, char** argv) {
   std::vector<int> thread_counts = {1, 2};
   double roofline_seconds = 1.0;
   std::string only;
+  int out_buffers = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--repeats=", 0) == 0) repeats = std::atoi(a.c_str() + 10);
@@ -129,6 +132,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--threads=", 0) == 0) thread_counts = parse_list(a.substr(10));
     else if (a.rfind("--roofline_seconds=", 0) == 0) roofline_seconds = std::atof(a.c_str() + 19);
     else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
+    else if (a.rfind("--out_buffers=", 0) == 0) out_buffers = std::max(1, std::atoi(a.c_str() + 14));
   }
   const Case cases[] = {
       {"resnet18 64@56 3x3", 56, 64, 64, 3, 1, Padding::kSame},
@@ -193,13 +197,18 @@ int main(int argc, char** argv) {
       for (int t : thread_counts) {
         Pool pool(t);
         const keras_xnor::ParallelFor pf = pool.parallel_for();
+        std::vector<std::vector<float>> spare(static_cast<std::size_t>(out_buffers - 1),
+                                              std::vector<float>(out.size()));
+        int call = 0;
         auto run = [&] {
+          const int b = call++ % out_buffers;
+          float* const o = b == 0 ? out.data() : spare[static_cast<std::size_t>(b - 1)].data();
           if (use_prepared) {
             keras_xnor::xnor_conv2d(s, input.data(), prepared, alpha.data(), bias.data(), true,
-                                    true, out.data(), pf, path);
+                                    true, o, pf, path);
           } else {
             keras_xnor::xnor_conv2d(s, input.data(), filter.data(), alpha.data(), bias.data(), true,
-                                    true, out.data(), pf, path);
+                                    true, o, pf, path);
           }
         };
         run();

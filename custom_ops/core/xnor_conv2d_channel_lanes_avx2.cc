@@ -13,8 +13,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "custom_ops/core/xnor_gemm_tile_avx2.h"
 #include "custom_ops/core/xnor_kernels.h"
@@ -608,20 +610,34 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                               static_cast<std::size_t>(padded_pixels) * 4, kScratchMeanAbsPadded))
                         : nullptr;
 
-  // One parallel pass: units [0, pack_units) each pack one input row (and zero the border
-  // around it), the rest (only without a prepared filter) transpose one filter block.
+  // Input rows are packed lazily by the conv tasks themselves (ensure_rows below), right
+  // before the first block that reads them: no separate pass (one fewer fork/join per call).
+  // Without a prepared filter, one parallel pass first transposes it: per 16-channel block
+  // (planar), or per tap of a 64-channel block (table).
   const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
-  // Filter units: one 16-channel block (planar), or one tap of one 64-channel block (table:
-  // finer, so that they balance against the rows).
-  const std::int64_t filter_units = prepared ? 0 : table ? static_cast<std::int64_t>(oc_blocks) * taps : oc_blocks;
-  const std::int64_t unit_cost = (static_cast<std::int64_t>(s.in_w) * s.in_c * 2 * pack_units +
-                                  static_cast<std::int64_t>(steps) * lanes * 2 / (table ? taps : 1) * filter_units) /
-                                 (pack_units + filter_units);
+  if (!prepared) {
+    const std::int64_t filter_units = table ? static_cast<std::int64_t>(oc_blocks) * taps : oc_blocks;
+    const std::int64_t filter_cost = static_cast<std::int64_t>(steps) * lanes * 2 / (table ? taps : 1);
+    parallel_for(filter_units, filter_cost, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t fu = begin; fu < end; ++fu) {
+        if (table) {
+          const int t = static_cast<int>(fu % taps);
+          transpose_table_block(s, filter, fu / taps, t, t + 1, reinterpret_cast<std::uint8_t*>(scratch),
+                                reinterpret_cast<std::int32_t*>(scratch + wt_words));
+        } else {
+          transpose_filter_block(s, filter, fu, scratch,
+                                 same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
+        }
+      }
+    });
+  }
   const int pad_top = s.pad_top, pad_left = s.pad_left;
   const int pad_right = pad_w - pad_left, pad_bottom = pad_h - pad_top;
   // Input rows some receptive field reads (all of them unless the stride skips rows, e.g. a
-  // 1x1 stride-2 conv reads every other row): the others are not packed.
-  auto* row_read = static_cast<std::uint8_t*>(thread_scratch(static_cast<std::size_t>(s.in_h), kScratchRowsRead));
+  // 1x1 stride-2 conv reads every other row): the others are not packed. Then one state per
+  // (image, row): 0 not packed, 1 being packed, 2 packed.
+  auto* row_read = static_cast<std::uint8_t*>(
+      thread_scratch(static_cast<std::size_t>(s.in_h) + static_cast<std::size_t>(pack_units), kScratchRowsRead));
   std::memset(row_read, 0, static_cast<std::size_t>(s.in_h));
   for (int oh = 0; oh < s.out_h; ++oh) {
     for (int i = 0; i < s.k_h; ++i) {
@@ -629,55 +645,82 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       if (r >= 0 && r < s.in_h) row_read[r] = 1;
     }
   }
-  parallel_for(pack_units + filter_units, unit_cost, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t unit = begin; unit < end; ++unit) {
-      if (unit >= pack_units) {
-        if (table) {
-          const std::int64_t fu = unit - pack_units;
-          const int t = static_cast<int>(fu % taps);
-          transpose_table_block(s, filter, fu / taps, t, t + 1, reinterpret_cast<std::uint8_t*>(scratch),
-                                reinterpret_cast<std::int32_t*>(scratch + wt_words));
-        } else {
-          transpose_filter_block(s, filter, unit - pack_units, scratch,
-                                 same ? reinterpret_cast<std::int32_t*>(scratch + wt_words) : nullptr);
-        }
-        continue;
-      }
-      const std::int64_t n = unit / s.in_h;
-      const int ih = static_cast<int>(unit % s.in_h);
-      const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
-      char* dst = image + prow * pixel_bytes;
-      std::uint32_t* tmp = bits + unit * s.in_w * packed;
-      // The first and last rows of an image also clear the padding rows above / below.
-      if (ih == 0 && pad_top > 0) {
-        std::memset(image + n * hp * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_top) * wp * pixel_bytes);
-        if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
-      }
-      if (ih == s.in_h - 1 && pad_bottom > 0) {
-        const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
-        std::memset(image + z0 * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_bottom) * wp * pixel_bytes);
-        if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
-      }
-      if (!row_read[ih]) continue;  // no receptive field reads it (stride > kernel span)
-      pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c,
-                           reinterpret_cast<PackedWord*>(tmp),
-                           mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
-      if (table) {
-        make_nibble_offsets(tmp, static_cast<std::int64_t>(s.in_w) * packed,
-                            reinterpret_cast<std::uint16_t*>(dst + pad_left * pixel_bytes));
-      } else {
-        make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed,
-                           reinterpret_cast<std::uint32_t*>(dst + pad_left * pixel_bytes));
-      }
-      if (pad_h == 0 && pad_w == 0) continue;
-      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * pixel_bytes);
-      std::memset(dst + (pad_left + s.in_w) * pixel_bytes, 0, static_cast<std::size_t>(pad_right) * pixel_bytes);
-      if (mean_pad != nullptr) {
-        for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
-        for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
-      }
+  auto* row_state = reinterpret_cast<std::atomic<std::uint8_t>*>(row_read + s.in_h);
+  for (std::int64_t u = 0; u < pack_units; ++u) new (row_state + u) std::atomic<std::uint8_t>(0);
+  // Packs input row `unit` (image unit / in_h) into the padded image (sign bits as nibble
+  // offsets or planes, mean |x| for K), zeroes the padding columns beside it, and, for the
+  // first / last row of an image, the padding rows above / below.
+  const auto pack_row = [&](std::int64_t unit) {
+    const std::int64_t n = unit / s.in_h;
+    const int ih = static_cast<int>(unit % s.in_h);
+    const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
+    char* dst = image + prow * pixel_bytes;
+    std::uint32_t* tmp = bits + unit * s.in_w * packed;
+    if (ih == 0 && pad_top > 0) {
+      std::memset(image + n * hp * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_top) * wp * pixel_bytes);
+      if (mean_pad != nullptr) std::fill(mean_pad + n * hp * wp, mean_pad + (n * hp + pad_top) * wp, 0.0f);
     }
-  });
+    if (ih == s.in_h - 1 && pad_bottom > 0) {
+      const std::int64_t z0 = n * hp + pad_top + s.in_h;  // first padding row below
+      std::memset(image + z0 * wp * pixel_bytes, 0, static_cast<std::size_t>(pad_bottom) * wp * pixel_bytes);
+      if (mean_pad != nullptr) std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
+    }
+    if (!row_read[ih]) return;  // no receptive field reads it (stride > kernel span)
+    pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c,
+                         reinterpret_cast<PackedWord*>(tmp),
+                         mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
+    if (table) {
+      make_nibble_offsets(tmp, static_cast<std::int64_t>(s.in_w) * packed,
+                          reinterpret_cast<std::uint16_t*>(dst + pad_left * pixel_bytes));
+    } else {
+      make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed,
+                         reinterpret_cast<std::uint32_t*>(dst + pad_left * pixel_bytes));
+    }
+    if (pad_h == 0 && pad_w == 0) return;
+    std::memset(dst, 0, static_cast<std::size_t>(pad_left) * pixel_bytes);
+    std::memset(dst + (pad_left + s.in_w) * pixel_bytes, 0, static_cast<std::size_t>(pad_right) * pixel_bytes);
+    if (mean_pad != nullptr) {
+      for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
+      for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
+    }
+  };
+  // Row `unit` is packed on return: by this thread if it claims it first, else by the thread
+  // that did (which packs it at once, so the wait is short and cannot deadlock). The release
+  // store / acquire load order the packed bytes before any read of them.
+  const auto ensure_row = [&](std::int64_t unit) {
+    std::atomic<std::uint8_t>& state = row_state[unit];
+    if (state.load(std::memory_order_acquire) == 2) return;
+    std::uint8_t expected = 0;
+    if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+      pack_row(unit);
+      state.store(2, std::memory_order_release);
+      return;
+    }
+    while (state.load(std::memory_order_acquire) != 2) _mm_pause();
+  };
+  // Every input row the receptive fields of output pixels [first, first + count) read, plus the
+  // first / last row of the image when they reach into the padding above / below (those rows'
+  // units zero it).
+  const auto ensure_rows = [&](std::int64_t first, std::int64_t count) __attribute__((noinline)) {
+    const std::int64_t q_end = (first + count - 1) / s.out_w;
+    for (std::int64_t q = first / s.out_w; q <= q_end; ++q) {  // flattened (image, output row)
+      const std::int64_t n = q / s.out_h;
+      const int oh = static_cast<int>(q % s.out_h);
+      bool above = false, below = false;
+      for (int i = 0; i < s.k_h; ++i) {
+        const int r = oh * s.stride_h + i * s.dilation_h - pad_top;
+        if (r < 0) {
+          above = true;
+        } else if (r >= s.in_h) {
+          below = true;
+        } else {
+          ensure_row(n * s.in_h + r);
+        }
+      }
+      if (above) ensure_row(n * s.in_h);
+      if (below) ensure_row(n * s.in_h + s.in_h - 1);
+    }
+  };
 
   // The k sequence of a receptive field as runs from its corner: one run per kernel row when
   // the taps of a row are adjacent (dilation_w 1), else one per tap; split so that at most 63
@@ -784,6 +827,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         const std::int64_t first = one_tile ? bi * total / tiling.blocks : bi * block_pixels;
         const std::int64_t next = one_tile ? (bi + 1) * total / tiling.blocks
                                            : std::min(total, first + block_pixels);
+        ensure_rows(first, next - first);
         describe_block(s, geo, first, static_cast<int>(next - first), &blk);
       }
       const int oc_begin = chunk * tiling.oc_chunk;

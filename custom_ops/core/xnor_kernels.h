@@ -87,8 +87,9 @@ bool channel_lanes_preferred(const Conv2DShape& shape);
 enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
 // conv2d_avx2 with the driver forced (tests cover both on every shape).
 void conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
-// Packs the input into `bits` / `mean_abs` (null without K) itself, in the same parallel pass
-// as the filter transpose (one pool dispatch fewer).
+// Packs the input into `bits` / `mean_abs` (null without K) itself, inside the conv pass: each
+// input row is packed by the first task that reads it (one pool dispatch per call with a
+// prepared filter; one more for the per-call filter transpose without).
 void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs);
 

@@ -309,6 +309,10 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(1, 15, 15, 31, 8, 11, 11, 4, 4, 1, 1, V), true);
   run_shape(rng, shape(1, 15, 15, 31, 8, 11, 11, 4, 4, 1, 1, S), true);
   run_shape(rng, shape(2, 10, 11, 7, 5, 3, 3, 2, 1, 2, 2, S), true);   // stride + dilation
+  // The first receptive fields skip input row 0 (rows -1, 1, 3) but read the padding row that
+  // row 0's packing zeroes; several tasks per row, rows packed by whichever task needs them.
+  run_shape(rng, shape(2, 8, 8, 40, 70, 3, 3, 2, 2, 2, 2, S), true);
+  run_shape(rng, shape(1, 30, 30, 64, 64, 3, 3, 1, 1, 1, 1, S), true);
   run_shape(rng, shape(1, 9, 8, 300, 3, 7, 7, 1, 1, 1, 1, S), true);
   run_shape(rng, shape(4, 5, 6, 1, 70, 1, 1, 1, 1, 1, 1, V), true);
   run_shape(rng, shape(1, 6, 6, 257, 33, 2, 4, 3, 2, 1, 1, S), true);  // even kernels
