@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "custom_ops/core/xnor_gemm_tile_avx2.h"
 #include "custom_ops/core/xnor_kernels.h"
@@ -696,7 +697,14 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       state.store(2, std::memory_order_release);
       return;
     }
-    while (state.load(std::memory_order_acquire) != 2) _mm_pause();
+    // Spin (a row packs in microseconds), then yield, in case the packing thread was preempted.
+    for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
+      if (spins < 4096) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
   };
   // Every input row the receptive fields of output pixels [first, first + count) read, plus the
   // first / last row of the image when they reach into the padding above / below (those rows'
