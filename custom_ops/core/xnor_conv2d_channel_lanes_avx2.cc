@@ -47,6 +47,7 @@ alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
 #undef KX_T
 };
 constexpr int kMaxTaps = 11 * 11;
+constexpr int kMaxClasses = 64;  // padding classes (see InputGeometry::dot_base)
 
 // A block of consecutive output pixels (flattened n, oh, ow): per pixel, the corner of its
 // receptive field in the padded planar input, K, the number of real products, and the taps
@@ -58,6 +59,7 @@ struct PixelBlock {
   std::int64_t corner[kMaxBlock];  // padded pixel index of the receptive field's corner
   alignas(32) float k[kMaxBlock + 8];
   std::int32_t n_valid[kMaxBlock];
+  const float* dot_base[kMaxBlock];  // table tile: the pixel's padding class row (see below)
   int padded_taps[kMaxBlock];
   unsigned char padded_tap[kMaxBlock][kMaxTaps];
 };
@@ -286,6 +288,13 @@ struct InputGeometry {
   const int* row_valid = nullptr;   // [out_h]: kernel rows inside the input
   const int* col_valid = nullptr;   // [out_w]: kernel columns inside the input
   bool gather_ok = false;           // padded pixel indices fit 32-bit gather offsets
+  // Table tile: per padding class (the set of kernel rows and of kernel columns that fall in
+  // the padding), float [oc_pad] n_valid + 2 * (weight popcounts of the padded taps), so that
+  // dot = dot_base - 2 * pop for every pixel of the class. Null when not used.
+  const float* dot_base = nullptr;
+  const int* row_class = nullptr;   // [out_h]: row class index
+  const int* col_class = nullptr;   // [out_w]: column class index
+  int col_classes = 0, oc_pad = 0;
 };
 
 // Fills `blk` for pixels [first, first + count). K sums the padded mean |x| over all taps in
@@ -322,6 +331,8 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     }
     blk->padded_taps[j] = npad;
     blk->n_valid[j] = valid * s.in_c;
+    blk->dot_base[j] = g.dot_base == nullptr ? nullptr
+                       : g.dot_base + static_cast<std::int64_t>(g.row_class[oh] * g.col_classes + g.col_class[ow]) * g.oc_pad;
     if (++ow == s.out_w) {
       ow = 0;
       if (++oh == s.out_h) {
@@ -384,6 +395,7 @@ struct TableOutput {
   int out_c;
   int count;                    // channels of this block that exist (<= 64)
   OutputFlags flags;
+  int oc0;                      // first channel of the block
 };
 
 // out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + np - 1 of the block, from the
@@ -426,6 +438,30 @@ inline void finish_table_tile(const __m256i* sums, int np, const PixelBlock& blk
       for (int g = 0; g < 8; ++g) {
         const __m256 dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pops(g)), minus2, nvf);
         _mm256_storeu_ps(out + 8 * g, value(dot, g));
+      }
+      continue;
+    }
+    if (blk.dot_base[j] != nullptr) {  // border pixels (and partial blocks)
+      // dot = (n_valid + 2 * padded taps' weight popcounts) - 2 * pop in float, one FMA: every
+      // term is an integer below 2^24, so it is exact (the same float as the integer dot).
+      const float* db = blk.dot_base[j] + st.oc0;
+      const __m256 minus2 = _mm256_set1_ps(-2.0f);
+      if (full) {
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; ++g) {
+          const __m256 dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pops(g)), minus2, _mm256_loadu_ps(db + 8 * g));
+          _mm256_storeu_ps(out + 8 * g, value(dot, g));
+        }
+        continue;
+      }
+      for (int g = 0; g < groups; ++g) {
+        const __m256 dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pops(g)), minus2, _mm256_loadu_ps(db + 8 * g));
+        const __m256 r = value(dot, g);
+        if (8 * g + 8 <= st.count) {
+          _mm256_storeu_ps(out + 8 * g, r);
+        } else {
+          _mm256_maskstore_ps(out + 8 * g, _mm256_cmpgt_epi32(_mm256_set1_epi32(st.count - 8 * g), lane), r);
+        }
       }
       continue;
     }
@@ -797,6 +833,76 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   geo.row_valid = row_valid;
   geo.col_valid = col_valid;
   geo.gather_ok = padded_pixels < (std::int64_t{1} << 31);
+  if (table) {
+    // Padding classes: distinct masks of padded kernel rows (per output row) and columns (per
+    // output column); a few per side for SAME, one for VALID. With too many (or kernels over
+    // 30 taps a side), finish_table_tile subtracts each padded tap's popcounts per pixel.
+    auto* class_mem = static_cast<int*>(thread_scratch(
+        static_cast<std::size_t>(s.out_h + s.out_w + 2 * (s.k_h + s.k_w + 2)) * sizeof(int) + 64 +
+            static_cast<std::size_t>(kMaxClasses) * oc_pad * sizeof(float),
+        kScratchPadClasses));
+    int* row_class = class_mem;
+    int* col_class = row_class + s.out_h;
+    int* row_masks = col_class + s.out_w;  // up to k_h + k_w + 2 distinct masks each
+    int* col_masks = row_masks + s.k_h + s.k_w + 2;
+    int nr = 0, nc = 0;
+    bool ok = s.k_h <= 30 && s.k_w <= 30;  // masks fit an int
+    for (int oh = 0; oh < s.out_h && ok; ++oh) {
+      int m = 0;
+      for (int i = 0; i < s.k_h; ++i) {
+        const int r = oh * s.stride_h + i * s.dilation_h - s.pad_top;
+        if (r < 0 || r >= s.in_h) m |= 1 << i;
+      }
+      int k = 0;
+      while (k < nr && row_masks[k] != m) ++k;
+      if (k == nr) {
+        if (nr == s.k_h + s.k_w + 2) { ok = false; break; }
+        row_masks[nr++] = m;
+      }
+      row_class[oh] = k;
+    }
+    for (int ow = 0; ow < s.out_w && ok; ++ow) {
+      int m = 0;
+      for (int q = 0; q < s.k_w; ++q) {
+        const int c = ow * s.stride_w + q * s.dilation_w - s.pad_left;
+        if (c < 0 || c >= s.in_w) m |= 1 << q;
+      }
+      int k = 0;
+      while (k < nc && col_masks[k] != m) ++k;
+      if (k == nc) {
+        if (nc == s.k_h + s.k_w + 2) { ok = false; break; }
+        col_masks[nc++] = m;
+      }
+      col_class[ow] = k;
+    }
+    if (ok && nr * nc <= kMaxClasses) {
+      auto* base = reinterpret_cast<float*>(
+          (reinterpret_cast<std::uintptr_t>(col_masks + s.k_h + s.k_w + 2) + 63) / 64 * 64);
+      for (int a_r = 0; a_r < nr; ++a_r) {
+        for (int a_c = 0; a_c < nc; ++a_c) {
+          const int rm = row_masks[a_r], cm = col_masks[a_c];
+          const int nv = (s.k_h - __builtin_popcount(rm)) * (s.k_w - __builtin_popcount(cm)) * s.in_c;
+          float* d = base + static_cast<std::int64_t>(a_r * nc + a_c) * oc_pad;
+          for (int c0 = 0; c0 < oc_pad; c0 += 8) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int i = 0; i < s.k_h; ++i) {
+              for (int q = 0; q < s.k_w; ++q) {
+                if (!((rm >> i) & 1) && !((cm >> q) & 1)) continue;
+                acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                                tap_pop + static_cast<std::int64_t>(i * s.k_w + q) * oc_pad + c0)));
+              }
+            }
+            _mm256_storeu_ps(d + c0, _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(nv), _mm256_add_epi32(acc, acc))));
+          }
+        }
+      }
+      geo.dot_base = base;
+      geo.row_class = row_class;
+      geo.col_class = col_class;
+      geo.col_classes = nc;
+      geo.oc_pad = oc_pad;
+    }
+  }
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   // Pixels per block (at most): whole tiles (4 pixels planar, kTablePixels table) and, for few
@@ -845,7 +951,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         const std::int32_t* const tp = tap_pop + oc0;
         if (table) {
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
-          const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags};
+          const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
           int q0 = 0;
           for (; q0 < blk.count; q0 += kTablePixels) {
             const int np = std::min(kTablePixels, blk.count - q0);

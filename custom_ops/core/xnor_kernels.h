@@ -157,7 +157,7 @@ ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_m
 // Per-thread scratch memory, 64-byte aligned, reused across calls (grows, never shrinks):
 // `slot` names independent buffers (kScratch*). Contents are unspecified on return.
 enum ScratchSlot { kScratchPacked = 0, kScratchMeanAbs, kScratchPatches, kScratchMasks, kScratchTile,
-                   kScratchTapPop, kScratchFilterT, kScratchPlanar, kScratchMeanAbsPadded, kScratchRuns, kScratchRowsRead,
+                   kScratchTapPop, kScratchFilterT, kScratchPlanar, kScratchMeanAbsPadded, kScratchRuns, kScratchRowsRead, kScratchPadClasses,
                    kScratchCount };
 void* thread_scratch(std::size_t bytes, int slot);
 

@@ -308,6 +308,8 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(1, 27, 27, 96, 24, 5, 5, 1, 1, 1, 1, S), true);  // AlexNet conv2-like
   run_shape(rng, shape(1, 15, 15, 31, 8, 11, 11, 4, 4, 1, 1, V), true);
   run_shape(rng, shape(1, 15, 15, 31, 8, 11, 11, 4, 4, 1, 1, S), true);
+  // 11 x 11 distinct padding classes (> 64): the table tile's per-pixel tap correction.
+  run_shape(rng, shape(1, 15, 15, 31, 8, 11, 11, 1, 1, 1, 1, S), true);
   run_shape(rng, shape(2, 10, 11, 7, 5, 3, 3, 2, 1, 2, 2, S), true);   // stride + dilation
   // The first receptive fields skip input row 0 (rows -1, 1, 3) but read the padding row that
   // row 0's packing zeroes; several tasks per row, rows packed by whichever task needs them.
