@@ -160,6 +160,22 @@ def test_conv_prepared_filter_follows_an_int32_variable(graph):
     assert prepares() - start == 2  # once per filter value, not once per call
 
 
+def test_kernels_given_the_same_filter_share_one_prepared_copy():
+    rng = np.random.default_rng(8)
+    c, o = 40, 24
+    x = tf.constant(rng.standard_normal((1, 8, 8, c)).astype(np.float32))
+    alpha, bias = tf.ones([o]), tf.zeros([o])
+    packed = tf.constant(ops.pack_bits(rng.standard_normal((o, 3, 3, c))))
+    expected = conv_reference(x, packed, alpha, bias, c).numpy()
+    chain = tf.function(lambda: [conv(x, packed, alpha, bias, c) for _ in range(3)])
+    single = tf.function(lambda: conv(x, packed, alpha, bias, c))
+    start = prepares()
+    for _ in range(3):  # three nodes in one graph, another graph, and eager: four kernels
+        for y in chain() + [single(), conv(x, packed, alpha, bias, c)]:
+            np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert prepares() - start == 1
+
+
 def test_conv_eager_kernel_shared_by_more_filters_than_cache_entries():
     # Eager mode runs every call with the same attributes on one kernel: 12 filters in turn
     # evict one another from its cache; every result must still be the right one.

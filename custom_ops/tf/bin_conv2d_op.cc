@@ -20,6 +20,7 @@
 // (held_tensor_cache.h): inference on a constant or an unchanged variable (through
 // KerasXnorPackFilter, which returns the same packed tensor while the weights are unchanged)
 // prepares once, while a filter that is new at every call (training) never pays for it.
+// Kernels given the same filter buffer share one prepared copy (shared_filters()).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -39,6 +40,14 @@ namespace {
 constexpr tf_adapter::OperandNouns kNouns = {"channels", "tap", "filter"};
 // Filter buffers remembered per kernel (eager mode shares a kernel between layers).
 constexpr int kFilterCacheEntries = 8;
+
+// Prepared filters held by any kernel, by filter buffer: kernels given the same weights (eager
+// and graph calls of one layer, several functions, a chain of nodes) share one prepared copy,
+// which also keeps it warm in the CPU caches.
+tf_adapter::WeakTensorIndex<const internal::PreparedFilterData>& shared_filters() {
+  static auto* index = new tf_adapter::WeakTensorIndex<const internal::PreparedFilterData>;
+  return *index;
+}
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
@@ -202,8 +211,12 @@ class BinConv2DOp : public OpKernel {
     PreparedConv2DFilter prepared;
     if (filter_cache_.find(filter, &prepared)) {
       if (!prepared.matches(shape)) {
-        tf_adapter::count_filter_prepare();
-        prepared = prepare_conv2d_filter(shape, filter_data, parallel_for);
+        prepared.data = shared_filters().lookup(filter);  // another kernel's, same buffer
+        if (!prepared.matches(shape)) {
+          tf_adapter::count_filter_prepare();
+          prepared = prepare_conv2d_filter(shape, filter_data, parallel_for);
+          shared_filters().add(filter, prepared.data);
+        }
         filter_cache_.insert(filter, prepared);
       }
     } else {

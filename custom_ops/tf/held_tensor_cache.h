@@ -24,9 +24,11 @@
 #ifndef KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
 #define KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -108,6 +110,44 @@ class HeldTensorCache {
   absl::Mutex mu_;
   std::vector<Entry> entries_;
   std::uint64_t clock_ = 0;
+};
+
+// Process-wide index of derived values that some kernel's HeldTensorCache holds, so that
+// kernels seeing the same weight buffer share one value (one prepared filter for a weight that
+// eager mode, several tf.functions or a chain of nodes all use) instead of one each. Entries
+// are weak: a value lives as long as a kernel's cache entry holds it, and that entry also holds
+// the key buffer, so while lookup() can lock the value the buffer cannot have been updated in
+// place or reused (the argument of the header comment).
+template <typename Shared>
+class WeakTensorIndex {
+ public:
+  std::shared_ptr<Shared> lookup(const tensorflow::Tensor& key) {
+    absl::MutexLock lock(&mu_);
+    for (const Entry& e : entries_) {
+      if (e.data == key.tensor_data().data() && e.dtype == key.dtype() && e.shape == key.shape()) {
+        if (std::shared_ptr<Shared> value = e.value.lock()) return value;
+      }
+    }
+    return nullptr;
+  }
+
+  void add(const tensorflow::Tensor& key, const std::shared_ptr<Shared>& value) {
+    absl::MutexLock lock(&mu_);
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.value.expired(); }),
+                   entries_.end());
+    entries_.push_back(Entry{key.tensor_data().data(), key.dtype(), key.shape(), value});
+  }
+
+ private:
+  struct Entry {
+    const void* data;
+    tensorflow::DataType dtype;
+    tensorflow::TensorShape shape;
+    std::weak_ptr<Shared> value;
+  };
+  absl::Mutex mu_;
+  std::vector<Entry> entries_;
 };
 
 }  // namespace tf_adapter
