@@ -23,6 +23,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "custom_ops/core/bitpack.h"
@@ -102,6 +103,19 @@ struct Case {
 
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Min and median seconds of `reps` calls of run().
+template <typename Run>
+std::pair<double, double> min_and_median(Run& run, int reps) {
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now();
+    run();
+    times.push_back(now() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  return {times.front(), times[times.size() / 2]};
 }
 
 std::vector<int> parse_list(const std::string& s) {
@@ -217,14 +231,7 @@ int main(int argc, char** argv) {
           max_err = std::max(max_err, static_cast<double>(std::fabs(out[i] - ref[i])) /
                                           (1.0 + std::fabs(ref[i])));
         const int reps = pname == "portable" ? std::max(3, repeats / 10) : repeats;
-        std::vector<double> times;
-        for (int r = 0; r < reps; ++r) {
-          const double t0 = now();
-          run();
-          times.push_back(now() - t0);
-        }
-        std::sort(times.begin(), times.end());
-        const double best = times.front(), median = times[times.size() / 2];
+        const auto [best, median] = min_and_median(run, reps);
         std::printf("%-32s %-9s %3d %9.4f %9.4f %9.1f %7.1f%%%s\n", c.name, pname.c_str(), t,
                     best * 1e3, median * 1e3, ops / best / 1e9,
                     t < 3 && roof[t] > 0 ? 100.0 * ops / best / roof[t] : 0.0,
@@ -275,14 +282,7 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < out.size(); ++i)
           max_err = std::max(max_err, static_cast<double>(std::fabs(out[i] - ref[i])) /
                                           (1.0 + std::fabs(ref[i])));
-        std::vector<double> times;
-        for (int r = 0; r < repeats; ++r) {
-          const double t0 = now();
-          run();
-          times.push_back(now() - t0);
-        }
-        std::sort(times.begin(), times.end());
-        const double best = times.front(), median = times[times.size() / 2];
+        const auto [best, median] = min_and_median(run, repeats);
         std::printf("%-32s %-9s %3d %9.4f %9.4f %9.1f %7.1f%%%s\n", c.name, pname.c_str(), t,
                     best * 1e3, median * 1e3, ops / best / 1e9,
                     t < 3 && roof[t] > 0 ? 100.0 * ops / best / roof[t] : 0.0,
