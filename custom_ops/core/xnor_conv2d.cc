@@ -121,9 +121,11 @@ KernelPath resolve_path(KernelPath path) {
 
 }  // namespace
 
-void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
-                 const float* alpha, const float* bias, bool use_k, bool relu, float* output,
-                 const ParallelFor& parallel_for, KernelPath path) {
+namespace {
+
+internal::ConvArgs conv_args(const Conv2DShape& shape, const float* input,
+                             const PackedWord* filter, const float* alpha, const float* bias,
+                             bool use_k, bool relu, float* output) {
   internal::ConvArgs args;
   args.shape = shape;
   args.input = input;
@@ -133,6 +135,10 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
+  return args;
+}
+
+void run_conv(const internal::ConvArgs& args, const ParallelFor& parallel_for, KernelPath path) {
   switch (resolve_path(path)) {
     case KernelPath::kAvx2:
       internal::conv2d_avx2(args, parallel_for);
@@ -144,6 +150,14 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
       internal::conv2d_reference(args);
       break;
   }
+}
+
+}  // namespace
+
+void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
+                 const float* alpha, const float* bias, bool use_k, bool relu, float* output,
+                 const ParallelFor& parallel_for, KernelPath path) {
+  run_conv(conv_args(shape, input, filter, alpha, bias, use_k, relu, output), parallel_for, path);
 }
 
 namespace internal {
@@ -206,30 +220,13 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input,
                  shape.in_c, shape.out_c, shape.k_h, shape.k_w);
     std::abort();
   }
-  internal::ConvArgs args;
-  args.shape = shape;
-  args.input = input;
-  args.filter = filter.data->packed.data();
-  args.alpha = alpha;
-  args.bias = bias;
-  args.use_k = use_k;
-  args.relu = relu;
-  args.output = output;
+  internal::ConvArgs args = conv_args(shape, input, filter.data->packed.data(), alpha, bias,
+                                      use_k, relu, output);
   args.lanes_filter = filter.data->lanes_filter;
   args.lanes_tap_pop = filter.data->lanes_tap_pop;
   args.nibble_filter = filter.data->nibble_filter;
   args.nibble_tap_pop = filter.data->nibble_tap_pop;
-  switch (resolve_path(path)) {
-    case KernelPath::kAvx2:
-      internal::conv2d_avx2(args, parallel_for);
-      break;
-    case KernelPath::kPortable:
-      internal::conv2d_portable(args, parallel_for);
-      break;
-    default:
-      internal::conv2d_reference(args);
-      break;
-  }
+  run_conv(args, parallel_for, path);
 }
 
 std::string check_dense_shape(int batch, int in_features, int units) {

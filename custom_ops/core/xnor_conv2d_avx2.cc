@@ -216,6 +216,28 @@ void store_tile(const ConvArgs& a, const Geometry& g, const Block& b, int lanes,
   }
 }
 
+// Sign words of the first `full` whole 32-channel words of one pixel row `x` into `out`, and
+// the lane-wise sum of |x| over them (reduced by the caller, so the summation order is fixed).
+inline __m256 pack_full_words(const float* x, int full, PackedWord* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 acc = _mm256_setzero_ps();
+  for (int w = 0; w < full; ++w) {
+    const float* xw = x + w * kBitsPerWord;
+    std::uint32_t word = 0;
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const __m256 v = _mm256_loadu_ps(xw + q * 8);
+      // x < 0 (ordered): -0.0 and NaN give 0, i.e. sign +1.
+      word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
+              << (q * 8);
+      acc = _mm256_add_ps(acc, _mm256_and_ps(v, abs_mask));
+    }
+    out[w] = static_cast<PackedWord>(word);
+  }
+  return acc;
+}
+
 }  // namespace
 
 void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWord* bits,
@@ -229,8 +251,6 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
                           PackedWord* bits, float* mean_abs) {
   const int words = packed_words(in_c);
   const int full = in_c / kBitsPerWord;
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   std::int64_t p = begin;
   if (mean_abs != nullptr && full == words) {
     // Groups of eight pixels: one transposing horizontal sum and one division for all eight.
@@ -238,22 +258,7 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
     for (; p + 8 <= end; p += 8) {
       __m256 acc[8];
       for (int j = 0; j < 8; ++j) {
-        const float* x = input + (p + j) * in_c;
-        PackedWord* out = bits + (p + j) * words;
-        __m256 a = _mm256_setzero_ps();
-        for (int w = 0; w < full; ++w) {
-          const float* xw = x + w * kBitsPerWord;
-          std::uint32_t word = 0;
-#pragma GCC unroll 4
-          for (int q = 0; q < 4; ++q) {
-            const __m256 v = _mm256_loadu_ps(xw + q * 8);
-            word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
-                    << (q * 8);
-            a = _mm256_add_ps(a, _mm256_and_ps(v, abs_mask));
-          }
-          out[w] = static_cast<PackedWord>(word);
-        }
-        acc[j] = a;
+        acc[j] = pack_full_words(input + (p + j) * in_c, full, bits + (p + j) * words);
       }
       _mm256_storeu_ps(mean_abs + p, _mm256_div_ps(hsum8(acc), divisor));
     }
@@ -262,20 +267,7 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
     for (; p < end; ++p) {
       const float* x = input + p * in_c;
       PackedWord* out = bits + p * words;
-      __m256 acc = _mm256_setzero_ps();
-      for (int w = 0; w < full; ++w) {
-        const float* xw = x + w * kBitsPerWord;
-        std::uint32_t word = 0;
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) {
-          const __m256 v = _mm256_loadu_ps(xw + q * 8);
-          // x < 0 (ordered): -0.0 and NaN give 0, i.e. sign +1.
-          word |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))
-                  << (q * 8);
-          acc = _mm256_add_ps(acc, _mm256_and_ps(v, abs_mask));
-        }
-        out[w] = static_cast<PackedWord>(word);
-      }
+      const __m256 acc = pack_full_words(x, full, out);
       float tail_sum = 0.0f;
       if (full < words) {
         std::uint32_t word = 0;
