@@ -7,6 +7,9 @@ For ResNet-18's four 3x3 stages and AlexNet conv2-conv5 (batch 1, SAME), it meas
   ``ai_edge_litert.interpreter.Interpreter(num_threads=t)``),
 * our ``KerasXnorBinConv2D`` (float input binarized and packed inside, K map, alpha, bias;
   the filter pre-packed as in an exported model),
+* the same binary conv on TFLite: a one-layer ``BinConv2D`` model exported by
+  ``keras_xnor.tflite_export.convert`` and run with the keras-xnor delegate (the same core),
+  so that it meets XNNPACK in the same runtime,
 
 and prints the speed-ups plus our binary rate in bit-MACs/s (one XNOR+popcount of one bit
 pair, ``N*OH*OW*O*KH*KW*C`` per conv) against the popcount roofline
@@ -14,12 +17,18 @@ pair, ``N*OH*OW*O*KH*KW*C`` per conv) against the popcount roofline
 measured in the same worker process. TensorFlow fixes its intra-op pool at start-up, so every
 thread count runs in its own subprocess.
 
-Times are per conv call: TF graphs chain ``--unroll`` calls in one ``tf.function`` (grappler
-off so nothing is deduplicated) to hide Python's per-call cost; TFLite times one ``invoke``.
-The three methods are timed in interleaved rounds (a turn of each per round: 3 untimed calls
-while the previous method's thread pool stops spinning, then 5 timed calls) so that load from
-other processes hits them alike; each figure is the median (and min) over the timed calls,
-which last at least ``--min-seconds`` per method. The JSON also holds min-based figures.
+Times are per conv. A TF contender is one ``tf.function`` (grappler off, so nothing is
+deduplicated) chaining its conv ``--short-unroll`` times, and another chaining it ``--unroll``
+times; its time per conv is the difference of the two calls' times divided by the difference
+of the chain lengths. That is the marginal cost of one more conv in a graph, as in a network:
+what a ``tf.function`` call costs by itself (Python, dispatch, waking the executor's threads:
+0.2-0.4 ms here, printed as "call ms") is not charged to the conv. It is not small: at 20
+chained calls it would add 10-20 us to each of our convs. TFLite times one ``invoke`` of a
+one-conv model (its per-invoke cost, a few us, stays in: against us, not for us).
+The methods are timed in interleaved rounds (a turn of each per round: 3 untimed calls while
+the previous method's thread pool stops spinning, then 5 timed calls) so that load from other
+processes hits them alike; each figure comes from the medians (and from the mins) over the
+timed calls, which last at least ``--min-seconds`` per method.
 
 Usage::
 
@@ -60,9 +69,9 @@ def bit_macs(size, c_in, c_out, k, stride):
 
 def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, settle_calls=3,
                      timed_calls=5):
-    """Median and min seconds per conv of each method, measured in interleaved rounds.
+    """Median and min seconds per call of each method, measured in interleaved rounds.
 
-    ``methods`` maps a name to ``(fn, convs per fn call)``. Each round gives every method a
+    ``methods`` maps a name to a function. Each round gives every method a
     turn, so load from other processes on the machine hits all methods alike. A turn first
     makes ``settle_calls`` untimed calls, then times ``timed_calls`` calls: thread pools keep
     spinning for a while after their work (XNNPACK's, TF's and ours), and without the untimed
@@ -70,7 +79,7 @@ def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, set
     """
     # Warm up for a while, not a few calls: the first few hundred calls in a fresh process
     # run up to 2x slower (allocator and page-fault warm-up), which would bias the medians.
-    for fn, _ in methods.values():
+    for fn in methods.values():
         start = time.perf_counter()
         calls = 0
         while calls < 5 or time.perf_counter() - start < warmup_seconds:
@@ -80,15 +89,26 @@ def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, set
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(methods):
-        for name, (fn, per_call) in methods.items():
+        for name, fn in methods.items():
             for _ in range(settle_calls):
                 fn()
             for _ in range(timed_calls):
                 t0 = time.perf_counter()
                 fn()
-                samples[name].append((time.perf_counter() - t0) / per_call)
+                samples[name].append(time.perf_counter() - t0)
         rounds += 1
     return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
+
+
+def per_conv(short, long, short_length, long_length):
+    """Seconds per conv from two chain lengths' (median, min) seconds per call.
+
+    Returns ((median-based, min-based) seconds per conv, median seconds a call costs on top of
+    its convs): a call of n chained convs is modelled as call + n * conv.
+    """
+    extra = long_length - short_length
+    conv = ((long[0] - short[0]) / extra, (long[1] - short[1]) / extra)
+    return conv, short[0] - short_length * conv[0]
 
 
 def delegate_library():
@@ -114,7 +134,12 @@ def worker(args):
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
 
+    import keras  # noqa: PLC0415
+
+    import keras_xnor  # noqa: PLC0415
     from keras_xnor import ops  # noqa: PLC0415
+    from keras_xnor.tflite_export import Interpreter as XnorInterpreter  # noqa: PLC0415
+    from keras_xnor.tflite_export import convert  # noqa: PLC0415
 
     module = ops.load_ops()
     delegate = delegate_library()
@@ -132,19 +157,19 @@ def worker(args):
         attrs = dict(strides=[stride, stride], padding="SAME", dilations=[1, 1],
                      in_channels=c_in, use_k=True, relu=False)
 
-        def chained(conv):
+        def chained(conv, length):
             @tf.function(autograph=False)
             def run():
                 y = None
-                for _ in range(args.unroll):
+                for _ in range(length):
                     with tf.control_dependencies([] if y is None else [y]):
                         y = conv()
                 return y
 
             return run
 
-        tf_float = chained(lambda: tf.nn.conv2d(x, w, stride, "SAME"))
-        ours = chained(lambda: module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs))
+        tf_conv = lambda: tf.nn.conv2d(x, w, stride, "SAME")  # noqa: E731
+        our_conv = lambda: module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs)  # noqa: E731
         spec_in = tf.TensorSpec([1, size, size, c_in], tf.float32)
         concrete = tf.function(lambda v: tf.nn.conv2d(v, w, stride, "SAME")).get_concrete_function(
             spec_in
@@ -153,13 +178,25 @@ def worker(args):
         interpreter = Interpreter(model_content=converter.convert(), num_threads=args.threads)
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.numpy())
+        binary_layer = keras_xnor.BinConv2D(c_out, k, strides=stride, padding="same")
+        binary_model = keras.Sequential([keras.Input((size, size, c_in)), binary_layer])
+        binary_layer.set_weights([w.numpy(), bias.numpy()])
+        xnor_interpreter = XnorInterpreter(model_content=convert(binary_model, batch_size=1),
+                                           num_threads=args.threads)
+        xnor_interpreter.allocate_tensors()
+        xnor_interpreter.set_tensor(xnor_interpreter.get_input_details()[0]["index"], x.numpy())
 
         times = time_interleaved(
-            {"tf": (tf_float, args.unroll), "tflite": (interpreter.invoke, 1),
-             "xnor": (ours, args.unroll)},
+            {"tf_short": chained(tf_conv, args.short_unroll),
+             "tf": chained(tf_conv, args.unroll), "tflite": interpreter.invoke,
+             "xnor_short": chained(our_conv, args.short_unroll),
+             "xnor": chained(our_conv, args.unroll), "xnor_tflite": xnor_interpreter.invoke},
             args.min_seconds,
         )
-        tf_ms, tflite_ms, our_ms = times["tf"], times["tflite"], times["xnor"]
+        tf_ms, tf_call = per_conv(times["tf_short"], times["tf"], args.short_unroll, args.unroll)
+        our_ms, our_call = per_conv(times["xnor_short"], times["xnor"], args.short_unroll,
+                                    args.unroll)
+        tflite_ms, xnor_tflite_ms = times["tflite"], times["xnor_tflite"]
 
         macs = bit_macs(size, c_in, c_out, k, stride)
         results.append({
@@ -168,6 +205,9 @@ def worker(args):
             "tf_float_ms": 1e3 * tf_ms[0], "tf_float_ms_min": 1e3 * tf_ms[1],
             "tflite_xnnpack_ms": 1e3 * tflite_ms[0], "tflite_xnnpack_ms_min": 1e3 * tflite_ms[1],
             "xnor_ms": 1e3 * our_ms[0], "xnor_ms_min": 1e3 * our_ms[1],
+            "tf_call_ms": 1e3 * tf_call, "xnor_call_ms": 1e3 * our_call,
+            "xnor_tflite_ms": 1e3 * xnor_tflite_ms[0], "xnor_tflite_ms_min": 1e3 * xnor_tflite_ms[1],
+            "tflite_speedup_vs_xnnpack": tflite_ms[0] / xnor_tflite_ms[0],
             "speedup_vs_tf": tf_ms[0] / our_ms[0],
             "speedup_vs_tflite": tflite_ms[0] / our_ms[0],
             "speedup_vs_tf_best": tf_ms[1] / our_ms[1],
@@ -192,20 +232,23 @@ def worker(args):
 
 
 def print_table(runs):
-    header = ("%-17s %3s %9s %9s %9s %9s %7s %7s %9s %6s %8s"
+    header = ("%-17s %3s %8s %9s %8s %8s %6s %7s %8s %6s %9s %6s %8s %8s"
               % ("shape", "thr", "TF ms", "TFLite ms", "XNOR ms", "XNOR min", "xTF", "xTFLite",
-                 "Gbop/s", "%roof", "xTFL@roof"))
-    print("median ms per conv (batch 1); ratios of medians; Gbop/s = 1e9 bit-MACs/s (median); "
-          "xTFL@roof = speed-up over TFLite at 100% of the roofline")
+                 "Gbop/s", "%roof", "XN-TFL ms", "xXNNP", "TF call", "XN call"))
+    print("median ms per conv (batch 1; TF: marginal cost of one more conv in a graph); ratios "
+          "of medians; Gbop/s = 1e9 bit-MACs/s of the XNOR op (median); XN-TFL = the binary "
+          "conv on TFLite with the keras-xnor delegate, xXNNP = TFLite XNNPACK ms / XN-TFL ms; "
+          "call = ms a tf.function call costs besides its convs (TF float, XNOR op)")
     print(header)
     print("-" * len(header))
     for run in runs:
         for r in run["results"]:
-            print("%-17s %3d %9.3f %9.3f %9.3f %9.3f %7.1f %7.1f %9.1f %5.0f%% %8.1f" % (
-                r["shape"], r["threads"], r["tf_float_ms"], r["tflite_xnnpack_ms"],
-                r["xnor_ms"], r["xnor_ms_min"], r["speedup_vs_tf"], r["speedup_vs_tflite"],
-                r["bit_macs_per_s"] / 1e9, 100 * r["fraction_of_roofline"],
-                r["speedup_vs_tflite_at_roofline"]))
+            print("%-17s %3d %8.3f %9.3f %8.3f %8.3f %6.1f %7.1f %8.1f %5.0f%% %9.3f %6.1f %8.3f "
+                  "%8.3f" % (r["shape"], r["threads"], r["tf_float_ms"], r["tflite_xnnpack_ms"],
+                             r["xnor_ms"], r["xnor_ms_min"], r["speedup_vs_tf"],
+                             r["speedup_vs_tflite"], r["bit_macs_per_s"] / 1e9,
+                             100 * r["fraction_of_roofline"], r["xnor_tflite_ms"],
+                             r["tflite_speedup_vs_xnnpack"], r["tf_call_ms"], r["xnor_call_ms"]))
         print("  roofline at %d thread(s): %.1f G bit-MACs/s (kernel path %s)"
               % (run["threads"], run["roofline_bit_macs_per_s"] / 1e9, run["kernel_path"]))
     for run in runs:
@@ -241,8 +284,10 @@ def main():
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--min-seconds", type=float, default=1.0,
                         help="minimum measuring time per shape and method")
-    parser.add_argument("--unroll", type=int, default=20,
-                        help="conv calls chained in one TF graph call")
+    parser.add_argument("--unroll", type=int, default=25,
+                        help="conv calls chained in the longer TF graph call")
+    parser.add_argument("--short-unroll", type=int, default=5,
+                        help="conv calls chained in the shorter TF graph call")
     parser.add_argument("--roofline-seconds", type=float, default=1.0)
     parser.add_argument("--only", nargs="*", help="substrings of shape names to run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -251,7 +296,11 @@ def main():
         args.threads = args.threads[0]
         return worker(args)
 
+    if not 1 <= args.short_unroll < args.unroll:
+        parser.error("need 1 <= --short-unroll < --unroll, got %d and %d"
+                     % (args.short_unroll, args.unroll))
     worker_args = ["--min-seconds", str(args.min_seconds), "--unroll", str(args.unroll),
+                   "--short-unroll", str(args.short_unroll),
                    "--roofline-seconds", str(args.roofline_seconds)]
     if args.only:
         worker_args += ["--only"] + args.only
