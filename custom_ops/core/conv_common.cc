@@ -53,7 +53,7 @@ void* thread_scratch(std::size_t bytes, int slot) {
     // extra 64 bytes let kernels over-read one vector past the end.
     const std::size_t want = ((std::max(bytes, s.bytes * 3 / 2) + 63) / 64) * 64 + 64;
     void* p = std::aligned_alloc(64, want);
-    if (p == nullptr) std::abort();
+    if (p == nullptr) return nullptr;  // the old buffer stays; the caller reports the failure
     s.data.reset(p);
     s.bytes = want - 64;
   }

@@ -3,9 +3,11 @@
 // the *_avx2.cc files.
 #include "custom_ops/core/xnor_conv2d.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <string>
 
 #include "custom_ops/core/xnor_kernels.h"
@@ -138,26 +140,40 @@ internal::ConvArgs conv_args(const Conv2DShape& shape, const float* input,
   return args;
 }
 
-void run_conv(const internal::ConvArgs& args, const ParallelFor& parallel_for, KernelPath path) {
-  switch (resolve_path(path)) {
-    case KernelPath::kAvx2:
-      internal::conv2d_avx2(args, parallel_for);
-      break;
-    case KernelPath::kPortable:
-      internal::conv2d_portable(args, parallel_for);
-      break;
-    default:
-      internal::conv2d_reference(args);
-      break;
+// False when out of memory (a path's scratch, or the reference's std::vector, or anything the
+// calling thread allocates on the way); never throws.
+bool run_conv(const internal::ConvArgs& args, const ParallelFor& parallel_for, KernelPath path) {
+  try {
+    switch (resolve_path(path)) {
+      case KernelPath::kAvx2:
+        return internal::conv2d_avx2(args, parallel_for);
+      case KernelPath::kPortable:
+        return internal::conv2d_portable(args, parallel_for);
+      default:
+        internal::conv2d_reference(args);
+        return true;
+    }
+  } catch (const std::bad_alloc&) {
+    return false;
   }
 }
 
 }  // namespace
 
+bool xnor_conv2d_checked(const Conv2DShape& shape, const float* input, const PackedWord* filter,
+                         const float* alpha, const float* bias, bool use_k, bool relu,
+                         float* output, const ParallelFor& parallel_for, KernelPath path) {
+  return run_conv(conv_args(shape, input, filter, alpha, bias, use_k, relu, output), parallel_for,
+                  path);
+}
+
 void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,
                  const float* alpha, const float* bias, bool use_k, bool relu, float* output,
                  const ParallelFor& parallel_for, KernelPath path) {
-  run_conv(conv_args(shape, input, filter, alpha, bias, use_k, relu, output), parallel_for, path);
+  if (!xnor_conv2d_checked(shape, input, filter, alpha, bias, use_k, relu, output, parallel_for,
+                           path)) {
+    throw std::bad_alloc();
+  }
 }
 
 namespace internal {
@@ -171,48 +187,61 @@ bool PreparedConv2DFilter::matches(const Conv2DShape& shape) const {
          data->k_h == shape.k_h && data->k_w == shape.k_w;
 }
 
+bool prepare_conv2d_filter_checked(const Conv2DShape& shape, const PackedWord* filter,
+                                   PreparedConv2DFilter* prepared,
+                                   const ParallelFor& parallel_for) {
+  prepared->data.reset();
+  try {
+    auto d = std::make_shared<internal::PreparedFilterData>();
+    d->in_c = shape.in_c;
+    d->out_c = shape.out_c;
+    d->k_h = shape.k_h;
+    d->k_w = shape.k_w;
+    const std::size_t words =
+        static_cast<std::size_t>(shape.out_c) * shape.k_h * shape.k_w * packed_words(shape.in_c);
+    d->packed.resize(words);  // allocate before reading the filter
+    std::copy(filter, filter + words, d->packed.begin());
+    if (cpu_has_avx2()) {
+      // The channel-lane driver's filter layout: the table tile's nibble bytes when the shape
+      // allows that tile (it then always runs it), else the nibble-planar words.
+      if (internal::channel_table_supported(shape)) {
+        const std::size_t nibble_bytes = (internal::channel_table_filter_bytes(shape) + 63) / 64 * 64;
+        const std::size_t tap_bytes = internal::channel_table_tap_pop_words(shape) * 4;
+        d->buffer = std::aligned_alloc(64, nibble_bytes + (tap_bytes + 63) / 64 * 64);
+        if (d->buffer == nullptr) return false;
+        d->nibble_filter = static_cast<std::uint8_t*>(d->buffer);
+        d->nibble_tap_pop = reinterpret_cast<std::int32_t*>(d->nibble_filter + nibble_bytes);
+        internal::prepare_channel_table_filter_avx2(shape, d->packed.data(), d->nibble_filter,
+                                                    d->nibble_tap_pop, parallel_for);
+      } else {
+        const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
+        const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
+        d->buffer = std::aligned_alloc(64, ((lanes_words + tap_words) * 4 + 63) / 64 * 64);
+        if (d->buffer == nullptr) return false;
+        d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
+        d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
+        internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
+                                                    d->lanes_tap_pop, parallel_for);
+      }
+    }
+    prepared->data = std::move(d);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
 PreparedConv2DFilter prepare_conv2d_filter(const Conv2DShape& shape, const PackedWord* filter,
                                            const ParallelFor& parallel_for) {
-  auto d = std::make_shared<internal::PreparedFilterData>();
-  d->in_c = shape.in_c;
-  d->out_c = shape.out_c;
-  d->k_h = shape.k_h;
-  d->k_w = shape.k_w;
-  const std::size_t words =
-      static_cast<std::size_t>(shape.out_c) * shape.k_h * shape.k_w * packed_words(shape.in_c);
-  d->packed.assign(filter, filter + words);
-  if (cpu_has_avx2()) {
-    // The channel-lane driver's filter layout: the table tile's nibble bytes when the shape
-    // allows that tile (it then always runs it), else the nibble-planar words.
-    if (internal::channel_table_supported(shape)) {
-      const std::size_t nibble_bytes = (internal::channel_table_filter_bytes(shape) + 63) / 64 * 64;
-      const std::size_t tap_bytes = internal::channel_table_tap_pop_words(shape) * 4;
-      d->buffer = std::aligned_alloc(64, nibble_bytes + (tap_bytes + 63) / 64 * 64);
-      if (d->buffer == nullptr) std::abort();
-      d->nibble_filter = static_cast<std::uint8_t*>(d->buffer);
-      d->nibble_tap_pop = reinterpret_cast<std::int32_t*>(d->nibble_filter + nibble_bytes);
-      internal::prepare_channel_table_filter_avx2(shape, d->packed.data(), d->nibble_filter,
-                                                  d->nibble_tap_pop, parallel_for);
-    } else {
-      const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
-      const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
-      d->buffer = std::aligned_alloc(64, ((lanes_words + tap_words) * 4 + 63) / 64 * 64);
-      if (d->buffer == nullptr) std::abort();
-      d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
-      d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
-      internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
-                                                  d->lanes_tap_pop, parallel_for);
-    }
-  }
   PreparedConv2DFilter out;
-  out.data = std::move(d);
+  if (!prepare_conv2d_filter_checked(shape, filter, &out, parallel_for)) throw std::bad_alloc();
   return out;
 }
 
-void xnor_conv2d(const Conv2DShape& shape, const float* input,
-                 const PreparedConv2DFilter& filter, const float* alpha, const float* bias,
-                 bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
-                 KernelPath path) {
+bool xnor_conv2d_checked(const Conv2DShape& shape, const float* input,
+                         const PreparedConv2DFilter& filter, const float* alpha,
+                         const float* bias, bool use_k, bool relu, float* output,
+                         const ParallelFor& parallel_for, KernelPath path) {
   if (!filter.matches(shape)) {
     std::fprintf(stderr,
                  "keras_xnor::xnor_conv2d: the prepared filter does not match the conv shape "
@@ -226,7 +255,17 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input,
   args.lanes_tap_pop = filter.data->lanes_tap_pop;
   args.nibble_filter = filter.data->nibble_filter;
   args.nibble_tap_pop = filter.data->nibble_tap_pop;
-  run_conv(args, parallel_for, path);
+  return run_conv(args, parallel_for, path);
+}
+
+void xnor_conv2d(const Conv2DShape& shape, const float* input,
+                 const PreparedConv2DFilter& filter, const float* alpha, const float* bias,
+                 bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                 KernelPath path) {
+  if (!xnor_conv2d_checked(shape, input, filter, alpha, bias, use_k, relu, output, parallel_for,
+                           path)) {
+    throw std::bad_alloc();
+  }
 }
 
 std::string check_dense_shape(int batch, int in_features, int units) {
@@ -237,9 +276,10 @@ std::string check_dense_shape(int batch, int in_features, int units) {
   return "";
 }
 
-void xnor_dense(int batch, int in_features, int units, const float* input,
-                const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
-                bool relu, float* output, const ParallelFor& parallel_for, KernelPath path) {
+bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
+                        const PackedWord* filter, const float* alpha, const float* bias,
+                        bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                        KernelPath path) {
   internal::DenseArgs args;
   args.batch = batch;
   args.in_features = in_features;
@@ -251,16 +291,27 @@ void xnor_dense(int batch, int in_features, int units, const float* input,
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
-  switch (resolve_path(path)) {
-    case KernelPath::kAvx2:
-      internal::dense_avx2(args, parallel_for);
-      break;
-    case KernelPath::kPortable:
-      internal::dense_portable(args, parallel_for);
-      break;
-    default:
-      internal::dense_reference(args);
-      break;
+  try {
+    switch (resolve_path(path)) {
+      case KernelPath::kAvx2:
+        return internal::dense_avx2(args, parallel_for);
+      case KernelPath::kPortable:
+        return internal::dense_portable(args, parallel_for);
+      default:
+        internal::dense_reference(args);
+        return true;
+    }
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
+void xnor_dense(int batch, int in_features, int units, const float* input,
+                const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
+                bool relu, float* output, const ParallelFor& parallel_for, KernelPath path) {
+  if (!xnor_dense_checked(batch, in_features, units, input, filter, alpha, bias, use_k, relu,
+                          output, parallel_for, path)) {
+    throw std::bad_alloc();
   }
 }
 

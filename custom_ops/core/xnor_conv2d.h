@@ -24,6 +24,12 @@
 // copy of small filters) are thread_local scratch that grows to the largest call seen and is
 // reused, so steady-state calls do not allocate.
 //
+// Out of memory: the *_checked entry points return false when a work buffer (or a prepared
+// filter) cannot be allocated; the output is then unspecified and nothing leaks (adapters turn
+// it into their framework's error: ResourceExhausted in TF, kTfLiteError in TFLite). The
+// unchecked void / value-returning functions throw std::bad_alloc on the calling thread
+// instead (never from a pool thread).
+//
 // Paths (KernelPath): kReference is the oracle (plain loops, serial). kPortable is plain C++17
 // (uint64 XOR + popcount, 4 pixels x 2 channels register tile; on x86 the tile is built with
 // and without POPCNT and the loader picks). kAvx2 (*_avx2.cc, used only after a CPUID check)
@@ -79,6 +85,12 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord*
                  const float* alpha, const float* bias, bool use_k, bool relu, float* output,
                  const ParallelFor& parallel_for = serial_for,
                  KernelPath path = KernelPath::kAuto);
+// xnor_conv2d that returns false instead of throwing when out of memory (see the header).
+[[nodiscard]] bool xnor_conv2d_checked(const Conv2DShape& shape, const float* input,
+                                       const PackedWord* filter, const float* alpha,
+                                       const float* bias, bool use_k, bool relu, float* output,
+                                       const ParallelFor& parallel_for = serial_for,
+                                       KernelPath path = KernelPath::kAuto);
 
 namespace internal {
 struct PreparedFilterData;
@@ -103,6 +115,11 @@ struct PreparedConv2DFilter {
 // Cost: about one conv call's filter work; uses `parallel_for` for it.
 PreparedConv2DFilter prepare_conv2d_filter(const Conv2DShape& shape, const PackedWord* filter,
                                            const ParallelFor& parallel_for = serial_for);
+// prepare_conv2d_filter that returns false (and leaves *prepared empty) instead of throwing
+// when out of memory.
+[[nodiscard]] bool prepare_conv2d_filter_checked(const Conv2DShape& shape, const PackedWord* filter,
+                                                 PreparedConv2DFilter* prepared,
+                                                 const ParallelFor& parallel_for = serial_for);
 
 // xnor_conv2d with a prepared filter: same results, bit for bit, as with the plain filter.
 // Precondition: !filter.empty() && filter.matches(shape) (checked; aborts with a message
@@ -112,6 +129,11 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input,
                  bool use_k, bool relu, float* output,
                  const ParallelFor& parallel_for = serial_for,
                  KernelPath path = KernelPath::kAuto);
+[[nodiscard]] bool xnor_conv2d_checked(const Conv2DShape& shape, const float* input,
+                                       const PreparedConv2DFilter& filter, const float* alpha,
+                                       const float* bias, bool use_k, bool relu, float* output,
+                                       const ParallelFor& parallel_for = serial_for,
+                                       KernelPath path = KernelPath::kAuto);
 
 // Binary fully connected layer: a conv whose kernel covers the whole input, so
 // K[n] = mean |input[n,:]| (use_k) and dot = in_features - 2 * popcount.
@@ -124,6 +146,11 @@ void xnor_dense(int batch, int in_features, int units, const float* input,
                 const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
                 bool relu, float* output, const ParallelFor& parallel_for = serial_for,
                 KernelPath path = KernelPath::kAuto);
+[[nodiscard]] bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
+                                      const PackedWord* filter, const float* alpha,
+                                      const float* bias, bool use_k, bool relu, float* output,
+                                      const ParallelFor& parallel_for = serial_for,
+                                      KernelPath path = KernelPath::kAuto);
 
 }  // namespace keras_xnor
 

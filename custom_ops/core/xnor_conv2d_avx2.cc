@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -282,11 +283,11 @@ void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t e
   }
 }
 
-void conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
-  conv2d_avx2_driver(a, parallel_for, Avx2Driver::kAuto);
+bool conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
+  return conv2d_avx2_driver(a, parallel_for, Avx2Driver::kAuto);
 }
 
-void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2Driver driver) {
+bool conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2Driver driver) {
   const Conv2DShape& s = a.shape;
   Geometry g;
   g.s = &s;
@@ -299,13 +300,13 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
   float* mean_abs = a.use_k ? static_cast<float*>(thread_scratch(
                                   static_cast<std::size_t>(in_pixels) * 4, kScratchMeanAbs))
                             : nullptr;
+  if (bits == nullptr || (a.use_k && mean_abs == nullptr)) return false;
   // The pixel-lane im2col gathers with 32-bit offsets; larger inputs take the channel-lane
   // driver, which indexes with 64 bits.
   const bool offsets_fit = in_pixels * g.in_words < (std::int64_t{1} << 31) - 64;
   if (driver == Avx2Driver::kChannelLanes || !offsets_fit ||
       (driver == Avx2Driver::kAuto && channel_lanes_preferred(s))) {
-    conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);  // packs the input itself
-    return;
+    return conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);  // packs the input itself
   }
   pack_rows_avx2(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
                  parallel_for);
@@ -316,6 +317,7 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
   if (s.padding == Padding::kSame) {
     auto* tap_pop = static_cast<std::int32_t*>(
         thread_scratch(static_cast<std::size_t>(s.out_c) * g.taps * 4, kScratchTapPop));
+    if (tap_pop == nullptr) return false;
     parallel_for(s.out_c, g.kw, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t row = begin * g.taps; row < end * g.taps; ++row) {
         const std::uint32_t* w = filter + row * g.in_words;
@@ -334,10 +336,15 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
   const int block_pixels = total < 8 * kBlock ? 8 : kBlock;
   const ConvTiling tiling = plan_conv_tiling(s, block_pixels, 8);
   const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * g.kw;
+  std::atomic<bool> failed{false};  // a worker could not get its scratch
   parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
     const std::size_t block_bytes = static_cast<std::size_t>(g.kw) * kBlock * 4;
     auto* patches = static_cast<std::uint32_t*>(thread_scratch(block_bytes, kScratchPatches));
     auto* pops = static_cast<std::int32_t*>(thread_scratch(8 * 16 * 4, kScratchTile));
+    if (patches == nullptr || pops == nullptr) {
+      failed.store(true, std::memory_order_relaxed);
+      return;
+    }
     Block block;
     std::int64_t cached = -1;
     for (std::int64_t t = begin; t < end; ++t) {
@@ -370,9 +377,10 @@ void conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
       }
     }
   });
+  return !failed.load();
 }
 
-void dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
+bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
   if (a.batch >= kGemvMaxBatch) {
     // Enough rows to fill pixel lanes: the dense layer is a 1x1 conv on a 1x1 image.
     ConvArgs c;
@@ -389,14 +397,14 @@ void dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
     c.use_k = a.use_k;
     c.relu = a.relu;
     c.output = a.output;
-    conv2d_avx2(c, parallel_for);
-    return;
+    return conv2d_avx2(c, parallel_for);
   }
   // GEMV: each unit quad streams its weight rows once per input row.
   const int words = packed_words(a.in_features);
   auto* bits = static_cast<std::uint32_t*>(
       thread_scratch(static_cast<std::size_t>(a.batch) * words * 4, kScratchPacked));
   auto* mean_abs = static_cast<float*>(thread_scratch(static_cast<std::size_t>(a.batch) * 4, kScratchMeanAbs));
+  if (bits == nullptr || mean_abs == nullptr) return false;
   pack_rows_avx2(a.input, a.batch, a.in_features, reinterpret_cast<PackedWord*>(bits),
                  a.use_k ? mean_abs : nullptr, serial_for);
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
@@ -421,6 +429,7 @@ void dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
       }
     }
   });
+  return true;
 }
 
 }  // namespace internal

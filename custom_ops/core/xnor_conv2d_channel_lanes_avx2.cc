@@ -582,7 +582,7 @@ void prepare_channel_table_filter_avx2(const Conv2DShape& s, const PackedWord* f
   });
 }
 
-void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
+bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs) {
   const Conv2DShape& s = a.shape;
   const int packed = packed_words(s.in_c);  // packed words per pixel / tap
@@ -619,6 +619,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const std::size_t tp_words = !prepared && (same || table) ? static_cast<std::size_t>(taps) * oc_pad : 0;
   auto* scratch = static_cast<std::uint32_t*>(
       thread_scratch((wt_words + tp_words + 2 * static_cast<std::size_t>(oc_pad)) * 4, kScratchFilterT));
+  if (scratch == nullptr) return false;
   const std::int32_t* tap_pop = !prepared ? reinterpret_cast<std::int32_t*>(scratch + wt_words)
                                 : table   ? a.nibble_tap_pop
                                           : a.lanes_tap_pop;
@@ -646,6 +647,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                         ? static_cast<float*>(thread_scratch(
                               static_cast<std::size_t>(padded_pixels) * 4, kScratchMeanAbsPadded))
                         : nullptr;
+  if (image == nullptr || (mean_abs != nullptr && mean_pad == nullptr)) return false;
 
   // Input rows are packed lazily by the conv tasks themselves (ensure_rows below), right
   // before the first block that reads them: no separate pass (one fewer fork/join per call).
@@ -675,6 +677,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // (image, row): 0 not packed, 1 being packed, 2 packed.
   auto* row_read = static_cast<std::uint8_t*>(
       thread_scratch(static_cast<std::size_t>(s.in_h) + static_cast<std::size_t>(pack_units), kScratchRowsRead));
+  if (row_read == nullptr) return false;
   std::memset(row_read, 0, static_cast<std::size_t>(s.in_h));
   for (int oh = 0; oh < s.out_h; ++oh) {
     for (int i = 0; i < s.k_h; ++i) {
@@ -777,6 +780,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   auto* run_mem = static_cast<char*>(thread_scratch(
       static_cast<std::size_t>(max_runs) * run_bytes + (static_cast<std::size_t>(s.out_h) + s.out_w) * sizeof(int),
       kScratchRuns));
+  if (run_mem == nullptr) return false;
   auto* runs = reinterpret_cast<Run*>(run_mem);
   auto* table_runs = reinterpret_cast<TableRun*>(run_mem);
   int nruns = 0;
@@ -841,6 +845,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         static_cast<std::size_t>(s.out_h + s.out_w + 2 * (s.k_h + s.k_w + 2)) * sizeof(int) + 64 +
             static_cast<std::size_t>(kMaxClasses) * oc_pad * sizeof(float),
         kScratchPadClasses));
+    if (class_mem == nullptr) return false;
     int* row_class = class_mem;
     int* col_class = row_class + s.out_h;
     int* row_masks = col_class + s.out_w;  // up to k_h + k_w + 2 distinct masks each
@@ -1006,6 +1011,7 @@ void conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       }
     }
   });
+  return true;
 }
 
 }  // namespace internal

@@ -3,6 +3,7 @@
 // 64-bit XOR + __builtin_popcountll, with the fused output stage of xnor_conv2d.h.
 // SAME borders as in the AVX2 path: padded taps have patch bits 0 and a 0 mask word.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -81,7 +82,7 @@ KX_POPCNT_CLONES void gemm_tile_plain(const std::uint32_t* patches, int stride, 
 
 }  // namespace
 
-void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
+bool conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
   const Conv2DShape& s = a.shape;
   const int words = packed_words(s.in_c);
   const int taps = s.k_h * s.k_w;
@@ -92,6 +93,7 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
   float* mean_abs = a.use_k ? static_cast<float*>(thread_scratch(
                                   static_cast<std::size_t>(in_pixels) * 4, kScratchMeanAbs))
                             : nullptr;
+  if (bits == nullptr || (a.use_k && mean_abs == nullptr)) return false;
   pack_rows_portable(a.input, in_pixels, s.in_c, reinterpret_cast<PackedWord*>(bits), mean_abs,
                      parallel_for);
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
@@ -101,10 +103,15 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
   const int span_h = (s.k_h - 1) * s.dilation_h, span_w = (s.k_w - 1) * s.dilation_w;
   const std::int64_t cost = static_cast<std::int64_t>(kRows) * tiling.oc_chunk * kw;
 
+  std::atomic<bool> failed{false};  // a worker could not get its scratch
   parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
     const std::size_t bytes = static_cast<std::size_t>(kw) * kRows * 4;
     auto* patches = static_cast<std::uint32_t*>(thread_scratch(bytes, kScratchPatches));
     auto* masks = static_cast<std::uint32_t*>(thread_scratch(bytes, kScratchMasks));
+    if (patches == nullptr || masks == nullptr) {
+      failed.store(true, std::memory_order_relaxed);
+      return;
+    }
     std::int64_t cached = -1;
     int count = 0;
     bool border = false;
@@ -190,6 +197,7 @@ void conv2d_portable(const ConvArgs& a, const ParallelFor& parallel_for) {
       }
     }
   });
+  return !failed.load();
 }
 
 namespace {
@@ -214,7 +222,7 @@ KX_POPCNT_CLONES void gemv_1x2(const std::uint32_t* x, int words, const std::uin
 
 }  // namespace
 
-void dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
+bool dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
   if (a.batch >= kRows) {
     // Enough rows to fill the conv tile: a 1x1 conv on a 1x1 image.
     ConvArgs c;
@@ -231,13 +239,13 @@ void dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
     c.use_k = a.use_k;
     c.relu = a.relu;
     c.output = a.output;
-    conv2d_portable(c, parallel_for);
-    return;
+    return conv2d_portable(c, parallel_for);
   }
   const int words = packed_words(a.in_features);
   auto* bits = static_cast<std::uint32_t*>(
       thread_scratch(static_cast<std::size_t>(a.batch) * words * 4, kScratchPacked));
   auto* mean_abs = static_cast<float*>(thread_scratch(static_cast<std::size_t>(a.batch) * 4, kScratchMeanAbs));
+  if (bits == nullptr || mean_abs == nullptr) return false;
   pack_rows_portable(a.input, a.batch, a.in_features, reinterpret_cast<PackedWord*>(bits),
                      a.use_k ? mean_abs : nullptr, serial_for);
   const std::uint32_t* filter = reinterpret_cast<const std::uint32_t*>(a.filter);
@@ -261,6 +269,7 @@ void dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
       }
     }
   });
+  return true;
 }
 
 }  // namespace internal

@@ -68,16 +68,18 @@ struct DenseArgs {
   float* output = nullptr;
 };
 
-// The oracle: plain loops, no blocking, serial (ignores parallel_for).
+// The oracle: plain loops, no blocking, serial (ignores parallel_for). Its buffers are
+// std::vectors (std::bad_alloc when out of memory).
 void conv2d_reference(const ConvArgs& args);
 void dense_reference(const DenseArgs& args);
 
 // Fast paths. The AVX2 ones live in *_avx2.cc files and may only be called after
-// kernel_path_available(KernelPath::kAvx2) returned true.
-void conv2d_portable(const ConvArgs& args, const ParallelFor& parallel_for);
-void dense_portable(const DenseArgs& args, const ParallelFor& parallel_for);
-void conv2d_avx2(const ConvArgs& args, const ParallelFor& parallel_for);
-void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
+// kernel_path_available(KernelPath::kAvx2) returned true. They return false when a work buffer
+// could not be allocated (the output is then unspecified), true otherwise.
+bool conv2d_portable(const ConvArgs& args, const ParallelFor& parallel_for);
+bool dense_portable(const DenseArgs& args, const ParallelFor& parallel_for);
+bool conv2d_avx2(const ConvArgs& args, const ParallelFor& parallel_for);
+bool dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 
 // The two AVX2 conv drivers behind conv2d_avx2 (which sign-packs the input first): pixels in
 // vector lanes (filter used in place, any size) or output channels in vector lanes (filter
@@ -86,11 +88,11 @@ void dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 bool channel_lanes_preferred(const Conv2DShape& shape);
 enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
 // conv2d_avx2 with the driver forced (tests cover both on every shape).
-void conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
+bool conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
 // Packs the input into `bits` / `mean_abs` (null without K) itself, inside the conv pass: each
 // input row is packed by the first task that reads it (one pool dispatch per call with a
 // prepared filter; one more for the per-call filter transpose without).
-void conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
+bool conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs);
 
 // The channel-lane driver's filter layout, made per call or once by prepare_conv2d_filter:
@@ -155,7 +157,9 @@ ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_m
                             std::int64_t target_tasks = 32);
 
 // Per-thread scratch memory, 64-byte aligned, reused across calls (grows, never shrinks):
-// `slot` names independent buffers (kScratch*). Contents are unspecified on return.
+// `slot` names independent buffers (kScratch*). Contents are unspecified on return. Returns
+// nullptr when the allocation fails (never throws, never aborts): callers report it (the conv
+// and dense paths return false, the worker ranges set a shared flag and return).
 enum ScratchSlot { kScratchPacked = 0, kScratchMeanAbs, kScratchPatches, kScratchMasks, kScratchTile,
                    kScratchTapPop, kScratchFilterT, kScratchPlanar, kScratchMeanAbsPadded, kScratchRuns, kScratchRowsRead, kScratchPadClasses,
                    kScratchCount };

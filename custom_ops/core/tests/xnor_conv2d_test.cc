@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -475,6 +476,64 @@ void test_dense(Rng& rng) {
 }  // namespace testing
 }  // namespace keras_xnor
 
+namespace keras_xnor {
+namespace testing {
+namespace {
+
+// Out of memory is reported, not a crash: shapes whose work buffers exceed the address space
+// (about 1 PB of packed input; a 2^50-word filter copy) make the *_checked entry points return
+// false on every path (before reading the input or filter: the tiny buffers passed here are
+// never touched), the unchecked ones throw std::bad_alloc, and the next normal call works.
+void test_out_of_memory(Rng& rng) {
+  Conv2DShape huge;
+  huge.batch = 1;
+  huge.in_h = huge.in_w = 1 << 24;
+  huge.in_c = 1;
+  huge.out_c = 1;
+  huge.k_h = huge.k_w = 1;
+  KX_CHECK(resolve_conv2d_shape(&huge).empty(), "huge shape must be valid");
+  std::vector<float> x(64, 1.0f), alpha(1, 1.0f), out(64);
+  std::vector<PackedWord> w(64, 0);
+  for (KernelPath path : available_paths()) {
+    for (bool use_k : {false, true}) {
+      KX_CHECK(!xnor_conv2d_checked(huge, x.data(), w.data(), alpha.data(), nullptr, use_k, false,
+                                    out.data(), serial_for, path),
+               "%s: a 1 PB input must report out of memory", path_name(path));
+    }
+    bool threw = false;
+    try {
+      xnor_conv2d(huge, x.data(), w.data(), alpha.data(), nullptr, false, false, out.data(),
+                  serial_for, path);
+    } catch (const std::bad_alloc&) {
+      threw = true;
+    }
+    KX_CHECK(threw, "%s: xnor_conv2d must throw std::bad_alloc", path_name(path));
+  }
+  Conv2DShape deep;
+  deep.batch = deep.in_h = deep.in_w = 11;
+  deep.in_c = 1 << 24;
+  deep.out_c = 1 << 24;
+  deep.k_h = deep.k_w = 11;
+  KX_CHECK(resolve_conv2d_shape(&deep).empty(), "deep shape must be valid");
+  PreparedConv2DFilter prepared;
+  KX_CHECK(!prepare_conv2d_filter_checked(deep, w.data(), &prepared),
+           "a 2^50-word filter must report out of memory");
+  KX_CHECK(prepared.empty(), "a failed prepare leaves the filter empty");
+  // A normal problem still runs (the scratch kept its old buffers) and is exact.
+  Conv2DShape s;
+  s.batch = 1;
+  s.in_h = s.in_w = 9;
+  s.in_c = 40;
+  s.out_c = 70;
+  s.k_h = s.k_w = 3;
+  s.padding = Padding::kSame;
+  run_shape(rng, s, false);
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace keras_xnor
+
 int main(int argc, char** argv) {
   int cases = 250;
   if (argc > 1) cases = std::atoi(argv[1]);
@@ -483,5 +542,6 @@ int main(int argc, char** argv) {
   keras_xnor::testing::test_fixed_shapes(rng);
   keras_xnor::testing::test_random_sweep(rng, cases);
   keras_xnor::testing::test_dense(rng);
+  keras_xnor::testing::test_out_of_memory(rng);
   return keras_xnor::testing::finish("xnor_conv2d_test");
 }
