@@ -311,7 +311,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   // Runs of pixels with contiguous corners (same output row, stride 1) take plain loads for K.
   bool k_rows[kMaxBlock / 8 + 1] = {};
   for (int j = 0; j < count; ++j) {
-    if ((j & 7) == 0) k_rows[j >> 3] = s.stride_w == 1 && ow + std::min(8, count - j) <= s.out_w;
+    if ((j & 7) == 0) k_rows[j >> 3] = s.stride_w <= 2 && ow + std::min(8, count - j) <= s.out_w;
     const int r0 = oh * s.stride_h, c0 = ow * s.stride_w;  // padded coordinates
     const std::int64_t corner = (img * g.hp + r0) * g.wp + c0;
     blk->base[j] = g.image + corner * g.pixel_bytes;
@@ -350,11 +350,23 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   const __m256 divisor = _mm256_set1_ps(static_cast<float>(taps));
   for (int j0 = 0; j0 < count; j0 += 8) {
     __m256 ksum = _mm256_setzero_ps();
-    if (k_rows[j0 >> 3] && count - j0 >= 8) {
+    if (k_rows[j0 >> 3] && count - j0 >= 8 && s.stride_w == 1) {
       const float* m0 = g.mean_pad + blk->corner[j0];
       for (int i = 0; i < s.k_h; ++i) {
         const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
         for (int q = 0; q < s.k_w; ++q) ksum = _mm256_add_ps(ksum, _mm256_loadu_ps(m + q * s.dilation_w));
+      }
+    } else if (k_rows[j0 >> 3] && count - j0 >= 8) {
+      // Stride 2 within one output row: the even floats of two loads (the last one reads one
+      // float past the eighth pixel's tap, inside the padded row or the scratch's slack).
+      const float* m0 = g.mean_pad + blk->corner[j0];
+      for (int i = 0; i < s.k_h; ++i) {
+        const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+        for (int q = 0; q < s.k_w; ++q) {
+          const float* t = m + q * s.dilation_w;
+          const __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8), 0x88);
+          ksum = _mm256_add_ps(ksum, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xd8)));
+        }
       }
     } else if (g.gather_ok) {
       alignas(32) std::int32_t idx[8];

@@ -322,6 +322,11 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(1, 3, 3, 8, 4, 3, 3, 4, 4, 1, 1, S), true);     // stride > input
   // ResNet-18-like channel counts (64-channel table blocks, 5-pixel table tiles), a 7x7 map.
   run_shape(rng, shape(1, 7, 7, 256, 128, 3, 3, 1, 1, 1, 1, S), true);
+  // ResNet-18-like downsampling (3x3 / 1x1, stride 2, SAME): K of 8 pixels of one output row
+  // from two loads (even floats); output rows of 20 / 17 pixels split across blocks.
+  run_shape(rng, shape(1, 40, 40, 64, 72, 3, 3, 2, 2, 1, 1, S), true);
+  run_shape(rng, shape(2, 34, 35, 64, 130, 1, 1, 2, 2, 1, 1, S), true);
+  run_shape(rng, shape(1, 33, 34, 40, 20, 3, 3, 1, 2, 1, 1, V), true);
   // Beyond the table tile's uint16 sums (32 * taps * words >= 65536): the planar tile runs.
   run_shape(rng, shape(1, 8, 8, 600, 3, 11, 11, 1, 1, 1, 1, S), false);
 }
