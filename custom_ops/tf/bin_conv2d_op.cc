@@ -214,23 +214,31 @@ class BinConv2DOp : public OpKernel {
         prepared.data = shared_filters().lookup(filter);  // another kernel's, same buffer
         if (!prepared.matches(shape)) {
           tf_adapter::count_filter_prepare();
-          prepared = prepare_conv2d_filter(shape, filter_data, parallel_for);
-          shared_filters().add(filter, prepared.data);
+          // Out of memory for the prepared copy: run on the plain filter (prepared stays
+          // empty and the next call tries again).
+          if (prepare_conv2d_filter_checked(shape, filter_data, &prepared, parallel_for)) {
+            shared_filters().add(filter, prepared.data);
+          }
         }
         filter_cache_.insert(filter, prepared);
       }
     } else {
       filter_cache_.insert(filter, PreparedConv2DFilter{});
     }
-    if (!prepared.empty()) {
-      xnor_conv2d(shape, input.flat<float>().data(), prepared, alpha.flat<float>().data(),
-                  bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
-                  output->flat<float>().data(), parallel_for);
-      return;
-    }
-    xnor_conv2d(shape, input.flat<float>().data(), filter_data, alpha.flat<float>().data(),
-                bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
-                output->flat<float>().data(), parallel_for);
+    const bool done =
+        prepared.empty()
+            ? xnor_conv2d_checked(shape, input.flat<float>().data(), filter_data,
+                                  alpha.flat<float>().data(), bias.flat<float>().data(),
+                                  attrs_.use_k, attrs_.relu, output->flat<float>().data(),
+                                  parallel_for)
+            : xnor_conv2d_checked(shape, input.flat<float>().data(), prepared,
+                                  alpha.flat<float>().data(), bias.flat<float>().data(),
+                                  attrs_.use_k, attrs_.relu, output->flat<float>().data(),
+                                  parallel_for);
+    OP_REQUIRES(context, done,
+                tensorflow::errors::ResourceExhausted(
+                    op, ": out of memory for the work buffers of the convolution (input ",
+                    input.shape().DebugString(), ", filter ", filter.shape().DebugString(), ")"));
   }
 
  private:

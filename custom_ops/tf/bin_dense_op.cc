@@ -109,10 +109,15 @@ class BinDenseOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(
                                 0, TensorShape({input.dim_size(0), units}), &output));
     if (input.dim_size(0) == 0) return;
-    xnor_dense(static_cast<int>(input.dim_size(0)), in_channels, static_cast<int>(units),
-               input.flat<float>().data(), filter.flat<PackedWord>().data(),
-               alpha.flat<float>().data(), bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
-               output->flat<float>().data(), tf_adapter::parallel_for_from(context));
+    const bool done = xnor_dense_checked(
+        static_cast<int>(input.dim_size(0)), in_channels, static_cast<int>(units),
+        input.flat<float>().data(), filter.flat<PackedWord>().data(), alpha.flat<float>().data(),
+        bias.flat<float>().data(), attrs_.use_k, attrs_.relu, output->flat<float>().data(),
+        tf_adapter::parallel_for_from(context));
+    OP_REQUIRES(context, done,
+                tensorflow::errors::ResourceExhausted(
+                    op, ": out of memory for the work buffers of the dense layer (input ",
+                    input.shape().DebugString(), ", filter ", filter.shape().DebugString(), ")"));
   }
 
  private:

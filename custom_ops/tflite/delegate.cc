@@ -343,11 +343,11 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
       node->prepared = PreparedConv2DFilter();
       node->prepared_from = nullptr;
     } else if (!node->prepared.matches(shape) || node->prepared_from != filter.data) {
-      node->prepared = prepare_conv2d_filter(shape, static_cast<const PackedWord*>(filter.data),
-                                             partition->pool != nullptr
-                                                 ? partition->pool->as_parallel_for()
-                                                 : serial_for);
-      node->prepared_from = filter.data;
+      // Out of memory for the prepared copy: Invoke runs on the plain filter instead.
+      const bool prepared = prepare_conv2d_filter_checked(
+          shape, static_cast<const PackedWord*>(filter.data), &node->prepared,
+          partition->pool != nullptr ? partition->pool->as_parallel_for() : serial_for);
+      node->prepared_from = prepared ? filter.data : nullptr;
     }
   } else {
     if (!(error = expect(input, "input", abi::kFloat32, 2)).empty()) return error;
@@ -544,21 +544,29 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
                            node_prefix(node).c_str());
       return abi::kError;
     }
+    bool done;
     if (node.kind == OpKind::kBinConv2D && !node.prepared.empty() &&
         node.prepared_from == filter.data) {
-      xnor_conv2d(node.shape, static_cast<const float*>(input.data), node.prepared,
-                  static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
-                  static_cast<float*>(output.data), parallel_for, path);
+      done = xnor_conv2d_checked(node.shape, static_cast<const float*>(input.data),
+                                 node.prepared, static_cast<const float*>(alpha.data), bias,
+                                 node.use_k, node.relu, static_cast<float*>(output.data),
+                                 parallel_for, path);
     } else if (node.kind == OpKind::kBinConv2D) {
-      xnor_conv2d(node.shape, static_cast<const float*>(input.data),
-                  static_cast<const PackedWord*>(filter.data),
-                  static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
-                  static_cast<float*>(output.data), parallel_for, path);
+      done = xnor_conv2d_checked(node.shape, static_cast<const float*>(input.data),
+                                 static_cast<const PackedWord*>(filter.data),
+                                 static_cast<const float*>(alpha.data), bias, node.use_k,
+                                 node.relu, static_cast<float*>(output.data), parallel_for, path);
     } else {
-      xnor_dense(node.batch, node.in_features, node.units, static_cast<const float*>(input.data),
-                 static_cast<const PackedWord*>(filter.data),
-                 static_cast<const float*>(alpha.data), bias, node.use_k, node.relu,
-                 static_cast<float*>(output.data), parallel_for, path);
+      done = xnor_dense_checked(node.batch, node.in_features, node.units,
+                                static_cast<const float*>(input.data),
+                                static_cast<const PackedWord*>(filter.data),
+                                static_cast<const float*>(alpha.data), bias, node.use_k,
+                                node.relu, static_cast<float*>(output.data), parallel_for, path);
+    }
+    if (!done) {
+      context->ReportError(context, "%sout of memory for the kernel's work buffers\n",
+                           node_prefix(node).c_str());
+      return abi::kError;
     }
     if (profile) {
       node.seconds +=
