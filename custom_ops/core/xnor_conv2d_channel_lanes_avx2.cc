@@ -300,45 +300,67 @@ struct InputGeometry {
 // Fills `blk` for pixels [first, first + count). K sums the padded mean |x| over all taps in
 // (kh, kw) order: padded taps add +0.0, so the sum equals the sum over the valid taps.
 void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t first, int count,
-                    PixelBlock* blk) {
+                    PixelBlock* __restrict blk) {
   blk->first = first;
   blk->count = count;
-  const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
+  // Everything the per-pixel loop reads, in locals: the stores into *blk cannot alias them, so
+  // nothing is reloaded per pixel (measured: the reloads cost as much as the loop's work).
+  const int out_w = s.out_w, out_h = s.out_h, stride_w = s.stride_w, stride_h = s.stride_h;
+  const int k_h = s.k_h, k_w = s.k_w, in_c = s.in_c;
+  const std::int64_t hp = g.hp, wp = g.wp, pixel_bytes = g.pixel_bytes;
+  const char* const image = g.image;
+  const int* const row_valid = g.row_valid;
+  const int* const col_valid = g.col_valid;
+  const float* const dot_base = g.dot_base;
+  const int* const col_class = g.col_class;
+  const std::int64_t oc_pad = g.oc_pad;
+  const std::int64_t hw = static_cast<std::int64_t>(out_h) * out_w;
   std::int64_t img = first / hw;
   const int rem = static_cast<int>(first % hw);
-  int oh = rem / s.out_w, ow = rem % s.out_w;
-  const int taps = s.k_h * s.k_w;
+  int oh = rem / out_w, ow = rem % out_w;
+  const int taps = k_h * k_w;
   // Runs of pixels with contiguous corners (same output row, stride 1) take plain loads for K.
   bool k_rows[kMaxBlock / 8 + 1] = {};
+  // Per output row: its first corner, valid kernel rows and padding-class row.
+  std::int64_t row_corner = 0;
+  int rv = 0;
+  const float* db_row = nullptr;
+  const auto start_row = [&] {
+    row_corner = (img * hp + static_cast<std::int64_t>(oh) * stride_h) * wp;
+    rv = row_valid[oh];
+    if (dot_base != nullptr) db_row = dot_base + static_cast<std::int64_t>(g.row_class[oh]) * g.col_classes * oc_pad;
+  };
+  start_row();
   for (int j = 0; j < count; ++j) {
-    if ((j & 7) == 0) k_rows[j >> 3] = s.stride_w <= 2 && ow + std::min(8, count - j) <= s.out_w;
-    const int r0 = oh * s.stride_h, c0 = ow * s.stride_w;  // padded coordinates
-    const std::int64_t corner = (img * g.hp + r0) * g.wp + c0;
-    blk->base[j] = g.image + corner * g.pixel_bytes;
+    if ((j & 7) == 0) k_rows[j >> 3] = stride_w <= 2 && ow + std::min(8, count - j) <= out_w;
+    const int c0 = ow * stride_w;  // padded column of the corner
+    const std::int64_t corner = row_corner + c0;
+    blk->base[j] = image + corner * pixel_bytes;
     blk->corner[j] = corner;
-    const int valid = g.row_valid[oh] * g.col_valid[ow];
+    const int valid = rv * col_valid[ow];
     int npad = 0;
     if (valid != taps) {
-      for (int i = 0; i < s.k_h; ++i) {
+      const int r0 = oh * stride_h;
+      for (int i = 0; i < k_h; ++i) {
         const int r = r0 + i * s.dilation_h - s.pad_top;
-        for (int q = 0; q < s.k_w; ++q) {
+        for (int q = 0; q < k_w; ++q) {
           const int c = c0 + q * s.dilation_w - s.pad_left;
           if (r < 0 || r >= s.in_h || c < 0 || c >= s.in_w) {
-            blk->padded_tap[j][npad++] = static_cast<unsigned char>(i * s.k_w + q);
+            blk->padded_tap[j][npad++] = static_cast<unsigned char>(i * k_w + q);
           }
         }
       }
     }
     blk->padded_taps[j] = npad;
-    blk->n_valid[j] = valid * s.in_c;
-    blk->dot_base[j] = g.dot_base == nullptr ? nullptr
-                       : g.dot_base + static_cast<std::int64_t>(g.row_class[oh] * g.col_classes + g.col_class[ow]) * g.oc_pad;
-    if (++ow == s.out_w) {
+    blk->n_valid[j] = valid * in_c;
+    blk->dot_base[j] = dot_base == nullptr ? nullptr : db_row + col_class[ow] * oc_pad;
+    if (++ow == out_w) {
       ow = 0;
-      if (++oh == s.out_h) {
+      if (++oh == out_h) {
         oh = 0;
         ++img;
       }
+      start_row();
     }
   }
   if (g.mean_pad == nullptr) {
