@@ -354,7 +354,50 @@ struct TableRun {
   "cc", "memory", "rax", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",     \
       "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
 
-template <int NP>
+// Short receptive fields (kBytes: at most 63 steps in all, so the byte counters cannot
+// overflow and the run list has no widening before its end): no uint16 sums at all; the
+// accumulators are stored as they are, bytes [NP][2 vectors] (channel 32v + c of pixel j at
+// byte 64j + 32v + c; the tile clears nothing in memory).
+#define KX_TBL_LOOP_BYTES(ZERO, STEP, STORE)                    \
+  ZERO                                                          \
+  "2:\n\t"                                                      \
+  "mov (%[run]), %[off]\n\t"                                    \
+  "mov 8(%[run]), %[end]\n\t"                                   \
+  "1:\n\t"                                                      \
+  "vmovdqa (%[wk]), %%ymm12\n\t"                                \
+  "vmovdqa 32(%[wk]), %%ymm13\n\t"                              \
+  STEP                                                          \
+  "add $64, %[wk]\n\t"                                          \
+  "add $2, %[off]\n\t"                                          \
+  "cmp %[end], %[off]\n\t"                                      \
+  "jne 1b\n\t"                                                  \
+  "testb $2, 16(%[run])\n\t"                                    \
+  "lea 24(%[run]), %[run]\n\t"                                  \
+  "jz 2b\n\t"                                                   \
+  STORE
+
+#define KX_TBL_B(A, B) KX_TBL_ZERO(A) KX_TBL_ZERO(B)
+#define KX_TBL_S(A, OFF_A, B, OFF_B) \
+  "vmovdqa %%" A ", " OFF_A "(%[sums])\n\t" "vmovdqa %%" B ", " OFF_B "(%[sums])\n\t"
+#define KX_TBL_B0 KX_TBL_B("ymm0", "ymm1")
+#define KX_TBL_B1 KX_TBL_B("ymm2", "ymm3")
+#define KX_TBL_B2 KX_TBL_B("ymm4", "ymm5")
+#define KX_TBL_B3 KX_TBL_B("ymm6", "ymm7")
+#define KX_TBL_B4 KX_TBL_B("ymm8", "ymm9")
+#define KX_TBL_B5 KX_TBL_B("ymm10", "ymm11")
+#define KX_TBL_S0 KX_TBL_S("ymm0", "0", "ymm1", "32")
+#define KX_TBL_S1 KX_TBL_S("ymm2", "64", "ymm3", "96")
+#define KX_TBL_S2 KX_TBL_S("ymm4", "128", "ymm5", "160")
+#define KX_TBL_S3 KX_TBL_S("ymm6", "192", "ymm7", "224")
+#define KX_TBL_S4 KX_TBL_S("ymm8", "256", "ymm9", "288")
+#define KX_TBL_S5 KX_TBL_S("ymm10", "320", "ymm11", "352")
+
+// One asm statement per NP; LOOP is KX_TBL_LOOP (uint16 sums) or KX_TBL_LOOP_BYTES.
+#define KX_TBL_OUTS [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
+#define KX_TBL_ASM(LOOP, Z, P, W, ...) \
+  __asm__ volatile(LOOP(Z, P, W) : KX_TBL_OUTS : __VA_ARGS__ : KX_TBL_CLOBBERS)
+
+template <int NP, bool kBytes = false>
 __attribute__((always_inline)) inline void gemm_tile_table_x64(const std::uint16_t* const* base,
                                                                const TableRun* runs,
                                                                const std::uint8_t* weights,
@@ -364,57 +407,95 @@ __attribute__((always_inline)) inline void gemm_tile_table_x64(const std::uint16
   const std::uint8_t* wk = weights;
   std::int64_t off, end;
   const char* p0 = reinterpret_cast<const char*>(base[0]);
+#define KX_TBL_IN6 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
+    [p4] "r"(base[4]), [p5] "r"(base[5]), [tb] "r"(tables), [sums] "r"(sums)
+#define KX_TBL_IN5 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
+    [p4] "r"(base[4]), [tb] "r"(tables), [sums] "r"(sums)
+#define KX_TBL_IN4 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
+    [tb] "r"(tables), [sums] "r"(sums)
+#define KX_TBL_IN3 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [tb] "r"(tables), \
+    [sums] "r"(sums)
+#define KX_TBL_IN2 [p0] "r"(p0), [p1] "r"(base[1]), [tb] "r"(tables), [sums] "r"(sums)
+#define KX_TBL_IN1 [p0] "r"(p0), [tb] "r"(tables), [sums] "r"(sums)
   if constexpr (NP == 6) {
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4 KX_TBL_Z5,
-                    KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4 KX_TBL_P5,
-                    KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4 KX_TBL_W5)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]),
-          [p4] "r"(base[4]), [p5] "r"(base[5]), [tb] "r"(tables), [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3 KX_TBL_B4 KX_TBL_B5,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4 KX_TBL_P5,
+                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3 KX_TBL_S4 KX_TBL_S5, KX_TBL_IN6);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4 KX_TBL_Z5,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4 KX_TBL_P5,
+                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4 KX_TBL_W5, KX_TBL_IN6);
+    }
   } else if constexpr (NP == 5) {
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4,
-                    KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4,
-                    KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]),
-          [p4] "r"(base[4]), [tb] "r"(tables), [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3 KX_TBL_B4,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4,
+                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3 KX_TBL_S4, KX_TBL_IN5);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4,
+                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4, KX_TBL_IN5);
+    }
   } else if constexpr (NP == 4) {
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3,
-                    KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3,
-                    KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]),
-          [tb] "r"(tables), [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3,
+                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3, KX_TBL_IN4);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3,
+                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3,
+                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3, KX_TBL_IN4);
+    }
   } else if constexpr (NP == 3) {
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2, KX_TBL_P0 KX_TBL_P1 KX_TBL_P2,
-                    KX_TBL_W0 KX_TBL_W1 KX_TBL_W2)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [tb] "r"(tables),
-          [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2, KX_TBL_P0 KX_TBL_P1 KX_TBL_P2,
+                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2, KX_TBL_IN3);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2, KX_TBL_P0 KX_TBL_P1 KX_TBL_P2,
+                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2, KX_TBL_IN3);
+    }
   } else if constexpr (NP == 2) {
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0 KX_TBL_Z1, KX_TBL_P0 KX_TBL_P1, KX_TBL_W0 KX_TBL_W1)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [p1] "r"(base[1]), [tb] "r"(tables), [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1, KX_TBL_P0 KX_TBL_P1, KX_TBL_S0 KX_TBL_S1,
+                 KX_TBL_IN2);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1, KX_TBL_P0 KX_TBL_P1, KX_TBL_W0 KX_TBL_W1,
+                 KX_TBL_IN2);
+    }
   } else {
     static_assert(NP == 1, "NP is 1..6");
-    __asm__ volatile(
-        KX_TBL_LOOP(KX_TBL_Z0, KX_TBL_P0, KX_TBL_W0)
-        : [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-        : [p0] "r"(p0), [tb] "r"(tables), [sums] "r"(sums)
-        : KX_TBL_CLOBBERS);
+    if constexpr (kBytes) {
+      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0, KX_TBL_P0, KX_TBL_S0, KX_TBL_IN1);
+    } else {
+      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0, KX_TBL_P0, KX_TBL_W0, KX_TBL_IN1);
+    }
   }
+#undef KX_TBL_IN6
+#undef KX_TBL_IN5
+#undef KX_TBL_IN4
+#undef KX_TBL_IN3
+#undef KX_TBL_IN2
+#undef KX_TBL_IN1
 }
 
+#undef KX_TBL_ASM
+#undef KX_TBL_OUTS
+#undef KX_TBL_LOOP_BYTES
+#undef KX_TBL_B
+#undef KX_TBL_S
+#undef KX_TBL_B0
+#undef KX_TBL_B1
+#undef KX_TBL_B2
+#undef KX_TBL_B3
+#undef KX_TBL_B4
+#undef KX_TBL_B5
+#undef KX_TBL_S0
+#undef KX_TBL_S1
+#undef KX_TBL_S2
+#undef KX_TBL_S3
+#undef KX_TBL_S4
+#undef KX_TBL_S5
 #undef KX_TBL_PIXEL
 #undef KX_TBL_WIDEN
 #undef KX_TBL_ZERO

@@ -327,6 +327,12 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(1, 40, 40, 64, 72, 3, 3, 2, 2, 1, 1, S), true);
   run_shape(rng, shape(2, 34, 35, 64, 130, 1, 1, 2, 2, 1, 1, S), true);
   run_shape(rng, shape(1, 33, 34, 40, 20, 3, 3, 1, 2, 1, 1, V), true);
+  // Table tile with byte counters only (<= 63 steps: 1x1 up to 224 channels, 2x2 / 1x3 with
+  // one or two words), SAME borders included; 225 channels (64 steps) widens as usual.
+  run_shape(rng, shape(1, 11, 13, 224, 70, 1, 1, 1, 1, 1, 1, S), true);
+  run_shape(rng, shape(1, 11, 13, 225, 70, 1, 1, 2, 2, 1, 1, S), true);
+  run_shape(rng, shape(2, 9, 10, 32, 66, 2, 2, 1, 1, 1, 1, S), true);
+  run_shape(rng, shape(1, 9, 10, 64, 20, 1, 3, 1, 1, 1, 1, S), true);
   // Beyond the table tile's uint16 sums (32 * taps * words >= 65536): the planar tile runs.
   run_shape(rng, shape(1, 8, 8, 600, 3, 11, 11, 1, 1, 1, 1, S), false);
 }
@@ -535,6 +541,34 @@ void test_out_of_memory(Rng& rng) {
   run_shape(rng, s, false);
 }
 
+// The table tile's counters at their limits: every input bit opposite its weight bit, so each
+// nibble step adds 4 (the byte-counter mode at 56 steps: 224 per byte; widening at 64 steps).
+void test_counter_limits() {
+  for (int in_c : {224, 225, 248}) {
+    Conv2DShape s;
+    s.batch = 1;
+    s.in_h = 5;
+    s.in_w = 7;
+    s.in_c = in_c;
+    s.out_c = 65;
+    s.k_h = s.k_w = 1;
+    KX_CHECK(resolve_conv2d_shape(&s).empty(), "valid");
+    std::vector<float> x(static_cast<std::size_t>(s.in_h) * s.in_w * in_c, -1.0f);
+    std::vector<PackedWord> w(static_cast<std::size_t>(s.out_c) * packed_words(in_c), 0);
+    std::vector<float> alpha(s.out_c, 1.0f);
+    std::vector<float> out(static_cast<std::size_t>(s.in_h) * s.in_w * s.out_c);
+    for (KernelPath path : available_paths()) {
+      xnor_conv2d(s, x.data(), w.data(), alpha.data(), nullptr, false, false, out.data(), serial_for, path);
+      for (float v : out) {
+        if (v != static_cast<float>(-in_c)) {
+          KX_CHECK(false, "[%s] in_c %d: all-opposite dot %g, want %d", path_name(path), in_c, v, -in_c);
+          break;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace keras_xnor
@@ -548,5 +582,6 @@ int main(int argc, char** argv) {
   keras_xnor::testing::test_random_sweep(rng, cases);
   keras_xnor::testing::test_dense(rng);
   keras_xnor::testing::test_out_of_memory(rng);
+  keras_xnor::testing::test_counter_limits();
   return keras_xnor::testing::finish("xnor_conv2d_test");
 }
