@@ -50,9 +50,9 @@ def worker(args):
         methods = {}
         for label, model in contenders.items():
             fn = tf.function(lambda v, m=model: m(v, training=False), autograph=False)
-            methods[label] = (lambda fn=fn: fn(x).numpy(), 1)
-        agree = float(np.mean(np.argmax(methods["xnor_compiled"][0](), -1)
-                              == np.argmax(methods["xnor_simulation"][0](), -1)))
+            methods[label] = lambda fn=fn: fn(x).numpy()
+        agree = float(np.mean(np.argmax(methods["xnor_compiled"](), -1)
+                              == np.argmax(methods["xnor_simulation"](), -1)))
         times = time_interleaved(methods, args.min_seconds, warmup_seconds=2.0)
         row = {"network": name, "threads": args.threads, "top1_agreement": agree}
         for label, (median, best) in times.items():
