@@ -975,8 +975,11 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // channels, 2x2 up to 32): the table tile keeps its byte counters (no uint16 sums to clear
   // and widen into; 1t, interleaved A/B, min: 1x1/2 64->128@56 -2 to -3%, 128->256@28 -3 to -5%).
   const bool byte_sums = table && steps <= 63;
-  parallel_for(tiling.tasks, cost, [&, flags, output, out_c, run_list, table_run_list, run_count](
-                                       std::int64_t begin, std::int64_t end) {
+  // The task body, compiled once per counter mode (kBytes: the table tile's byte counters) so
+  // that each mode's loop is compiled as if it were the only one.
+  const auto run_tasks = [&, flags, output, out_c, run_list, table_run_list, run_count](
+                             auto bytes_tag, std::int64_t begin, std::int64_t end) __attribute__((noinline)) {
+    constexpr bool kBytes = decltype(bytes_tag)::value;
     PixelBlock blk;
     std::int64_t cached = -1;
     alignas(32) __m256i sums[kTablePixels * 4];
@@ -1002,26 +1005,19 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         if (table) {
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
           const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
-          const auto tiles = [&](auto bytes_tag) {
-            constexpr bool kBytes = decltype(bytes_tag)::value;
-            for (int q0 = 0; q0 < blk.count; q0 += kTablePixels) {
-              const int np = std::min(kTablePixels, blk.count - q0);
-              const std::uint16_t* const* bases = reinterpret_cast<const std::uint16_t* const*>(blk.base + q0);
-              switch (np) {
-                case 6: gemm_tile_table_x64<6, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-                case 5: gemm_tile_table_x64<5, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-                case 4: gemm_tile_table_x64<4, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-                case 3: gemm_tile_table_x64<3, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-                case 2: gemm_tile_table_x64<2, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-                default: gemm_tile_table_x64<1, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              }
-              finish_table_tile<kBytes>(sums, np, blk, q0, st);
+          int q0 = 0;
+          for (; q0 < blk.count; q0 += kTablePixels) {
+            const int np = std::min(kTablePixels, blk.count - q0);
+            const std::uint16_t* const* bases = reinterpret_cast<const std::uint16_t* const*>(blk.base + q0);
+            switch (np) {
+              case 6: gemm_tile_table_x64<6, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 5: gemm_tile_table_x64<5, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 4: gemm_tile_table_x64<4, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 3: gemm_tile_table_x64<3, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              case 2: gemm_tile_table_x64<2, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+              default: gemm_tile_table_x64<1, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
             }
-          };
-          if (byte_sums) {
-            tiles(std::true_type());
-          } else {
-            tiles(std::false_type());
+            finish_table_tile<kBytes>(sums, np, blk, q0, st);
           }
           continue;
         }
@@ -1061,6 +1057,13 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
             break;
         }
       }
+    }
+  };
+  parallel_for(tiling.tasks, cost, [&](std::int64_t begin, std::int64_t end) {
+    if (byte_sums) {
+      run_tasks(std::true_type(), begin, end);
+    } else {
+      run_tasks(std::false_type(), begin, end);
     }
   });
   return true;
