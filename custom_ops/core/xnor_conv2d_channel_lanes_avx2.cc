@@ -332,7 +332,54 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     if (dot_base != nullptr) db_row = dot_base + static_cast<std::int64_t>(g.row_class[oh]) * g.col_classes * oc_pad;
   };
   start_row();
+  const __m256i taps8 = _mm256_set1_epi32(taps);
   for (int j = 0; j < count; ++j) {
+    if ((j & 7) == 0 && count - j >= 8 && ow + 8 <= out_w) {
+      // Eight pixels of one output row, none with a padded tap (the common case): vectors.
+      const __m256i valid = _mm256_mullo_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_valid + ow)), _mm256_set1_epi32(rv));
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(valid, taps8)) == -1) {
+        k_rows[j >> 3] = stride_w <= 2;
+        const std::int64_t c0 = row_corner + static_cast<std::int64_t>(ow) * stride_w;
+        const std::int64_t sw = stride_w;
+        const __m256i c_lo = _mm256_add_epi64(_mm256_set1_epi64x(c0), _mm256_setr_epi64x(0, sw, 2 * sw, 3 * sw));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + j), c_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + j + 4),
+                            _mm256_add_epi64(c_lo, _mm256_set1_epi64x(4 * sw)));
+        const std::int64_t step = sw * pixel_bytes;
+        const __m256i b_lo = _mm256_add_epi64(
+            _mm256_set1_epi64x(reinterpret_cast<std::int64_t>(image + c0 * pixel_bytes)),
+            _mm256_setr_epi64x(0, step, 2 * step, 3 * step));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + j), b_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + j + 4),
+                            _mm256_add_epi64(b_lo, _mm256_set1_epi64x(4 * step)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->n_valid + j),
+                            _mm256_mullo_epi32(valid, _mm256_set1_epi32(in_c)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->padded_taps + j), _mm256_setzero_si256());
+        __m256i d_lo = _mm256_setzero_si256(), d_hi = _mm256_setzero_si256();
+        if (dot_base != nullptr) {
+          // db_row + col_class * oc_pad floats (small non-negative products: 32-bit multiply).
+          const __m256i cc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_class + ow));
+          const __m256i bytes = _mm256_set1_epi64x(oc_pad * static_cast<std::int64_t>(sizeof(float)));
+          const __m256i row = _mm256_set1_epi64x(reinterpret_cast<std::int64_t>(db_row));
+          d_lo = _mm256_add_epi64(row, _mm256_mul_epu32(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(cc)), bytes));
+          d_hi = _mm256_add_epi64(row, _mm256_mul_epu32(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(cc, 1)), bytes));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + j), d_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + j + 4), d_hi);
+        j += 7;
+        ow += 8;
+        if (ow == out_w) {
+          ow = 0;
+          if (++oh == out_h) {
+            oh = 0;
+            ++img;
+          }
+          start_row();
+        }
+        continue;
+      }
+    }
     if ((j & 7) == 0) k_rows[j >> 3] = stride_w <= 2 && ow + std::min(8, count - j) <= out_w;
     const int c0 = ow * stride_w;  // padded column of the corner
     const std::int64_t corner = row_corner + c0;
