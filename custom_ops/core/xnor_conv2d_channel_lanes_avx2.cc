@@ -61,6 +61,8 @@ struct PixelBlock {
   alignas(32) float k[kMaxBlock + 8];
   std::int32_t n_valid[kMaxBlock];
   const float* dot_base[kMaxBlock];  // table tile: the pixel's padding class row (see below)
+  // Padded taps of the pixel and their list; with padding-class rows (dot_base set) only
+  // 0 / 1 (has some) and no list.
   int padded_taps[kMaxBlock];
   unsigned char padded_tap[kMaxBlock][kMaxTaps];
 };
@@ -333,12 +335,16 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   };
   start_row();
   const __m256i taps8 = _mm256_set1_epi32(taps);
+  // With padding-class rows (table tile), the output stage never reads a pixel's list of
+  // padded taps, only whether it has any (padded_taps 0 or 1).
+  const bool need_tap_list = dot_base == nullptr;
   for (int j = 0; j < count; ++j) {
     if ((j & 7) == 0 && count - j >= 8 && ow + 8 <= out_w) {
       // Eight pixels of one output row, none with a padded tap (the common case): vectors.
       const __m256i valid = _mm256_mullo_epi32(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_valid + ow)), _mm256_set1_epi32(rv));
-      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(valid, taps8)) == -1) {
+      const __m256i interior = _mm256_cmpeq_epi32(valid, taps8);
+      if (!need_tap_list || _mm256_movemask_epi8(interior) == -1) {
         k_rows[j >> 3] = stride_w <= 2;
         const std::int64_t c0 = row_corner + static_cast<std::int64_t>(ow) * stride_w;
         const std::int64_t sw = stride_w;
@@ -355,7 +361,8 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
                             _mm256_add_epi64(b_lo, _mm256_set1_epi64x(4 * step)));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->n_valid + j),
                             _mm256_mullo_epi32(valid, _mm256_set1_epi32(in_c)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->padded_taps + j), _mm256_setzero_si256());
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->padded_taps + j),
+                            _mm256_andnot_si256(interior, _mm256_set1_epi32(1)));
         __m256i d_lo = _mm256_setzero_si256(), d_hi = _mm256_setzero_si256();
         if (dot_base != nullptr) {
           // db_row + col_class * oc_pad floats (small non-negative products: 32-bit multiply).
@@ -387,7 +394,9 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     blk->corner[j] = corner;
     const int valid = rv * col_valid[ow];
     int npad = 0;
-    if (valid != taps) {
+    if (valid != taps && !need_tap_list) {
+      npad = 1;  // the padding-class row covers it: only "has padding" matters
+    } else if (valid != taps) {
       const int r0 = oh * stride_h;
       for (int i = 0; i < k_h; ++i) {
         const int r = r0 + i * s.dilation_h - s.pad_top;
