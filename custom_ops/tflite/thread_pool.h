@@ -9,6 +9,9 @@
 // may serve several interpreters. fn must not call parallel_for on the same pool.
 // Idle workers poll briefly (KERAS_XNOR_SPIN_MICROS, default ~64 pause instructions) before
 // sleeping on a condition variable; see thread_pool.cc for why the default spin is short.
+// On Linux (and Android), a job's workers are kept off the CPU its caller runs on, within the
+// affinity each worker started with (see thread_pool.cc: otherwise a woken worker can share
+// the caller's CPU and the job runs at one thread's speed).
 #ifndef KERAS_XNOR_TFLITE_THREAD_POOL_H_
 #define KERAS_XNOR_TFLITE_THREAD_POOL_H_
 
@@ -38,8 +41,16 @@ class ThreadPool {
   ParallelFor as_parallel_for();
 
  private:
-  void worker_loop();
+  // What a job needs to steer one worker off the caller's CPU (Linux; unused elsewhere).
+  struct Placement {
+    long tid = -1;        // kernel thread id, -1 until the worker has started
+    int avoided_cpu = -1;  // the caller CPU the last job steered it off, -1: none
+    bool removed = false;  // whether that CPU was taken out of its affinity (to put back)
+  };
+
+  void worker_loop(int index);
   void run_blocks();
+  void keep_workers_off(int cpu);  // called with mutex_ held
 
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
@@ -56,6 +67,8 @@ class ThreadPool {
   std::int64_t n_ = 0;
   std::int64_t block_ = 1;
   std::atomic<std::int64_t> next_{0};
+
+  std::vector<Placement> placements_;  // one per worker, under mutex_
 };
 
 }  // namespace keras_xnor

@@ -4,6 +4,7 @@
 //
 // Built and run by tests/test_tflite_cpp.py (g++ -std=c++17 -I. this file + the tflite sources).
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "custom_ops/tflite/flexbuffer_reader.h"
 #include "custom_ops/tflite/tflite_abi.h"
@@ -187,6 +192,47 @@ void test_thread_pool() {
   }
 }
 
+#if defined(__linux__)
+// Workers are kept off the caller's CPU during a job (thread_pool.cc), also when the caller
+// moves. This checks the property only: the scheduler's choice that makes it matter (a woken
+// worker queued on its caller's CPU, as on a VM after an idle spell) cannot be forced here.
+void test_thread_pool_placement() {
+  cpu_set_t started;
+  CHECK(sched_getaffinity(0, sizeof(started), &started) == 0);
+  if (CPU_COUNT(&started) < 2) {
+    std::printf("test_thread_pool_placement: one CPU allowed, nothing to check\n");
+    return;
+  }
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &started)) cpus.push_back(c);
+  }
+  keras_xnor::ThreadPool pool(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int pick : {0, 1, 0}) {  // the caller moves: the worker must follow the change
+    const int caller_cpu = cpus[static_cast<std::size_t>(pick)];
+    cpu_set_t only;
+    CPU_ZERO(&only);
+    CPU_SET(caller_cpu, &only);
+    CHECK(sched_setaffinity(0, sizeof(only), &only) == 0);
+    std::atomic<int> worker_blocks{0}, worker_on_caller_cpu{0};
+    // 16 blocks of ~1 ms each: the worker surely takes some.
+    pool.parallel_for(16, 1000000, [&](std::int64_t begin, std::int64_t end) {
+      if (std::this_thread::get_id() != caller) {
+        worker_blocks += static_cast<int>(end - begin);
+        if (sched_getcpu() == caller_cpu) ++worker_on_caller_cpu;
+      }
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(end - begin);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+    });
+    CHECK(worker_blocks.load() > 0);
+    CHECK(worker_on_caller_cpu.load() == 0);
+  }
+  CHECK(sched_setaffinity(0, sizeof(started), &started) == 0);
+}
+#endif
+
 }  // namespace
 
 int main() {
@@ -194,6 +240,9 @@ int main() {
   test_flexbuffer_truncated_and_corrupt();
   test_probe();
   test_thread_pool();
+#if defined(__linux__)
+  test_thread_pool_placement();
+#endif
   if (failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
