@@ -25,8 +25,8 @@ what a ``tf.function`` call costs by itself (Python, dispatch, waking the execut
 0.2-0.4 ms here, printed as "call ms") is not charged to the conv. It is not small: at 20
 chained calls it would add 10-20 us to each of our convs. TFLite times one ``invoke`` of a
 one-conv model (its per-invoke cost, a few us, stays in: against us, not for us).
-The methods are timed in interleaved rounds (a turn of each per round: 3 untimed calls while
-the previous method's thread pool stops spinning, then 5 timed calls) so that load from other
+The methods are timed in interleaved rounds (a turn of each per round: untimed calls for 3 ms
+while the previous method's thread pools stop spinning, then 5 timed calls) so that load from other
 processes hits them alike; each figure comes from the medians (and from the mins) over the
 timed calls, which last at least ``--min-seconds`` per method.
 
@@ -68,14 +68,16 @@ def bit_macs(size, c_in, c_out, k, stride):
 
 
 def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, settle_calls=3,
-                     timed_calls=5):
+                     settle_seconds=0.003, timed_calls=5):
     """Median and min seconds per call of each method, measured in interleaved rounds.
 
     ``methods`` maps a name to a function. Each round gives every method a
     turn, so load from other processes on the machine hits all methods alike. A turn first
-    makes ``settle_calls`` untimed calls, then times ``timed_calls`` calls: thread pools keep
-    spinning for a while after their work (XNNPACK's, TF's and ours), and without the untimed
-    calls every method would be timed while the previous method's pool still holds the cores.
+    makes untimed calls (``settle_calls`` of them, and for at least ``settle_seconds``), then
+    times ``timed_calls`` calls: thread pools keep spinning for a while after their work
+    (XNNPACK's, TF's and ours), and without the untimed calls every method would be timed
+    while the previous method's pools still hold the cores. A count alone is not enough: three
+    calls of a 0.13 ms conv end long before TF's pool threads stop spinning.
     """
     # Warm up for a while, not a few calls: the first few hundred calls in a fresh process
     # run up to 2x slower (allocator and page-fault warm-up), which would bias the medians.
@@ -90,8 +92,11 @@ def time_interleaved(methods, min_seconds, warmup_seconds=0.5, min_rounds=7, set
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(methods):
         for name, fn in methods.items():
-            for _ in range(settle_calls):
+            settle_start = time.perf_counter()
+            calls = 0
+            while calls < settle_calls or time.perf_counter() - settle_start < settle_seconds:
                 fn()
+                calls += 1
             for _ in range(timed_calls):
                 t0 = time.perf_counter()
                 fn()
