@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmark scripts (benchmarks/*.py), which `make test` does not run.
+
+Each script runs once with the smallest settings (one shape or network, one thread, a few
+calls) and its JSON is checked for what it must hold: every contender measured, every time
+positive and finite, ratios consistent with the times they come from, files and outputs that
+agree with the model. Nothing here asserts how fast anything is: speed is what the scripts
+report, not what the tests check.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, args, json_path):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", script)] + args + [
+        "--json", str(json_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(json_path) as f:
+        return json.load(f), done.stdout
+
+
+def _positive(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_bench_conv(tmp_path):
+    report, stdout = _run("bench_conv.py", [
+        "--threads", "1", "--only", "alexnet_conv3", "--min-seconds", "0.02",
+        "--roofline-seconds", "0.05", "--unroll", "3", "--short-unroll", "1"],
+        tmp_path / "conv.json")
+    assert "alexnet_conv3" in stdout
+    (run,) = report["runs"]
+    assert run["threads"] == 1 and _positive(run["roofline_bit_macs_per_s"])
+    (row,) = run["results"]
+    assert row["shape"] == "alexnet_conv3"
+    assert row["bit_macs"] == 13 * 13 * 384 * 3 * 3 * 256
+    for key in ("tflite_xnnpack_ms", "tflite_xnnpack_ms_min", "xnor_tflite_ms",
+                "xnor_tflite_ms_min", "roofline_bit_macs_per_s"):
+        assert _positive(row[key]), key
+    # TF contenders are differences of two chain lengths: finite, and the speed-ups follow
+    # from them (a noisy machine may make one negative, so only finiteness is required).
+    for key in ("tf_float_ms", "xnor_ms", "tf_call_ms", "xnor_call_ms"):
+        assert math.isfinite(row[key]), key
+    assert row["speedup_vs_tf"] == pytest.approx(row["tf_float_ms"] / row["xnor_ms"])
+    assert row["speedup_vs_tflite"] == pytest.approx(row["tflite_xnnpack_ms"] / row["xnor_ms"])
+    assert row["tflite_speedup_vs_xnnpack"] == pytest.approx(
+        row["tflite_xnnpack_ms"] / row["xnor_tflite_ms"])
+    assert row["fraction_of_roofline"] == pytest.approx(
+        row["bit_macs"] / (row["xnor_ms"] / 1e3) / row["roofline_bit_macs_per_s"])
+
+
+def test_bench_conv_rejects_bad_chain_lengths(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_conv.py"),
+               "--unroll", "5", "--short-unroll", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    assert "--short-unroll" in done.stderr
+
+
+def test_bench_keras(tmp_path):
+    report, stdout = _run("bench_keras.py", [
+        "--threads", "1", "--models", "resnet18", "--min-seconds", "0.02"],
+        tmp_path / "keras.json")
+    (run,) = report["runs"]
+    (row,) = run["results"]
+    assert row["network"] == "resnet18" and row["threads"] == 1
+    for label in ("float", "xnor_compiled", "xnor_simulation"):
+        assert _positive(row[label + "_ms"]) and _positive(row[label + "_ms_min"]), label
+        assert row[label + "_ms_min"] <= row[label + "_ms"]
+    # The compiled ops and the float simulation compute the same network.
+    assert row["top1_agreement"] == 1.0
+    assert row["compiled_vs_float"] == pytest.approx(row["float_ms"] / row["xnor_compiled_ms"])
+    assert "resnet18" in stdout
+
+
+def test_bench_tflite(tmp_path):
+    report, _ = _run("bench_tflite.py", [
+        "--threads", "1", "--models", "resnet18", "--runs", "2"], tmp_path / "tflite.json")
+    (row,) = report["results"]
+    assert row["arch"] == "resnet18"
+    assert row["custom_ops"] == 16  # ResNet-18's binary 3x3 convs (projections stay float)
+    sizes = row["size_bytes"]
+    assert sizes["float"] > sizes["xnor"] > sizes["xnor_fp16_float_layers"] > 0
+    assert row["size_ratio"]["xnor"] == pytest.approx(sizes["float"] / sizes["xnor"])
+    # The exported model computes what the Keras model computes. Not to float precision: XNNPACK
+    # and TF round the float first conv differently, which can flip the sign of a near-zero
+    # activation, and a flip propagates (3% of the output range was seen once); a wrong layer,
+    # scale or weight layout is off by the whole range.
+    assert row["max_abs_diff_vs_keras"] <= 0.1 * max(1.0, row["max_abs_keras_output"])
+    latency = row["latency"]["1"]
+    for label in ("float_xnnpack", "xnor_delegate", "xnor_fp16_float_layers"):
+        assert _positive(latency[label]["median_ms"]), label
+    profile = latency["xnor_profile"]
+    assert _positive(profile["binary_nodes_ms"])
+    assert profile["binary_nodes_ms"] < profile["invoke_ms"]
