@@ -634,6 +634,30 @@ __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, c
   }
 }
 
+// Padding classes of one spatial axis: for each of the `out` output positions, the mask of
+// kernel taps (bit i = tap i) that fall in the padding, deduplicated into `masks` (at most
+// `max_masks`, count in *n); classes[o] is the index of position o's mask. False when there
+// are more distinct masks than that (the caller then subtracts per padded tap).
+bool padding_classes(int out, int k, int stride, int dilation, int pad, int in, int max_masks,
+                     int* classes, int* masks, int* n) {
+  *n = 0;
+  for (int o = 0; o < out; ++o) {
+    int m = 0;
+    for (int i = 0; i < k; ++i) {
+      const int at = o * stride + i * dilation - pad;
+      if (at < 0 || at >= in) m |= 1 << i;
+    }
+    int c = 0;
+    while (c < *n && masks[c] != m) ++c;
+    if (c == *n) {
+      if (*n == max_masks) return false;
+      masks[(*n)++] = m;
+    }
+    classes[o] = c;
+  }
+  return true;
+}
+
 }  // namespace
 
 void prepare_channel_lanes_filter_avx2(const Conv2DShape& s, const PackedWord* filter,
@@ -946,40 +970,17 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     int* row_class = class_mem;
     int* col_class = row_class + s.out_h;
     int* row_masks = col_class + s.out_w;  // up to k_h + k_w + 2 distinct masks each
-    int* col_masks = row_masks + s.k_h + s.k_w + 2;
+    const int max_masks = s.k_h + s.k_w + 2;
+    int* col_masks = row_masks + max_masks;
     int nr = 0, nc = 0;
-    bool ok = s.k_h <= 30 && s.k_w <= 30;  // masks fit an int
-    for (int oh = 0; oh < s.out_h && ok; ++oh) {
-      int m = 0;
-      for (int i = 0; i < s.k_h; ++i) {
-        const int r = oh * s.stride_h + i * s.dilation_h - s.pad_top;
-        if (r < 0 || r >= s.in_h) m |= 1 << i;
-      }
-      int k = 0;
-      while (k < nr && row_masks[k] != m) ++k;
-      if (k == nr) {
-        if (nr == s.k_h + s.k_w + 2) { ok = false; break; }
-        row_masks[nr++] = m;
-      }
-      row_class[oh] = k;
-    }
-    for (int ow = 0; ow < s.out_w && ok; ++ow) {
-      int m = 0;
-      for (int q = 0; q < s.k_w; ++q) {
-        const int c = ow * s.stride_w + q * s.dilation_w - s.pad_left;
-        if (c < 0 || c >= s.in_w) m |= 1 << q;
-      }
-      int k = 0;
-      while (k < nc && col_masks[k] != m) ++k;
-      if (k == nc) {
-        if (nc == s.k_h + s.k_w + 2) { ok = false; break; }
-        col_masks[nc++] = m;
-      }
-      col_class[ow] = k;
-    }
+    const bool ok = s.k_h <= 30 && s.k_w <= 30 &&  // masks fit an int
+                    padding_classes(s.out_h, s.k_h, s.stride_h, s.dilation_h, s.pad_top, s.in_h,
+                                    max_masks, row_class, row_masks, &nr) &&
+                    padding_classes(s.out_w, s.k_w, s.stride_w, s.dilation_w, s.pad_left, s.in_w,
+                                    max_masks, col_class, col_masks, &nc);
     if (ok && nr * nc <= kMaxClasses) {
       auto* base = reinterpret_cast<float*>(
-          (reinterpret_cast<std::uintptr_t>(col_masks + s.k_h + s.k_w + 2) + 63) / 64 * 64);
+          (reinterpret_cast<std::uintptr_t>(col_masks + max_masks) + 63) / 64 * 64);
       for (int a_r = 0; a_r < nr; ++a_r) {
         for (int a_c = 0; a_c < nc; ++a_c) {
           const int rm = row_masks[a_r], cm = col_masks[a_c];
