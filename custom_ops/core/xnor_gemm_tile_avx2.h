@@ -328,8 +328,8 @@ struct TableRun {
 #define KX_TBL_Z5 KX_TBL_ZERO("ymm10") KX_TBL_ZERO("ymm11") \
   KX_TBL_CLEAR("640") KX_TBL_CLEAR("672") KX_TBL_CLEAR("704") KX_TBL_CLEAR("736")
 
-#define KX_TBL_LOOP(ZERO, STEP, WIDEN)                          \
-  ZERO                                                          \
+// One run of steps from the run list (label 2: per run, 1: per step; weights in ymm12/13).
+#define KX_TBL_RUN(STEP)                                        \
   "2:\n\t"                                                      \
   "mov (%[run]), %[off]\n\t"                                    \
   "mov 8(%[run]), %[end]\n\t"                                   \
@@ -340,7 +340,11 @@ struct TableRun {
   "add $64, %[wk]\n\t"                                          \
   "add $2, %[off]\n\t"                                          \
   "cmp %[end], %[off]\n\t"                                      \
-  "jne 1b\n\t"                                                  \
+  "jne 1b\n\t"
+
+#define KX_TBL_LOOP(ZERO, STEP, WIDEN)                          \
+  ZERO                                                          \
+  KX_TBL_RUN(STEP)                                              \
   "testb $1, 16(%[run])\n\t"                                    \
   "jz 3f\n\t"                                                   \
   "vpxor %%ymm15, %%ymm15, %%ymm15\n\t"                         \
@@ -360,17 +364,7 @@ struct TableRun {
 // byte 64j + 32v + c; the tile clears nothing in memory).
 #define KX_TBL_LOOP_BYTES(ZERO, STEP, STORE)                    \
   ZERO                                                          \
-  "2:\n\t"                                                      \
-  "mov (%[run]), %[off]\n\t"                                    \
-  "mov 8(%[run]), %[end]\n\t"                                   \
-  "1:\n\t"                                                      \
-  "vmovdqa (%[wk]), %%ymm12\n\t"                                \
-  "vmovdqa 32(%[wk]), %%ymm13\n\t"                              \
-  STEP                                                          \
-  "add $64, %[wk]\n\t"                                          \
-  "add $2, %[off]\n\t"                                          \
-  "cmp %[end], %[off]\n\t"                                      \
-  "jne 1b\n\t"                                                  \
+  KX_TBL_RUN(STEP)                                              \
   "testb $2, 16(%[run])\n\t"                                    \
   "lea 24(%[run]), %[run]\n\t"                                  \
   "jz 2b\n\t"                                                   \
