@@ -81,28 +81,19 @@ void ThreadPool::keep_workers_off(int cpu) {
 #if defined(__linux__)
   if (cpu < 0 || cpu >= CPU_SETSIZE) return;
   for (Placement& placement : placements_) {
-    if (placement.tid < 0 || placement.avoided_cpu == cpu) continue;
+    if (placement.tid < 0 || placement.handled_cpu == cpu) continue;
     cpu_set_t allowed;
     if (sched_getaffinity(static_cast<pid_t>(placement.tid), sizeof(allowed), &allowed) != 0) {
       continue;
     }
-    if (placement.removed) CPU_SET(placement.avoided_cpu, &allowed);  // as it started
-    const bool remove = CPU_ISSET(cpu, &allowed) != 0;
-    CPU_CLR(cpu, &allowed);
-    if (CPU_COUNT(&allowed) == 0) {  // the caller's CPU is the only one it may use
-      CPU_SET(cpu, &allowed);
-      if (!placement.removed ||
-          sched_setaffinity(static_cast<pid_t>(placement.tid), sizeof(allowed), &allowed) == 0) {
-        placement.avoided_cpu = -1;
-        placement.removed = false;
-      }
-      continue;
-    }
-    if ((placement.removed || remove) &&
+    if (placement.removed) CPU_SET(placement.handled_cpu, &allowed);  // as it started
+    const bool remove = CPU_ISSET(cpu, &allowed) != 0 && CPU_COUNT(&allowed) > 1;
+    if (remove) CPU_CLR(cpu, &allowed);
+    if ((remove || placement.removed) &&
         sched_setaffinity(static_cast<pid_t>(placement.tid), sizeof(allowed), &allowed) != 0) {
       continue;
     }
-    placement.avoided_cpu = cpu;
+    placement.handled_cpu = cpu;
     placement.removed = remove;
   }
 #else

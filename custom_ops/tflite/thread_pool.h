@@ -44,7 +44,7 @@ class ThreadPool {
   // What a job needs to steer one worker off the caller's CPU (Linux; unused elsewhere).
   struct Placement {
     long tid = -1;        // kernel thread id, -1 until the worker has started
-    int avoided_cpu = -1;  // the caller CPU the last job steered it off, -1: none
+    int handled_cpu = -1;  // the caller CPU its affinity was last set for, -1: none
     bool removed = false;  // whether that CPU was taken out of its affinity (to put back)
   };
 
