@@ -26,8 +26,8 @@ what a ``tf.function`` call costs by itself (Python, dispatch, waking the execut
 chained calls it would add 10-20 us to each of our convs. TFLite times one ``invoke`` of a
 one-conv model (its per-invoke cost, a few us, stays in: against us, not for us).
 The methods are timed in interleaved rounds (a turn of each per round: untimed calls for 3 ms
-while the previous method's thread pools stop spinning, then 5 timed calls) so that load from other
-processes hits them alike; each figure comes from the medians (and from the mins) over the
+while the previous method's thread pools stop spinning, then 5 timed calls) so that load from
+other processes hits them alike; each figure comes from the medians (and from the mins) over the
 timed calls, which last at least ``--min-seconds`` per method.
 
 Usage::
@@ -173,8 +173,12 @@ def worker(args):
 
             return run
 
-        tf_conv = lambda: tf.nn.conv2d(x, w, stride, "SAME")  # noqa: E731
-        our_conv = lambda: module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs)  # noqa: E731
+        def tf_conv():
+            return tf.nn.conv2d(x, w, stride, "SAME")
+
+        def our_conv():
+            return module.keras_xnor_bin_conv2d(x, packed, alpha, bias, **attrs)
+
         spec_in = tf.TensorSpec([1, size, size, c_in], tf.float32)
         concrete = tf.function(lambda v: tf.nn.conv2d(v, w, stride, "SAME")).get_concrete_function(
             spec_in
@@ -211,7 +215,8 @@ def worker(args):
             "tflite_xnnpack_ms": 1e3 * tflite_ms[0], "tflite_xnnpack_ms_min": 1e3 * tflite_ms[1],
             "xnor_ms": 1e3 * our_ms[0], "xnor_ms_min": 1e3 * our_ms[1],
             "tf_call_ms": 1e3 * tf_call, "xnor_call_ms": 1e3 * our_call,
-            "xnor_tflite_ms": 1e3 * xnor_tflite_ms[0], "xnor_tflite_ms_min": 1e3 * xnor_tflite_ms[1],
+            "xnor_tflite_ms": 1e3 * xnor_tflite_ms[0],
+            "xnor_tflite_ms_min": 1e3 * xnor_tflite_ms[1],
             "tflite_speedup_vs_xnnpack": tflite_ms[0] / xnor_tflite_ms[0],
             "speedup_vs_tf": tf_ms[0] / our_ms[0],
             "speedup_vs_tflite": tflite_ms[0] / our_ms[0],
