@@ -11,25 +11,29 @@
 namespace keras_xnor {
 namespace internal {
 
-ConvTiling plan_conv_tiling(const Conv2DShape& s, int block_pixels, int oc_multiple,
-                            std::int64_t target_tasks) {
+ConvTiling plan_tiling(std::int64_t units, int block_units, int out_c, int oc_multiple,
+                       std::int64_t target_tasks) {
   // Enough tasks for a pool of a few threads to balance, few enough that each task amortises
   // its per-block work (im2col, pixel description) over many output channels.
-  const std::int64_t kTargetTasks = target_tasks;
   ConvTiling t;
-  const std::int64_t pixels = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  t.block_pixels = block_pixels;
-  t.blocks = (pixels + block_pixels - 1) / block_pixels;
-  const int oc_groups = (s.out_c + oc_multiple - 1) / oc_multiple;
+  t.block_pixels = block_units;
+  t.blocks = (units + block_units - 1) / block_units;
+  const int oc_groups = (out_c + oc_multiple - 1) / oc_multiple;
   int chunks = 1;
-  if (t.blocks < kTargetTasks) {
-    chunks = static_cast<int>(std::min<std::int64_t>((kTargetTasks + t.blocks - 1) / t.blocks, oc_groups));
+  if (t.blocks < target_tasks) {
+    chunks = static_cast<int>(std::min<std::int64_t>((target_tasks + t.blocks - 1) / t.blocks, oc_groups));
   }
   const int groups_per_chunk = (oc_groups + chunks - 1) / chunks;
   t.oc_chunk = groups_per_chunk * oc_multiple;
-  t.oc_chunks = (s.out_c + t.oc_chunk - 1) / t.oc_chunk;
+  t.oc_chunks = (out_c + t.oc_chunk - 1) / t.oc_chunk;
   t.tasks = t.blocks * t.oc_chunks;
   return t;
+}
+
+ConvTiling plan_conv_tiling(const Conv2DShape& s, int block_pixels, int oc_multiple,
+                            std::int64_t target_tasks) {
+  return plan_tiling(static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w, block_pixels, s.out_c,
+                     oc_multiple, target_tasks);
 }
 
 namespace {

@@ -29,7 +29,7 @@ namespace {
 
 constexpr int kBlock = 16;         // pixels per block, planar tile (large outputs)
 constexpr int kLanes = 16;         // channels per weight block, planar tile (two vectors)
-constexpr int kTablePixels = 6;    // pixels per table tile
+constexpr int kTableSlots = 3;     // slots (pixel pairs) per table tile
 constexpr int kTableBlock = 24;    // pixels per block, table tile (large outputs)
 constexpr int kTableLanes = 64;    // channels per weight block, table tile
 constexpr int kMaxBlock = 24;
@@ -38,15 +38,22 @@ constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
 // 33 tasks, 16 against 17; measured 2-3% at 2 threads) at no cost at 1 thread.
 constexpr std::int64_t kTargetTasks = 64;
 
-// tables[v][i] = popcount(i XOR v), i < 16, repeated in both 128-bit lanes (the table tile).
-alignas(64) constexpr std::uint8_t kNibbleTables[16 * 32] = {
-#define KX_T(v)   __builtin_popcount(0 ^ v), __builtin_popcount(1 ^ v), __builtin_popcount(2 ^ v), __builtin_popcount(3 ^ v),   __builtin_popcount(4 ^ v), __builtin_popcount(5 ^ v), __builtin_popcount(6 ^ v), __builtin_popcount(7 ^ v),   __builtin_popcount(8 ^ v), __builtin_popcount(9 ^ v), __builtin_popcount(10 ^ v), __builtin_popcount(11 ^ v),   __builtin_popcount(12 ^ v), __builtin_popcount(13 ^ v), __builtin_popcount(14 ^ v), __builtin_popcount(15 ^ v)
-#define KX_T2(v) KX_T(v), KX_T(v)
-    KX_T2(0), KX_T2(1), KX_T2(2), KX_T2(3), KX_T2(4), KX_T2(5), KX_T2(6), KX_T2(7),
-    KX_T2(8), KX_T2(9), KX_T2(10), KX_T2(11), KX_T2(12), KX_T2(13), KX_T2(14), KX_T2(15)
-#undef KX_T2
-#undef KX_T
+// The pair table tile's tables (gemm_tile_pair_x64): tables[16a + b][i] = popcount(i XOR a) +
+// 16 * popcount(i XOR b), i < 16, repeated in both 128-bit lanes.
+struct PairTables {
+  alignas(64) std::uint8_t v[256 * 32];
 };
+constexpr PairTables make_pair_tables() {
+  PairTables t{};
+  for (int ab = 0; ab < 256; ++ab) {
+    for (int i = 0; i < 32; ++i) {
+      t.v[ab * 32 + i] = static_cast<std::uint8_t>(__builtin_popcount((i & 15) ^ (ab >> 4)) +
+                                                    16 * __builtin_popcount((i & 15) ^ (ab & 15)));
+    }
+  }
+  return t;
+}
+constexpr PairTables kPairTables = make_pair_tables();
 constexpr int kMaxTaps = 11 * 11;
 constexpr int kMaxClasses = 64;  // padding classes (see InputGeometry::dot_base)
 
@@ -65,7 +72,28 @@ struct PixelBlock {
   // 0 / 1 (has some) and no list.
   int padded_taps[kMaxBlock];
   unsigned char padded_tap[kMaxBlock][kMaxTaps];
+  // Table tile: the block's pixels as slots of the pair tile (a pixel and, when it is in the
+  // same output row, the next one), in order.
+  int slots = 0;
+  int slot_pixel[kMaxBlock];
+  bool slot_pair[kMaxBlock];
 };
+
+// The block's pair-tile slots: from its first pixel (an even output column, as blocks start at
+// slot boundaries), each pixel with the next one when both are in the same output row.
+void make_slots(PixelBlock* blk, int out_w) {
+  int ow = static_cast<int>(blk->first % out_w);
+  int n = 0;
+  for (int j = 0; j < blk->count;) {
+    const bool pair = ow + 1 < out_w && j + 1 < blk->count;
+    blk->slot_pixel[n] = j;
+    blk->slot_pair[n++] = pair;
+    j += pair ? 2 : 1;
+    ow += pair ? 2 : 1;
+    if (ow >= out_w) ow = 0;
+  }
+  blk->slots = n;
+}
 
 // Popcount of each 32-bit lane.
 inline __m256i popcount_epi32(__m256i x) {
@@ -144,6 +172,20 @@ inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::u
       dst[8 * k + 4 + b] = static_cast<std::uint16_t>(((src[k] >> (8 * b + 4)) & 15u) * 32);
     }
   }
+}
+
+// In place over n uint16 table offsets (one padded row of the table tile's input, 32 * a
+// nibble each): e[i] = 16 * e[i] + e[i + d] (0 past the end), i.e. the pair table offset of
+// the nibble and the one d entries on (the same nibble of the pixel a stride to the right).
+// Ascending, each vector loaded before it is stored, so every e[i + d] read is still original.
+inline void make_pair_offsets(std::uint16_t* e, std::int64_t n, std::int64_t d) {
+  std::int64_t i = 0;
+  for (; i + 16 <= n - d; i += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + i + d));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(e + i), _mm256_add_epi16(_mm256_slli_epi16(a, 4), b));
+  }
+  for (; i < n; ++i) e[i] = static_cast<std::uint16_t>(16 * e[i] + (i + d < n ? e[i + d] : 0));
 }
 
 // Writes taps [t0, t1) of 64-channel block b64 of the table-tile filter layout
@@ -494,15 +536,17 @@ struct TableOutput {
 // 2 * (pop - sum of the padded taps' weight popcounts).
 // kBytes: `sums` holds the tile's byte counters instead (gemm_tile_table_x64<NP, true>).
 template <bool kBytes>
-inline void finish_table_tile(const __m256i* sums, int np, const PixelBlock& blk, int q0,
+inline void finish_table_tile(const __m256i* sums, int ns, const PixelBlock& blk, int s0,
                               const TableOutput& st) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const int groups = (st.count + 7) / 8;
   const bool full = st.count == kTableLanes;
   const bool relu = st.flags.relu;
-  for (int i = 0; i < np; ++i) {
-    const int j = q0 + i;
+  // Output i of the tile (pixel 2k or 2k + 1 of slot k) is block pixel j.
+  for (int i = 0; i < 2 * ns; ++i) {
+    if ((i & 1) != 0 && !blk.slot_pair[s0 + (i >> 1)]) continue;
+    const int j = blk.slot_pixel[s0 + (i >> 1)] + (i & 1);
     const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
     const __m256 kv = _mm256_set1_ps(blk.k[j]);  // 1 without K: exact
     float* out = st.out + static_cast<std::int64_t>(j) * st.out_c;
@@ -837,12 +881,19 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       make_nibble_planes(tmp, static_cast<std::int64_t>(s.in_w) * packed,
                          reinterpret_cast<std::uint32_t*>(dst + pad_left * pixel_bytes));
     }
-    if (pad_h == 0 && pad_w == 0) return;
-    std::memset(dst, 0, static_cast<std::size_t>(pad_left) * pixel_bytes);
-    std::memset(dst + (pad_left + s.in_w) * pixel_bytes, 0, static_cast<std::size_t>(pad_right) * pixel_bytes);
-    if (mean_pad != nullptr) {
-      for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
-      for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
+    if (pad_w > 0) {
+      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * pixel_bytes);
+      std::memset(dst + (pad_left + s.in_w) * pixel_bytes, 0, static_cast<std::size_t>(pad_right) * pixel_bytes);
+      if (mean_pad != nullptr) {
+        for (int q = 0; q < pad_left; ++q) mean_pad[prow + q] = 0.0f;
+        for (int q = 0; q < pad_right; ++q) mean_pad[prow + pad_left + s.in_w + q] = 0.0f;
+      }
+    }
+    // The pair tile reads pair offsets: each nibble with the same nibble of the pixel a stride
+    // to the right (0 past the row's end: that partner is never an output pixel's).
+    if (table) {
+      make_pair_offsets(reinterpret_cast<std::uint16_t*>(dst), static_cast<std::int64_t>(wp) * elems,
+                        static_cast<std::int64_t>(s.stride_w) * elems);
     }
   };
   // Row `unit` is packed on return: by this thread if it claims it first, else by the thread
@@ -1008,13 +1059,21 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   }
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
-  // Pixels per block (at most): whole tiles (4 pixels planar, kTablePixels table) and, for few
-  // pixels, one tile per block so that every task costs about the same.
-  const int tile_pixels = table ? kTablePixels : 4;
+  // Blocks are made of units: pixels (planar tile) or pair-tile slots (table tile: a row of
+  // out_w pixels is (out_w + 1) / 2 slots, the last one a single pixel when out_w is odd).
+  // Units per block (at most): whole tiles (4 pixels planar, kTableSlots slots table) and, for
+  // few pixels, one tile per block so that every task costs about the same.
+  const int slots_per_row = (s.out_w + 1) / 2;
+  const std::int64_t units = table ? total / s.out_w * slots_per_row : total;
+  const int tile_units = table ? kTableSlots : 4;
   const bool one_tile = total < 512;
-  const int block_pixels = one_tile ? tile_pixels : (table ? kTableBlock : kBlock);
-  const ConvTiling tiling = plan_conv_tiling(s, block_pixels, lanes, kTargetTasks);
-  const std::int64_t cost = static_cast<std::int64_t>(block_pixels) * tiling.oc_chunk * steps;
+  const int block_units = one_tile ? tile_units : (table ? kTableBlock / 2 : kBlock);
+  const ConvTiling tiling = plan_tiling(units, block_units, s.out_c, lanes, kTargetTasks);
+  const std::int64_t cost = static_cast<std::int64_t>(block_units) * (table ? 2 : 1) * tiling.oc_chunk * steps;
+  // First pixel of unit u.
+  const auto unit_pixel = [&, slots_per_row](std::int64_t u) {
+    return table ? u / slots_per_row * s.out_w + 2 * (u % slots_per_row) : u;
+  };
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
   OutputFlags flags;
   flags.use_k = a.use_k;
@@ -1039,7 +1098,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     constexpr bool kBytes = decltype(bytes_tag)::value;
     PixelBlock blk;
     std::int64_t cached = -1;
-    alignas(32) __m256i sums[kTablePixels * 4];
+    alignas(32) __m256i sums[2 * kTableSlots * 4];
     for (std::int64_t t = begin; t < end; ++t) {
       const std::int64_t bi = t / tiling.oc_chunks;
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
@@ -1048,11 +1107,12 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         // One-tile blocks share the pixels out evenly (block_pixels - 1 or block_pixels each),
         // so that tasks cost about the same (49 pixels in 6-pixel tiles: 5, 5, 6, ... not
         // 8 x 6 + 1); larger blocks keep whole tiles (a short last block matters little there).
-        const std::int64_t first = one_tile ? bi * total / tiling.blocks : bi * block_pixels;
-        const std::int64_t next = one_tile ? (bi + 1) * total / tiling.blocks
-                                           : std::min(total, first + block_pixels);
+        const std::int64_t u0 = one_tile ? bi * units / tiling.blocks : bi * block_units;
+        const std::int64_t u1 = one_tile ? (bi + 1) * units / tiling.blocks : std::min(units, u0 + block_units);
+        const std::int64_t first = unit_pixel(u0), next = unit_pixel(u1);
         ensure_rows(first, next - first);
         describe_block(s, geo, first, static_cast<int>(next - first), &blk);
+        if (table) make_slots(&blk, s.out_w);
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);
@@ -1062,19 +1122,16 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         if (table) {
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
           const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
-          int q0 = 0;
-          for (; q0 < blk.count; q0 += kTablePixels) {
-            const int np = std::min(kTablePixels, blk.count - q0);
-            const std::uint16_t* const* bases = reinterpret_cast<const std::uint16_t* const*>(blk.base + q0);
-            switch (np) {
-              case 6: gemm_tile_table_x64<6, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              case 5: gemm_tile_table_x64<5, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              case 4: gemm_tile_table_x64<4, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              case 3: gemm_tile_table_x64<3, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              case 2: gemm_tile_table_x64<2, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
-              default: gemm_tile_table_x64<1, kBytes>(bases, table_run_list, wblock, kNibbleTables, sums); break;
+          for (int s0 = 0; s0 < blk.slots; s0 += kTableSlots) {
+            const int ns = std::min(kTableSlots, blk.slots - s0);
+            const std::uint16_t* bases[kTableSlots];
+            for (int k = 0; k < ns; ++k) bases[k] = static_cast<const std::uint16_t*>(blk.base[blk.slot_pixel[s0 + k]]);
+            switch (ns) {
+              case 3: gemm_tile_pair_x64<3, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
+              case 2: gemm_tile_pair_x64<2, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
+              default: gemm_tile_pair_x64<1, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
             }
-            finish_table_tile<kBytes>(sums, np, blk, q0, st);
+            finish_table_tile<kBytes>(sums, ns, blk, s0, st);
           }
           continue;
         }

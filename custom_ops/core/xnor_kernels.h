@@ -152,7 +152,11 @@ struct ConvTiling {
   int oc_chunks = 0;
   std::int64_t tasks = 0;
 };
-// Channel chunks are added until there are about `target_tasks` tasks.
+// Channel chunks are added until there are about `target_tasks` tasks. plan_tiling splits
+// `units` (pixels, or whatever a driver's blocks are made of) into blocks of `block_units`;
+// plan_conv_tiling does it for the shape's output pixels (block_pixels = block_units).
+ConvTiling plan_tiling(std::int64_t units, int block_units, int out_c, int oc_multiple,
+                       std::int64_t target_tasks);
 ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_multiple,
                             std::int64_t target_tasks = 32);
 
