@@ -16,8 +16,10 @@
 // bound). A fifth is the channel-lane TABLE tile's mix (gemm_tile_table_x64): per pixel and
 // step, a 16-bit table offset load, a 32-byte popcount-table load, and one vpshufb (the weight
 // nibbles as indices) + byte add per 32 channels, i.e. 2 vector ALU ops per 128 bit-MACs; on
-// Zen 3 it is the fastest (~645 G/s per core against ~550 for the planar mixes), so it sets
-// the roofline there. Otherwise: 64-bit XOR + scalar popcount.
+// Zen 3 it is ~645 G/s per core against ~550 for the planar mixes. A sixth is the PAIR table
+// tile's (gemm_tile_pair_x64, run as is): one vpshufb serves two output pixels (their counts
+// in the two nibbles of each byte), ~950 G/s per core on Zen 3, so it sets the roofline
+// there. Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
 // kernel call, so it cannot use a caller's ParallelFor, and it must pin one busy loop per
@@ -48,6 +50,7 @@ double roofline_loop_avx2_broadcast(long long iterations, unsigned long long* si
 double roofline_loop_avx2_planar(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_table(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 
 }  // namespace internal

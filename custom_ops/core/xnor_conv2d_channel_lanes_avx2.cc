@@ -38,22 +38,6 @@ constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
 // 33 tasks, 16 against 17; measured 2-3% at 2 threads) at no cost at 1 thread.
 constexpr std::int64_t kTargetTasks = 64;
 
-// The pair table tile's tables (gemm_tile_pair_x64): tables[16a + b][i] = popcount(i XOR a) +
-// 16 * popcount(i XOR b), i < 16, repeated in both 128-bit lanes.
-struct PairTables {
-  alignas(64) std::uint8_t v[256 * 32];
-};
-constexpr PairTables make_pair_tables() {
-  PairTables t{};
-  for (int ab = 0; ab < 256; ++ab) {
-    for (int i = 0; i < 32; ++i) {
-      t.v[ab * 32 + i] = static_cast<std::uint8_t>(__builtin_popcount((i & 15) ^ (ab >> 4)) +
-                                                    16 * __builtin_popcount((i & 15) ^ (ab & 15)));
-    }
-  }
-  return t;
-}
-constexpr PairTables kPairTables = make_pair_tables();
 constexpr int kMaxTaps = 11 * 11;
 constexpr int kMaxClasses = 64;  // padding classes (see InputGeometry::dot_base)
 

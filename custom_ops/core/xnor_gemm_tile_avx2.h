@@ -497,6 +497,22 @@ __attribute__((always_inline)) inline void gemm_tile_table_x64(const std::uint16
 // Registers: slot j's counters are ymm(4j) (L, channels 0-31), ymm(4j+1) (L, 32-63), ymm(4j+2)
 // and ymm(4j+3) (H); table ymm12, chunk sums ymm13/ymm14, temporary ymm15. The weights are
 // vpshufb's memory operand (no weight registers, so three slots fit).
+// The pair tile's tables (pass kPairTables.v as `tables`): tables[16a + b][i] = popcount(i XOR a) +
+// 16 * popcount(i XOR b), i < 16, repeated in both 128-bit lanes.
+struct PairTables {
+  alignas(64) std::uint8_t v[256 * 32];
+};
+constexpr PairTables make_pair_tables() {
+  PairTables t{};
+  for (int ab = 0; ab < 256; ++ab) {
+    for (int i = 0; i < 32; ++i) {
+      t.v[ab * 32 + i] = static_cast<std::uint8_t>(__builtin_popcount((i & 15) ^ (ab >> 4)) +
+                                                    16 * __builtin_popcount((i & 15) ^ (ab & 15)));
+    }
+  }
+  return t;
+}
+constexpr PairTables kPairTables = make_pair_tables();
 alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
     0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0,
     0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0};
