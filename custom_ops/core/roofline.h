@@ -13,7 +13,7 @@
 // of making the planes (one pass per operand, paid by the driver, not per pair). A fourth
 // variant adds two scalar 64-bit XOR + POPCNT + ADD chains per planar step on the integer ALUs
 // the vector loop leaves idle: 5-10% more on Zen 3 (measured; 4 chains is no better, dispatch-
-// bound). A fifth is the channel-lane TABLE tile's mix (gemm_tile_table_x64): per pixel and
+// bound). A fifth is the former one-pixel channel-lane TABLE tile's mix: per pixel and
 // step, a 16-bit table offset load, a 32-byte popcount-table load, and one vpshufb (the weight
 // nibbles as indices) + byte add per 32 channels, i.e. 2 vector ALU ops per 128 bit-MACs; on
 // Zen 3 it is ~645 G/s per core against ~550 for the planar mixes. A sixth is the PAIR table

@@ -228,7 +228,7 @@ double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long*
   return static_cast<double>(done) * (8.0 * 128.0 + 2.0 * 64.0);
 }
 
-// The channel-lane TABLE tile's mix (xnor_gemm_tile_avx2.h, gemm_tile_table_x64): per step,
+// The former one-pixel channel-lane TABLE tile's mix (before gemm_tile_pair_x64): per step,
 // two 64-channel weight vectors of nibble bytes, and per pixel a 16-bit table offset load, a
 // table load, and one vpshufb (weights as indices) + byte add per 32 channels: 2 vector ALU ops
 // per 128 bit-MACs. Six pixels (the tile's maximum, which the kernel uses), all operands in one

@@ -516,9 +516,9 @@ struct TableOutput {
 };
 
 // out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + np - 1 of the block, from the
-// table tile's uint16 popcount sums (layout in gemm_tile_table_x64): dot = n_valid -
+// table tile's uint16 popcount sums (layout above TableRun in xnor_gemm_tile_avx2.h): dot = n_valid -
 // 2 * (pop - sum of the padded taps' weight popcounts).
-// kBytes: `sums` holds the tile's byte counters instead (gemm_tile_table_x64<NP, true>).
+// kBytes: `sums` holds the tile's byte counters instead (gemm_tile_pair_x64<NS, true>).
 template <bool kBytes>
 inline void finish_table_tile(const __m256i* sums, int ns, const PixelBlock& blk, int s0,
                               const TableOutput& st) {

@@ -259,38 +259,29 @@ __attribute__((always_inline)) inline TilePops<NP> gemm_tile_runs_x16(
   }
 }
 
-// Channel-lane TABLE tile: NP <= 6 output pixels x 64 output channels, one data nibble per
-// step (the driver runs 6-pixel tiles: measured 2-4% faster than 5 in the conv). The weights of a 64-channel block are bytes [k][64] (byte c = nibble k of channel c,
-// < 16); a pixel's input is uint16 [k] holding 32 * its nibble k, a byte offset into `tables`:
-// 16 vectors of 32 bytes, tables[v][i] = popcount(i XOR v) (both 128-bit lanes alike). One
-// step for one pixel is then: load its offset, load its table, and one vpshufb (indexed by the
-// weight bytes) + byte add per 32 channels: 2 vector ALU ops per 128 bit-MACs where the
-// nibble-planar tile needs 3 (XOR, vpshufb, add); the table and offset loads go to the load
-// ports. Measured on Zen 3: 640 G bit-MACs/s per core against 520 for the planar 4x16 tile.
+// Channel-lane table tiles (gemm_tile_pair_x64 below; it replaced a one-pixel table tile,
+// whose mix is still a roofline variant): the weights of a 64-channel block are bytes [k][64]
+// (byte c = nibble k of channel c, < 16), the indices of a vpshufb whose table comes from
+// the input, so each lookup is an XOR + popcount of 4 data bits for 32 channels at once.
 //
 // The k sequence is a list of TableRuns (byte offsets from every pixel's base: begin, end);
 // flags bit 0: widen after this run (at least every 63 steps, as each step adds <= 4 to a
-// byte), bit 1: the last run. Widening adds the byte counts into uint16 sums in `sums`:
-// [NP][2 vectors][2 halves] __m256i (32-byte aligned; the tile zeroes it first): sums[j][v][0] = bytes
-// 0-7 and 16-23 of accumulator (j, v) as uint16 (vpunpcklbw), sums[j][v][1] = bytes 8-15 and
-// 24-31 (vpunpckhbw). So channel 32v + c of pixel j sits in sums[j][v][(c / 8) & 1], 16-bit
-// lane 8 * (c / 16) + c % 8. The caller guarantees 4 * k_total < 65536.
-//
-// Registers: the accumulators are ymm0-ymm11 (pixel j: ymm(2j), ymm(2j+1)), weights ymm12-13,
-// table ymm14, temporary ymm15; all are clobbered, so the whole k loop is one asm statement.
+// pixel's byte count), bit 1: the last run. Widening adds byte counts into uint16 sums in
+// `sums`: [pixel][2 vectors][2 halves] __m256i (32-byte aligned; the tile zeroes it first):
+// sums[j][v][0] = bytes 0-7 and 16-23 of pixel j's counts for channels 32v .. 32v + 31 as
+// uint16 (vpunpcklbw), sums[j][v][1] = bytes 8-15 and 24-31 (vpunpckhbw). So channel 32v + c
+// of pixel j sits in sums[j][v][(c / 8) & 1], 16-bit lane 8 * (c / 16) + c % 8. The caller
+// guarantees 4 * k_total < 65536. Short receptive fields (kBytes: at most 63 steps in all,
+// so byte counts cannot overflow and the run list has no widening before its end) have no
+// uint16 sums: the counts are stored as bytes [pixel][2 vectors] (channel 32v + c of pixel j
+// at byte 64j + 32v + c; the tile clears nothing in memory).
 struct TableRun {
   std::int64_t begin;  // bytes from the pixel base
   std::int64_t end;
   std::int64_t flags;  // 1: widen after, 2: last
 };
 
-#define KX_TBL_PIXEL(P, A, B)                                  \
-  "movzwl (%[" P "], %[off]), %%eax\n\t"                       \
-  "vmovdqa (%[tb], %%rax), %%ymm14\n\t"                        \
-  "vpshufb %%ymm12, %%ymm14, %%ymm15\n\t"                      \
-  "vpaddb %%ymm15, %%" A ", %%" A "\n\t"                       \
-  "vpshufb %%ymm13, %%ymm14, %%ymm15\n\t"                      \
-  "vpaddb %%ymm15, %%" B ", %%" B "\n\t"
+// Byte counts in A widened into the uint16 sums at OFF_LO / OFF_HI (ymm15 zero), A zeroed.
 #define KX_TBL_WIDEN(A, OFF_LO, OFF_HI)                        \
   "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
   "vpaddw " OFF_LO "(%[sums]), %%ymm14, %%ymm14\n\t"           \
@@ -300,203 +291,35 @@ struct TableRun {
   "vmovdqa %%ymm14, " OFF_HI "(%[sums])\n\t"                   \
   "vpxor %%" A ", %%" A ", %%" A "\n\t"
 #define KX_TBL_ZERO(A) "vpxor %%" A ", %%" A ", %%" A "\n\t"
-#define KX_TBL_CLEAR(OFF) "vmovdqa %%ymm0, " OFF "(%[sums])\n\t"
-
-#define KX_TBL_P0 KX_TBL_PIXEL("p0", "ymm0", "ymm1")
-#define KX_TBL_P1 KX_TBL_PIXEL("p1", "ymm2", "ymm3")
-#define KX_TBL_P2 KX_TBL_PIXEL("p2", "ymm4", "ymm5")
-#define KX_TBL_P3 KX_TBL_PIXEL("p3", "ymm6", "ymm7")
-#define KX_TBL_P4 KX_TBL_PIXEL("p4", "ymm8", "ymm9")
-#define KX_TBL_P5 KX_TBL_PIXEL("p5", "ymm10", "ymm11")
-#define KX_TBL_W0 KX_TBL_WIDEN("ymm0", "0", "32") KX_TBL_WIDEN("ymm1", "64", "96")
-#define KX_TBL_W1 KX_TBL_WIDEN("ymm2", "128", "160") KX_TBL_WIDEN("ymm3", "192", "224")
-#define KX_TBL_W2 KX_TBL_WIDEN("ymm4", "256", "288") KX_TBL_WIDEN("ymm5", "320", "352")
-#define KX_TBL_W3 KX_TBL_WIDEN("ymm6", "384", "416") KX_TBL_WIDEN("ymm7", "448", "480")
-#define KX_TBL_W4 KX_TBL_WIDEN("ymm8", "512", "544") KX_TBL_WIDEN("ymm9", "576", "608")
-#define KX_TBL_W5 KX_TBL_WIDEN("ymm10", "640", "672") KX_TBL_WIDEN("ymm11", "704", "736")
-// Zero pixel J's accumulators and sums (ymm0 is zeroed first, by Z0).
-#define KX_TBL_Z0 KX_TBL_ZERO("ymm0") KX_TBL_ZERO("ymm1") \
-  KX_TBL_CLEAR("0") KX_TBL_CLEAR("32") KX_TBL_CLEAR("64") KX_TBL_CLEAR("96")
-#define KX_TBL_Z1 KX_TBL_ZERO("ymm2") KX_TBL_ZERO("ymm3") \
-  KX_TBL_CLEAR("128") KX_TBL_CLEAR("160") KX_TBL_CLEAR("192") KX_TBL_CLEAR("224")
-#define KX_TBL_Z2 KX_TBL_ZERO("ymm4") KX_TBL_ZERO("ymm5") \
-  KX_TBL_CLEAR("256") KX_TBL_CLEAR("288") KX_TBL_CLEAR("320") KX_TBL_CLEAR("352")
-#define KX_TBL_Z3 KX_TBL_ZERO("ymm6") KX_TBL_ZERO("ymm7") \
-  KX_TBL_CLEAR("384") KX_TBL_CLEAR("416") KX_TBL_CLEAR("448") KX_TBL_CLEAR("480")
-#define KX_TBL_Z4 KX_TBL_ZERO("ymm8") KX_TBL_ZERO("ymm9") \
-  KX_TBL_CLEAR("512") KX_TBL_CLEAR("544") KX_TBL_CLEAR("576") KX_TBL_CLEAR("608")
-#define KX_TBL_Z5 KX_TBL_ZERO("ymm10") KX_TBL_ZERO("ymm11") \
-  KX_TBL_CLEAR("640") KX_TBL_CLEAR("672") KX_TBL_CLEAR("704") KX_TBL_CLEAR("736")
-
-// One run of steps from the run list (label 2: per run, 1: per step; weights in ymm12/13).
-#define KX_TBL_RUN(STEP)                                        \
-  "2:\n\t"                                                      \
-  "mov (%[run]), %[off]\n\t"                                    \
-  "mov 8(%[run]), %[end]\n\t"                                   \
-  "1:\n\t"                                                      \
-  "vmovdqa (%[wk]), %%ymm12\n\t"                                \
-  "vmovdqa 32(%[wk]), %%ymm13\n\t"                              \
-  STEP                                                          \
-  "add $64, %[wk]\n\t"                                          \
-  "add $2, %[off]\n\t"                                          \
-  "cmp %[end], %[off]\n\t"                                      \
-  "jne 1b\n\t"
-
-#define KX_TBL_LOOP(ZERO, STEP, WIDEN)                          \
-  ZERO                                                          \
-  KX_TBL_RUN(STEP)                                              \
-  "testb $1, 16(%[run])\n\t"                                    \
-  "jz 3f\n\t"                                                   \
-  "vpxor %%ymm15, %%ymm15, %%ymm15\n\t"                         \
-  WIDEN                                                         \
-  "3:\n\t"                                                      \
-  "testb $2, 16(%[run])\n\t"                                    \
-  "lea 24(%[run]), %[run]\n\t"                                  \
-  "jz 2b\n\t"
-
 #define KX_TBL_CLOBBERS                                                                     \
   "cc", "memory", "rax", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",     \
       "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
 
-// Short receptive fields (kBytes: at most 63 steps in all, so the byte counters cannot
-// overflow and the run list has no widening before its end): no uint16 sums at all; the
-// accumulators are stored as they are, bytes [NP][2 vectors] (channel 32v + c of pixel j at
-// byte 64j + 32v + c; the tile clears nothing in memory).
-#define KX_TBL_LOOP_BYTES(ZERO, STEP, STORE)                    \
-  ZERO                                                          \
-  KX_TBL_RUN(STEP)                                              \
-  "testb $2, 16(%[run])\n\t"                                    \
-  "lea 24(%[run]), %[run]\n\t"                                  \
-  "jz 2b\n\t"                                                   \
-  STORE
-
-#define KX_TBL_B(A, B) KX_TBL_ZERO(A) KX_TBL_ZERO(B)
-#define KX_TBL_S(A, OFF_A, B, OFF_B) \
-  "vmovdqa %%" A ", " OFF_A "(%[sums])\n\t" "vmovdqa %%" B ", " OFF_B "(%[sums])\n\t"
-#define KX_TBL_B0 KX_TBL_B("ymm0", "ymm1")
-#define KX_TBL_B1 KX_TBL_B("ymm2", "ymm3")
-#define KX_TBL_B2 KX_TBL_B("ymm4", "ymm5")
-#define KX_TBL_B3 KX_TBL_B("ymm6", "ymm7")
-#define KX_TBL_B4 KX_TBL_B("ymm8", "ymm9")
-#define KX_TBL_B5 KX_TBL_B("ymm10", "ymm11")
-#define KX_TBL_S0 KX_TBL_S("ymm0", "0", "ymm1", "32")
-#define KX_TBL_S1 KX_TBL_S("ymm2", "64", "ymm3", "96")
-#define KX_TBL_S2 KX_TBL_S("ymm4", "128", "ymm5", "160")
-#define KX_TBL_S3 KX_TBL_S("ymm6", "192", "ymm7", "224")
-#define KX_TBL_S4 KX_TBL_S("ymm8", "256", "ymm9", "288")
-#define KX_TBL_S5 KX_TBL_S("ymm10", "320", "ymm11", "352")
-
-// One asm statement per NP; LOOP is KX_TBL_LOOP (uint16 sums) or KX_TBL_LOOP_BYTES.
-#define KX_TBL_OUTS [run] "+r"(run), [wk] "+r"(wk), [off] "=&r"(off), [end] "=&r"(end)
-#define KX_TBL_ASM(LOOP, Z, P, W, ...) \
-  __asm__ volatile(LOOP(Z, P, W) : KX_TBL_OUTS : __VA_ARGS__ : KX_TBL_CLOBBERS)
-
-template <int NP, bool kBytes = false>
-__attribute__((always_inline)) inline void gemm_tile_table_x64(const std::uint16_t* const* base,
-                                                               const TableRun* runs,
-                                                               const std::uint8_t* weights,
-                                                               const std::uint8_t* tables,
-                                                               __m256i* sums) {
-  const TableRun* run = runs;
-  const std::uint8_t* wk = weights;
-  std::int64_t off, end;
-  const char* p0 = reinterpret_cast<const char*>(base[0]);
-#define KX_TBL_IN6 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
-    [p4] "r"(base[4]), [p5] "r"(base[5]), [tb] "r"(tables), [sums] "r"(sums)
-#define KX_TBL_IN5 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
-    [p4] "r"(base[4]), [tb] "r"(tables), [sums] "r"(sums)
-#define KX_TBL_IN4 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [p3] "r"(base[3]), \
-    [tb] "r"(tables), [sums] "r"(sums)
-#define KX_TBL_IN3 [p0] "r"(p0), [p1] "r"(base[1]), [p2] "r"(base[2]), [tb] "r"(tables), \
-    [sums] "r"(sums)
-#define KX_TBL_IN2 [p0] "r"(p0), [p1] "r"(base[1]), [tb] "r"(tables), [sums] "r"(sums)
-#define KX_TBL_IN1 [p0] "r"(p0), [tb] "r"(tables), [sums] "r"(sums)
-  if constexpr (NP == 6) {
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3 KX_TBL_B4 KX_TBL_B5,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4 KX_TBL_P5,
-                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3 KX_TBL_S4 KX_TBL_S5, KX_TBL_IN6);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4 KX_TBL_Z5,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4 KX_TBL_P5,
-                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4 KX_TBL_W5, KX_TBL_IN6);
-    }
-  } else if constexpr (NP == 5) {
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3 KX_TBL_B4,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4,
-                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3 KX_TBL_S4, KX_TBL_IN5);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3 KX_TBL_Z4,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3 KX_TBL_P4,
-                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3 KX_TBL_W4, KX_TBL_IN5);
-    }
-  } else if constexpr (NP == 4) {
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2 KX_TBL_B3,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3,
-                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2 KX_TBL_S3, KX_TBL_IN4);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2 KX_TBL_Z3,
-                 KX_TBL_P0 KX_TBL_P1 KX_TBL_P2 KX_TBL_P3,
-                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2 KX_TBL_W3, KX_TBL_IN4);
-    }
-  } else if constexpr (NP == 3) {
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1 KX_TBL_B2, KX_TBL_P0 KX_TBL_P1 KX_TBL_P2,
-                 KX_TBL_S0 KX_TBL_S1 KX_TBL_S2, KX_TBL_IN3);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1 KX_TBL_Z2, KX_TBL_P0 KX_TBL_P1 KX_TBL_P2,
-                 KX_TBL_W0 KX_TBL_W1 KX_TBL_W2, KX_TBL_IN3);
-    }
-  } else if constexpr (NP == 2) {
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0 KX_TBL_B1, KX_TBL_P0 KX_TBL_P1, KX_TBL_S0 KX_TBL_S1,
-                 KX_TBL_IN2);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0 KX_TBL_Z1, KX_TBL_P0 KX_TBL_P1, KX_TBL_W0 KX_TBL_W1,
-                 KX_TBL_IN2);
-    }
-  } else {
-    static_assert(NP == 1, "NP is 1..6");
-    if constexpr (kBytes) {
-      KX_TBL_ASM(KX_TBL_LOOP_BYTES, KX_TBL_B0, KX_TBL_P0, KX_TBL_S0, KX_TBL_IN1);
-    } else {
-      KX_TBL_ASM(KX_TBL_LOOP, KX_TBL_Z0, KX_TBL_P0, KX_TBL_W0, KX_TBL_IN1);
-    }
-  }
-#undef KX_TBL_IN6
-#undef KX_TBL_IN5
-#undef KX_TBL_IN4
-#undef KX_TBL_IN3
-#undef KX_TBL_IN2
-#undef KX_TBL_IN1
-}
-
-// Channel-lane PAIR TABLE tile: NS <= 3 slots x 64 output channels, a slot being two output
-// pixels p, q of one output row (q = p + 1; or p alone, its partner's counts then unused).
-// Both pixels of a slot share one vpshufb per 32 channels: the slot's input is uint16 [k]
-// holding 32 * (16 * nibble_k(p) + nibble_k(q)), a byte offset into `tables`: 256 vectors of
-// 32 bytes, tables[16a + b][i] = popcount(i XOR a) + 16 * popcount(i XOR b), so one lookup
-// (the weight bytes as indices) gives both pixels' counts in the two nibbles of each byte.
-// Per slot, three steps are summed in a byte (each nibble <= 12, so nothing carries), then
-// added to two byte counters: L += acc and H += acc >> 4 (a 16-bit shift, no mask). L then
-// holds lo + 16 hi, and H holds hi, plus, in even bytes, 16 * lo of the odd byte beside it
-// (all mod 256). With lo, hi <= 252 (63 steps) both are recovered exactly:
+// Channel-lane PAIR TABLE tile (gemm_tile_pair_x64): NS <= 3 slots x 64 output channels, a
+// slot being two output pixels p, q of one output row (q = p + 1; or p alone, its partner's
+// counts then unused). Both pixels of a slot share one vpshufb per 32 channels: the slot's
+// input is uint16 [k] holding 32 * (16 * nibble_k(p) + nibble_k(q)), a byte offset into
+// kPairTables, so one lookup (the weight bytes as indices) gives both pixels' counts in the
+// two nibbles of each byte. Per slot, three steps are summed in a byte (each nibble <= 12, so
+// nothing carries), then added to two byte counters: L += acc and H += acc >> 4 (a 16-bit
+// shift, no mask). L then holds lo + 16 hi, and H holds hi plus, in even bytes, 16 * lo of
+// the odd byte beside it (all mod 256). With lo, hi <= 252 (63 steps) both are recovered
+// exactly:
 //   lo = L - 16 H (bytewise; the odd neighbour's term is 256 lo' = 0 mod 256),
 //   hi = H - 16 * (lo of the odd byte, in even bytes only) = H - ((lo16 >> 4) & 0xf0 bytewise)
 //   (in an odd byte, lo16 >> 4 holds that byte's lo >> 4 < 16, which the mask clears).
-// Per 3 steps x 2 pixels x 32 channels: 3 vpshufb + 5 adds/shifts, where the one-pixel table
-// tile needed 6 vpshufb + 6 adds (measured on Zen 3, operands in L1: ~950 against ~645 G
+// Per 3 steps x 2 pixels x 32 channels: 3 vpshufb + 5 adds/shifts, where a one-pixel table
+// tile needs 6 vpshufb + 6 adds (measured on Zen 3, operands in L1: ~950 against ~645 G
 // bit-MACs/s per core).
 //
-// Runs and flags as gemm_tile_table_x64 (a run may have any length: 3 steps per chunk, then a
-// chunk of 1 or 2). Output: pixel 2j = p and 2j + 1 = q of slot j, in gemm_tile_table_x64's
-// layouts (uint16 sums [2 NS][2 vectors][2 halves], or bytes [2 NS][2 vectors] with kBytes).
+// Runs, flags and output layouts as described above TableRun (a run may have any length: 3
+// steps per chunk, then a chunk of 1 or 2); pixel 2j is p and 2j + 1 is q of slot j (uint16
+// sums [2 NS][2 vectors][2 halves], or bytes [2 NS][2 vectors] with kBytes).
 //
 // Registers: slot j's counters are ymm(4j) (L, channels 0-31), ymm(4j+1) (L, 32-63), ymm(4j+2)
 // and ymm(4j+3) (H); table ymm12, chunk sums ymm13/ymm14, temporary ymm15. The weights are
 // vpshufb's memory operand (no weight registers, so three slots fit).
+//
 // The pair tile's tables (pass kPairTables.v as `tables`): tables[16a + b][i] = popcount(i XOR a) +
 // 16 * popcount(i XOR b), i < 16, repeated in both 128-bit lanes.
 struct PairTables {
@@ -720,46 +543,8 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
 #undef KX_PR_NEXT
 #undef KX_PR_FIRST
 
-#undef KX_TBL_ASM
-#undef KX_TBL_OUTS
-#undef KX_TBL_LOOP_BYTES
-#undef KX_TBL_B
-#undef KX_TBL_S
-#undef KX_TBL_B0
-#undef KX_TBL_B1
-#undef KX_TBL_B2
-#undef KX_TBL_B3
-#undef KX_TBL_B4
-#undef KX_TBL_B5
-#undef KX_TBL_S0
-#undef KX_TBL_S1
-#undef KX_TBL_S2
-#undef KX_TBL_S3
-#undef KX_TBL_S4
-#undef KX_TBL_S5
-#undef KX_TBL_PIXEL
 #undef KX_TBL_WIDEN
 #undef KX_TBL_ZERO
-#undef KX_TBL_CLEAR
-#undef KX_TBL_P0
-#undef KX_TBL_P1
-#undef KX_TBL_P2
-#undef KX_TBL_P3
-#undef KX_TBL_P4
-#undef KX_TBL_P5
-#undef KX_TBL_W0
-#undef KX_TBL_W1
-#undef KX_TBL_W2
-#undef KX_TBL_W3
-#undef KX_TBL_W4
-#undef KX_TBL_W5
-#undef KX_TBL_Z0
-#undef KX_TBL_Z1
-#undef KX_TBL_Z2
-#undef KX_TBL_Z3
-#undef KX_TBL_Z4
-#undef KX_TBL_Z5
-#undef KX_TBL_LOOP
 #undef KX_TBL_CLOBBERS
 
 #undef KX_TILE_PIXEL

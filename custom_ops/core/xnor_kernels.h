@@ -111,7 +111,7 @@ void prepare_channel_lanes_filter_avx2(const Conv2DShape& shape, const PackedWor
                                        std::uint32_t* lanes_filter, std::int32_t* tap_pop,
                                        const ParallelFor& parallel_for);
 
-// The channel-lane driver's TABLE tile (xnor_gemm_tile_avx2.h, gemm_tile_table_x64) filter
+// The channel-lane driver's TABLE tile (xnor_gemm_tile_avx2.h, gemm_tile_pair_x64) filter
 // layout, made once by prepare_conv2d_filter: bytes [ceil(out_c / 64)][k_h * k_w * 8 *
 // packed_words(in_c)][64], byte (n, c) = nibble n of channel c's OHWI packed row (nibbles
 // 8k .. 8k + 3: the low nibbles of bytes 0..3 of packed word k, 8k + 4 .. 8k + 7 the high

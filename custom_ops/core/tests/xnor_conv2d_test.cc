@@ -569,6 +569,49 @@ void test_counter_limits() {
   }
 }
 
+// The pair table tile's two counts per byte at opposite limits: pixels alternate -1 / +1 and
+// odd channels' weights are all -1, so beside every count at its maximum (all bits opposite)
+// sits a 0, in the other pixel of the slot and in the neighbouring channel (the byte whose lo
+// the recovery subtracts from an even byte's H); rows of 7 pixels (a single pixel per row).
+void test_pair_counter_extremes() {
+  for (int in_c : {64, 224, 225, 252}) {
+    Conv2DShape s;
+    s.batch = 2;
+    s.in_h = 4;
+    s.in_w = 7;
+    s.in_c = in_c;
+    s.out_c = 66;
+    s.k_h = s.k_w = 1;
+    KX_CHECK(resolve_conv2d_shape(&s).empty(), "valid");
+    const int pixels = s.batch * s.in_h * s.in_w;
+    std::vector<float> x(static_cast<std::size_t>(pixels) * in_c);
+    for (int p = 0; p < pixels; ++p) {
+      for (int c = 0; c < in_c; ++c) x[static_cast<std::size_t>(p) * in_c + c] = p % 2 ? 1.0f : -1.0f;
+    }
+    const int words = packed_words(in_c);
+    std::vector<PackedWord> w(static_cast<std::size_t>(s.out_c) * words, 0);
+    for (int o = 1; o < s.out_c; o += 2) {
+      for (int k = 0; k < words; ++k) {
+        const int bits = std::min(32, in_c - 32 * k);
+        w[static_cast<std::size_t>(o) * words + k] = static_cast<PackedWord>(bits == 32 ? 0xffffffffu : (1u << bits) - 1);
+      }
+    }
+    std::vector<float> alpha(s.out_c, 1.0f);
+    std::vector<float> out(static_cast<std::size_t>(pixels) * s.out_c);
+    for (KernelPath path : available_paths()) {
+      xnor_conv2d(s, x.data(), w.data(), alpha.data(), nullptr, false, false, out.data(), serial_for, path);
+      int bad = 0;
+      for (int p = 0; p < pixels; ++p) {
+        for (int o = 0; o < s.out_c; ++o) {
+          const bool opposite = (p % 2 == 0) != (o % 2 == 1);  // input bit set (-1) vs weight bit
+          bad += out[static_cast<std::size_t>(p) * s.out_c + o] != static_cast<float>(opposite ? -in_c : in_c);
+        }
+      }
+      KX_CHECK(bad == 0, "[%s] in_c %d: %d outputs wrong at the counters' extremes", path_name(path), in_c, bad);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace keras_xnor
@@ -583,5 +626,6 @@ int main(int argc, char** argv) {
   keras_xnor::testing::test_dense(rng);
   keras_xnor::testing::test_out_of_memory(rng);
   keras_xnor::testing::test_counter_limits();
+  keras_xnor::testing::test_pair_counter_extremes();
   return keras_xnor::testing::finish("xnor_conv2d_test");
 }
