@@ -50,22 +50,28 @@ inline std::int64_t forced_block_size() {
   return block;
 }
 
-// Shared state of one parallel_for_from call: units are handed out in chunks through an atomic
-// counter, so whichever thread is free takes the next chunk (the caller included).
+// Shared state of one parallel_for_from call: units are handed out through an atomic counter,
+// so whichever thread is free takes the next range (the caller included). Guided sizes: a
+// claim takes 1 / (2 * threads) of the units still unclaimed (at least min_units), so the first
+// ranges are long (few claims) and the last ones short, and a thread that starts late or runs
+// slower delays the end by at most a short range.
 struct ParallelRun {
-  std::atomic<std::int64_t> next{0};      // next chunk to claim
-  std::atomic<std::int64_t> finished{0};  // chunks whose fn call has returned
-  std::int64_t chunks = 0, chunk_units = 0, units = 0;
-  const RangeFn* fn = nullptr;  // valid until finished == chunks (the caller waits for that)
+  std::atomic<std::int64_t> next{0};  // first unclaimed unit
+  std::atomic<std::int64_t> done{0};  // units whose fn call has returned
+  std::int64_t units = 0, min_units = 1, divisor = 1;
+  bool fixed = false;           // every range min_units long (the testing hook)
+  const RangeFn* fn = nullptr;  // valid until done == units (the caller waits for that)
 
-  // Claims and runs chunks until none is left.
+  // Claims and runs ranges until none is left.
   void work() {
-    for (;;) {
-      const std::int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      const std::int64_t begin = c * chunk_units;
-      (*fn)(begin, std::min(units, begin + chunk_units));
-      finished.fetch_add(1, std::memory_order_acq_rel);
+    std::int64_t begin = next.load(std::memory_order_relaxed);
+    while (begin < units) {
+      const std::int64_t size = fixed ? min_units : std::max(min_units, (units - begin) / divisor);
+      const std::int64_t end = std::min(units, begin + size);
+      if (!next.compare_exchange_weak(begin, end, std::memory_order_relaxed)) continue;
+      (*fn)(begin, end);
+      done.fetch_add(end - begin, std::memory_order_acq_rel);
+      begin = next.load(std::memory_order_relaxed);
     }
   }
 };
@@ -73,17 +79,15 @@ struct ParallelRun {
 // Work below this many cost units (the core's "simple operations") runs on the caller: waking a
 // pool thread costs more than it saves.
 inline constexpr std::int64_t kMinParallelCost = 20000;
-// Chunks per thread: enough for a late or slower thread to be balanced by the others.
-inline constexpr std::int64_t kChunksPerThread = 4;
 
 // The core's ParallelFor on top of the op's intra-op thread pool
-// (tf.config.threading.set_intra_op_parallelism_threads): the caller runs chunks itself and
-// NumThreads() - 1 pool closures join it, taking chunks from a shared counter. Compared with
-// the pool's own ParallelFor this starts work at once on the caller (no wake-up on the critical
-// path), keeps at most NumThreads() threads busy even when the caller is not a pool thread, and
-// a closure that starts after the last chunk was claimed just returns. Results do not depend on
-// the split (the core's contract). The returned function refers to the pool, which lives as
-// long as the device: use it within Compute() only.
+// (tf.config.threading.set_intra_op_parallelism_threads): the caller runs ranges itself and
+// NumThreads() - 1 pool closures join it, claiming guided ranges from a shared counter.
+// Compared with the pool's own ParallelFor this starts work at once on the caller (no wake-up
+// on the critical path), keeps at most NumThreads() threads busy even when the caller is not a
+// pool thread, and a closure that starts after the last range was claimed just returns.
+// Results do not depend on the split (the core's contract). The returned function refers to
+// the pool, which lives as long as the device: use it within Compute() only.
 inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
   auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
   return [workers](std::int64_t n, std::int64_t cost_per_unit, const RangeFn& fn) {
@@ -97,16 +101,16 @@ inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
     }
     auto run = std::make_shared<ParallelRun>();
     run->units = n;
-    run->chunk_units =
-        forced > 0 ? forced : std::max<std::int64_t>(1, (n + threads * kChunksPerThread - 1) /
-                                                            (threads * kChunksPerThread));
-    run->chunks = (n + run->chunk_units - 1) / run->chunk_units;
+    run->fixed = forced > 0;
+    run->min_units = forced > 0 ? forced : 1;
+    run->divisor = 2 * static_cast<std::int64_t>(threads);
     run->fn = &fn;
-    const std::int64_t helpers = std::min<std::int64_t>(threads - 1, run->chunks - 1);
+    const std::int64_t ranges_at_least = (n + run->min_units - 1) / run->min_units;
+    const std::int64_t helpers = std::min<std::int64_t>(threads - 1, ranges_at_least - 1);
     for (std::int64_t h = 0; h < helpers; ++h) workers->Schedule([run] { run->work(); });
     run->work();
-    // Every chunk is claimed; wait for the ones other threads are still running.
-    for (int spins = 0; run->finished.load(std::memory_order_acquire) < run->chunks; ++spins) {
+    // Every unit is claimed; wait for the ranges other threads are still running.
+    for (int spins = 0; run->done.load(std::memory_order_acquire) < run->units; ++spins) {
       if (spins < 4096) {
         cpu_relax();
       } else {
