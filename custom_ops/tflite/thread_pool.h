@@ -3,10 +3,11 @@
 //
 // Contract: ThreadPool(n) runs work on n threads in total: the calling thread plus n - 1
 // workers started in the constructor and joined in the destructor. parallel_for(n, cost, fn)
-// splits [0, n) into disjoint contiguous blocks, runs them on the caller and the workers, and
-// returns when every block has returned; small jobs (n * cost below a threshold) run inline on
-// the caller. Calls from several threads at once are serialised (one job at a time), so one pool
-// may serve several interpreters. fn must not call parallel_for on the same pool.
+// splits [0, n) into disjoint contiguous blocks (guided: shorter towards the end), runs them on
+// the caller and the workers, and returns when every block has returned; small jobs (n * cost
+// below a threshold) run inline on the caller. Calls from several threads at once are
+// serialised (one job at a time), so one pool may serve several interpreters. fn must not call
+// parallel_for on the same pool.
 // Idle workers poll briefly (KERAS_XNOR_SPIN_MICROS, default ~64 pause instructions) before
 // sleeping on a condition variable; see thread_pool.cc for why the default spin is short.
 // On Linux (and Android), a job's workers are kept off the CPU its caller runs on, within the
@@ -65,7 +66,8 @@ class ThreadPool {
   // The current job (valid while a generation is running).
   const RangeFn* fn_ = nullptr;
   std::int64_t n_ = 0;
-  std::int64_t block_ = 1;
+  std::int64_t divisor_ = 1;    // guided blocks: unclaimed units / divisor_,
+  std::int64_t min_block_ = 1;  // but at least min_block_
   std::atomic<std::int64_t> next_{0};
 
   std::vector<Placement> placements_;  // one per worker, under mutex_
