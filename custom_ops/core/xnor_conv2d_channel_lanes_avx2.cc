@@ -1,15 +1,15 @@
 // AVX2 conv driver with output channels in vector lanes (the default for convs with at least
 // a few dozen output pixels): the filter is transposed once per call (or once ever, with a
-// PreparedConv2DFilter) into 16-channel blocks; the input is sign-packed into a zero-padded
-// planar image that the tiles read in place (no im2col: a receptive field is a fixed list of
-// runs from its corner, see gemm_tile_runs_x16); the output stage is fused into each tile and
-// writes 8 contiguous NHWC channels per store.
-// SAME borders use the same correction as the pixel-lane driver: a padded tap has input bits
-// 0, and the output stage subtracts popcount(w[c, tap]) for each padded tap of the pixel.
-// Both operands are nibble-planar (xnor_gemm_tile_avx2.h): packed word k of a pixel or filter
-// row becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand
-// (the input right after sign packing, the filter in the transpose), so the microkernel's
-// inner step needs 6 vector ops per 256 data bits instead of 8.
+// PreparedConv2DFilter) into channel blocks; the input is sign-packed into a zero-padded image
+// that the tiles read in place (no im2col: a receptive field is a fixed list of runs from its
+// corner); the output stage is fused into each tile and writes 8 contiguous NHWC channels per
+// store. SAME borders: a padded tap has input bits 0, and the output stage removes what its
+// weights' popcount added (per padding class, or per padded tap).
+// Two tiles (xnor_gemm_tile_avx2.h): the PAIR TABLE tile (the default: 64-channel blocks of
+// weight nibble bytes, the input as pair-table offsets, two output pixels per lookup; see
+// custom_ops/core/README.md) and the nibble-planar 4 x 16 tile (receptive fields too deep for
+// the table tile's uint16 sums, or forced by tests): packed word k of a pixel or filter row
+// becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand.
 #include <immintrin.h>
 
 #include <algorithm>
