@@ -541,18 +541,24 @@ void test_out_of_memory(Rng& rng) {
   run_shape(rng, s, false);
 }
 
-// The table tile's counters at their limits: every input bit opposite its weight bit, so each
+// A resolved 1x1 stride-1 VALID conv shape (the counter tests' fields: in_c / 4 nibble steps).
+Conv2DShape pointwise_shape(int batch, int h, int w, int in_c, int out_c) {
+  Conv2DShape s;
+  s.batch = batch;
+  s.in_h = h;
+  s.in_w = w;
+  s.in_c = in_c;
+  s.out_c = out_c;
+  s.k_h = s.k_w = 1;
+  KX_CHECK(resolve_conv2d_shape(&s).empty(), "valid");
+  return s;
+}
+
+// The table tiles' counters at their limits: every input bit opposite its weight bit, so each
 // nibble step adds 4 (the byte-counter mode at 56 steps: 224 per byte; widening at 64 steps).
 void test_counter_limits() {
   for (int in_c : {224, 225, 248}) {
-    Conv2DShape s;
-    s.batch = 1;
-    s.in_h = 5;
-    s.in_w = 7;
-    s.in_c = in_c;
-    s.out_c = 65;
-    s.k_h = s.k_w = 1;
-    KX_CHECK(resolve_conv2d_shape(&s).empty(), "valid");
+    const Conv2DShape s = pointwise_shape(1, 5, 7, in_c, 65);
     std::vector<float> x(static_cast<std::size_t>(s.in_h) * s.in_w * in_c, -1.0f);
     std::vector<PackedWord> w(static_cast<std::size_t>(s.out_c) * packed_words(in_c), 0);
     std::vector<float> alpha(s.out_c, 1.0f);
@@ -575,14 +581,7 @@ void test_counter_limits() {
 // the recovery subtracts from an even byte's H); rows of 7 pixels (a single pixel per row).
 void test_pair_counter_extremes() {
   for (int in_c : {64, 224, 225, 252}) {
-    Conv2DShape s;
-    s.batch = 2;
-    s.in_h = 4;
-    s.in_w = 7;
-    s.in_c = in_c;
-    s.out_c = 66;
-    s.k_h = s.k_w = 1;
-    KX_CHECK(resolve_conv2d_shape(&s).empty(), "valid");
+    const Conv2DShape s = pointwise_shape(2, 4, 7, in_c, 66);
     const int pixels = s.batch * s.in_h * s.in_w;
     std::vector<float> x(static_cast<std::size_t>(pixels) * in_c);
     for (int p = 0; p < pixels; ++p) {
