@@ -134,8 +134,8 @@ inline void make_nibble_planes(const std::uint32_t* src, std::int64_t n, std::ui
 
 // Table-tile input: for packed word k of a pixel, entries 8k .. 8k + 3 are 32 * the low
 // nibbles of its bytes 0..3 and entries 8k + 4 .. 8k + 7 those of the high nibbles (the order
-// of the nibble-planar words 2k, 2k + 1, byte by byte): byte offsets of the nibbles' tables in
-// kNibbleTables, for n packed words.
+// of the nibble-planar words 2k, 2k + 1, byte by byte), for n packed words. make_pair_offsets
+// then turns each 32 * a into the pair table offset 32 * (16 a + b) (kPairTables).
 inline void make_nibble_offsets(const std::uint32_t* src, std::int64_t n, std::uint16_t* dst) {
   const __m128i low = _mm_set1_epi8(0x0f);
   std::int64_t k = 0;
@@ -515,8 +515,8 @@ struct TableOutput {
   int oc0;                      // first channel of the block
 };
 
-// out = (dot * alpha) * K + bias (ReLU) for pixels q0 .. q0 + np - 1 of the block, from the
-// table tile's uint16 popcount sums (layout above TableRun in xnor_gemm_tile_avx2.h): dot = n_valid -
+// out = (dot * alpha) * K + bias (ReLU) for the pixels of slots s0 .. s0 + ns - 1 of the
+// block, from the table tile's uint16 popcount sums (layout above TableRun in xnor_gemm_tile_avx2.h): dot = n_valid -
 // 2 * (pop - sum of the padded taps' weight popcounts).
 // kBytes: `sums` holds the tile's byte counters instead (gemm_tile_pair_x64<NS, true>).
 template <bool kBytes>
@@ -1088,9 +1088,9 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
         cached = bi;
-        // One-tile blocks share the pixels out evenly (block_pixels - 1 or block_pixels each),
-        // so that tasks cost about the same (49 pixels in 6-pixel tiles: 5, 5, 6, ... not
-        // 8 x 6 + 1); larger blocks keep whole tiles (a short last block matters little there).
+        // One-tile blocks share the units out evenly (block_units - 1 or block_units each), so
+        // that tasks cost about the same (7x7 = 28 slots in 3-slot tiles: 2 or 3 per block,
+        // not 9 x 3 + 1); larger blocks keep whole tiles (a short last block matters little).
         const std::int64_t u0 = one_tile ? bi * units / tiling.blocks : bi * block_units;
         const std::int64_t u1 = one_tile ? (bi + 1) * units / tiling.blocks : std::min(units, u0 + block_units);
         const std::int64_t first = unit_pixel(u0), next = unit_pixel(u1);
