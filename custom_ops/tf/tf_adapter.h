@@ -50,30 +50,20 @@ inline std::int64_t forced_block_size() {
   return block;
 }
 
-// Shared state of one parallel_for_from call: units are handed out through an atomic counter,
-// so whichever thread is free takes the next range (the caller included). Guided sizes: a
-// claim takes 1 / (2 * threads) of the units still unclaimed, so the first ranges are long
-// (few claims) and the last ones short, and a thread that starts late or runs slower delays
-// the end by at most a short range. At least min_units = 1 / (16 * threads) of the job: ranges
-// of single tasks at the end, alternating between threads, cost more than they balance (the
-// delegate's pool, same rule, 64@56: +3 us without the minimum).
+// Shared state of one parallel_for_from call: whichever thread is free claims the next range
+// (the caller included; GuidedRanges in custom_ops/core/parallel.h).
 struct ParallelRun {
-  std::atomic<std::int64_t> next{0};  // first unclaimed unit
+  GuidedRanges ranges;
   std::atomic<std::int64_t> done{0};  // units whose fn call has returned
-  std::int64_t units = 0, min_units = 1, divisor = 1;
-  bool fixed = false;           // every range min_units long (the testing hook)
+  std::int64_t units = 0;
   const RangeFn* fn = nullptr;  // valid until done == units (the caller waits for that)
 
   // Claims and runs ranges until none is left.
   void work() {
-    std::int64_t begin = next.load(std::memory_order_relaxed);
-    while (begin < units) {
-      const std::int64_t size = fixed ? min_units : std::max(min_units, (units - begin) / divisor);
-      const std::int64_t end = std::min(units, begin + size);
-      if (!next.compare_exchange_weak(begin, end, std::memory_order_relaxed)) continue;
+    std::int64_t begin, end;
+    while (ranges.claim(&begin, &end)) {
       (*fn)(begin, end);
       done.fetch_add(end - begin, std::memory_order_acq_rel);
-      begin = next.load(std::memory_order_relaxed);
     }
   }
 };
@@ -103,12 +93,10 @@ inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
     }
     auto run = std::make_shared<ParallelRun>();
     run->units = n;
-    run->fixed = forced > 0;
-    run->min_units = forced > 0 ? forced : std::max<std::int64_t>(1, n / (16 * static_cast<std::int64_t>(threads)));
-    run->divisor = 2 * static_cast<std::int64_t>(threads);
+    run->ranges.reset(n, threads, forced);
     run->fn = &fn;
-    const std::int64_t ranges_at_least = (n + run->min_units - 1) / run->min_units;
-    const std::int64_t helpers = std::min<std::int64_t>(threads - 1, ranges_at_least - 1);
+    const std::int64_t ranges_at_most = (n + run->ranges.min_units() - 1) / run->ranges.min_units();
+    const std::int64_t helpers = std::min<std::int64_t>(threads - 1, ranges_at_most - 1);
     for (std::int64_t h = 0; h < helpers; ++h) workers->Schedule([run] { run->work(); });
     run->work();
     // Every unit is claimed; wait for the ranges other threads are still running.

@@ -65,10 +65,7 @@ class ThreadPool {
 
   // The current job (valid while a generation is running).
   const RangeFn* fn_ = nullptr;
-  std::int64_t n_ = 0;
-  std::int64_t divisor_ = 1;    // guided blocks: unclaimed units / divisor_,
-  std::int64_t min_block_ = 1;  // but at least min_block_
-  std::atomic<std::int64_t> next_{0};
+  GuidedRanges ranges_;
 
   std::vector<Placement> placements_;  // one per worker, under mutex_
 };
