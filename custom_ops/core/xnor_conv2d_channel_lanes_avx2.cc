@@ -56,22 +56,29 @@ struct PixelBlock {
   // 0 / 1 (has some) and no list.
   int padded_taps[kMaxBlock];
   unsigned char padded_tap[kMaxBlock][kMaxTaps];
-  // Table tile: the block's pixels as slots of the pair tile (a pixel and, when it is in the
-  // same output row, the next one), in order.
+  // Table tile: the block's slots (pair tile inputs) in order: a pixel (position in the block)
+  // and its partner (position, or -1 for a pixel alone); with vertical slots, the slot's base
+  // in the padded pair image (horizontal: the partner is the next pixel of the row) or in the
+  // vertical pair image (the partner is the pixel below; see conv2d_channel_lanes_avx2).
   int slots = 0;
   int slot_pixel[kMaxBlock];
-  bool slot_pair[kMaxBlock];
+  int slot_partner[kMaxBlock];
+  const void* slot_base[kMaxBlock];
+  // Blocks with vertical slots (table tile): the flattened output index (n, oh, ow) of each
+  // pixel, listed in slot order (other blocks: pixel j is first + j, and this is not set).
+  std::int64_t pixel[kMaxBlock];
 };
 
-// The block's pair-tile slots: from its first pixel (an even output column, as blocks start at
-// slot boundaries), each pixel with the next one when both are in the same output row.
+// The block's horizontal pair-tile slots: from its first pixel (an even output column, as
+// blocks start at slot boundaries), each pixel with the next one when both are in the same
+// output row.
 void make_slots(PixelBlock* blk, int out_w) {
   int ow = static_cast<int>(blk->first % out_w);
   int n = 0;
   for (int j = 0; j < blk->count;) {
     const bool pair = ow + 1 < out_w && j + 1 < blk->count;
     blk->slot_pixel[n] = j;
-    blk->slot_pair[n++] = pair;
+    blk->slot_partner[n++] = pair ? j + 1 : -1;
     j += pair ? 2 : 1;
     ow += pair ? 2 : 1;
     if (ow >= out_w) ow = 0;
@@ -326,12 +333,21 @@ struct InputGeometry {
   int col_classes = 0, oc_pad = 0;
 };
 
-// Fills `blk` for pixels [first, first + count). K sums the padded mean |x| over all taps in
-// (kh, kw) order: padded taps add +0.0, so the sum equals the sum over the valid taps.
+// Fills positions at .. at + count - 1 of `blk` with pixels [first, first + count) (kAt: at
+// is at_arg, else 0; with kAt, the caller sets the block's first and count; positions from
+// at + count up to at + count + 7 of k may be overwritten). K sums the padded mean |x| over all taps in (kh, kw)
+// order: padded taps add +0.0, so the sum equals the sum over the valid taps.
+template <bool kAt = false>
 void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t first, int count,
-                    PixelBlock* __restrict blk) {
-  blk->first = first;
-  blk->count = count;
+                    PixelBlock* __restrict blk, int at_arg = 0) {
+  const int at = kAt ? at_arg : 0;  // kAt false: compiled as if there were no offset
+  if (!kAt) {
+    blk->first = first;
+    blk->count = count;
+  }
+  if (kAt) {
+    for (int j = 0; j < count; ++j) blk->pixel[at + j] = first + j;
+  }
   // Everything the per-pixel loop reads, in locals: the stores into *blk cannot alias them, so
   // nothing is reloaded per pixel (measured: the reloads cost as much as the loop's work).
   const int out_w = s.out_w, out_h = s.out_h, stride_w = s.stride_w, stride_h = s.stride_h;
@@ -375,19 +391,19 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
         const std::int64_t c0 = row_corner + static_cast<std::int64_t>(ow) * stride_w;
         const std::int64_t sw = stride_w;
         const __m256i c_lo = _mm256_add_epi64(_mm256_set1_epi64x(c0), _mm256_setr_epi64x(0, sw, 2 * sw, 3 * sw));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + j), c_lo);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + j + 4),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + at + j), c_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->corner + at + j + 4),
                             _mm256_add_epi64(c_lo, _mm256_set1_epi64x(4 * sw)));
         const std::int64_t step = sw * pixel_bytes;
         const __m256i b_lo = _mm256_add_epi64(
             _mm256_set1_epi64x(reinterpret_cast<std::int64_t>(image + c0 * pixel_bytes)),
             _mm256_setr_epi64x(0, step, 2 * step, 3 * step));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + j), b_lo);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + j + 4),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + at + j), b_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->base + at + j + 4),
                             _mm256_add_epi64(b_lo, _mm256_set1_epi64x(4 * step)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->n_valid + j),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->n_valid + at + j),
                             _mm256_mullo_epi32(valid, _mm256_set1_epi32(in_c)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->padded_taps + j),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->padded_taps + at + j),
                             _mm256_andnot_si256(interior, _mm256_set1_epi32(1)));
         __m256i d_lo = _mm256_setzero_si256(), d_hi = _mm256_setzero_si256();
         if (dot_base != nullptr) {
@@ -398,8 +414,8 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
           d_lo = _mm256_add_epi64(row, _mm256_mul_epu32(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(cc)), bytes));
           d_hi = _mm256_add_epi64(row, _mm256_mul_epu32(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(cc, 1)), bytes));
         }
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + j), d_lo);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + j + 4), d_hi);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + at + j), d_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk->dot_base + at + j + 4), d_hi);
         j += 7;
         ow += 8;
         if (ow == out_w) {
@@ -416,8 +432,8 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     if ((j & 7) == 0) k_rows[j >> 3] = stride_w <= 2 && ow + std::min(8, count - j) <= out_w;
     const int c0 = ow * stride_w;  // padded column of the corner
     const std::int64_t corner = row_corner + c0;
-    blk->base[j] = image + corner * pixel_bytes;
-    blk->corner[j] = corner;
+    blk->base[at + j] = image + corner * pixel_bytes;
+    blk->corner[at + j] = corner;
     const int valid = rv * col_valid[ow];
     int npad = 0;
     if (valid != taps && !need_tap_list) {
@@ -429,14 +445,14 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
         for (int q = 0; q < k_w; ++q) {
           const int c = c0 + q * s.dilation_w - s.pad_left;
           if (r < 0 || r >= s.in_h || c < 0 || c >= s.in_w) {
-            blk->padded_tap[j][npad++] = static_cast<unsigned char>(i * k_w + q);
+            blk->padded_tap[at + j][npad++] = static_cast<unsigned char>(i * k_w + q);
           }
         }
       }
     }
-    blk->padded_taps[j] = npad;
-    blk->n_valid[j] = valid * in_c;
-    blk->dot_base[j] = dot_base == nullptr ? nullptr : db_row + col_class[ow] * oc_pad;
+    blk->padded_taps[at + j] = npad;
+    blk->n_valid[at + j] = valid * in_c;
+    blk->dot_base[at + j] = dot_base == nullptr ? nullptr : db_row + col_class[ow] * oc_pad;
     if (++ow == out_w) {
       ow = 0;
       if (++oh == out_h) {
@@ -447,7 +463,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     }
   }
   if (g.mean_pad == nullptr) {
-    for (int j = 0; j < count; ++j) blk->k[j] = 1.0f;
+    for (int j = 0; j < count; ++j) blk->k[at + j] = 1.0f;
     return;
   }
   // Eight pixels at a time (lanes past `count` repeat the last pixel), the same (kh, kw)
@@ -456,7 +472,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   for (int j0 = 0; j0 < count; j0 += 8) {
     __m256 ksum = _mm256_setzero_ps();
     if (k_rows[j0 >> 3] && count - j0 >= 8 && s.stride_w == 1) {
-      const float* m0 = g.mean_pad + blk->corner[j0];
+      const float* m0 = g.mean_pad + blk->corner[at + j0];
       for (int i = 0; i < s.k_h; ++i) {
         const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
         for (int q = 0; q < s.k_w; ++q) ksum = _mm256_add_ps(ksum, _mm256_loadu_ps(m + q * s.dilation_w));
@@ -464,7 +480,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     } else if (k_rows[j0 >> 3] && count - j0 >= 8) {
       // Stride 2 within one output row: the even floats of two loads (the last one reads one
       // float past the eighth pixel's tap, inside the padded row or the scratch's slack).
-      const float* m0 = g.mean_pad + blk->corner[j0];
+      const float* m0 = g.mean_pad + blk->corner[at + j0];
       for (int i = 0; i < s.k_h; ++i) {
         const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
         for (int q = 0; q < s.k_w; ++q) {
@@ -475,7 +491,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
       }
     } else if (g.gather_ok) {
       alignas(32) std::int32_t idx[8];
-      for (int j = 0; j < 8; ++j) idx[j] = static_cast<std::int32_t>(blk->corner[std::min(j0 + j, count - 1)]);
+      for (int j = 0; j < 8; ++j) idx[j] = static_cast<std::int32_t>(blk->corner[at + std::min(j0 + j, count - 1)]);
       const __m256i vidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx));
       for (int i = 0; i < s.k_h; ++i) {
         const float* m = g.mean_pad + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
@@ -484,7 +500,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
     } else {
       alignas(32) float sums[8];
       for (int j = 0; j < 8; ++j) {
-        const float* m0 = g.mean_pad + blk->corner[std::min(j0 + j, count - 1)];
+        const float* m0 = g.mean_pad + blk->corner[at + std::min(j0 + j, count - 1)];
         float sum = 0.0f;
         for (int i = 0; i < s.k_h; ++i) {
           const float* m = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
@@ -494,7 +510,7 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
       }
       ksum = _mm256_load_ps(sums);
     }
-    _mm256_store_ps(blk->k + j0, _mm256_div_ps(ksum, divisor));
+    _mm256_storeu_ps(blk->k + at + j0, _mm256_div_ps(ksum, divisor));
   }
 }
 
@@ -508,7 +524,7 @@ struct TableOutput {
   const float* bias;            // + oc0, padded
   const std::int32_t* tap_pop;  // + oc0; row stride oc_pad
   int oc_pad;
-  float* out;                   // pixel blk.first, channel oc0
+  float* out;                   // channel oc0 of output pixel blk.first (kList: of pixel 0)
   int out_c;
   int count;                    // channels of this block that exist (<= 64)
   OutputFlags flags;
@@ -519,7 +535,9 @@ struct TableOutput {
 // block, from the table tile's uint16 popcount sums (layout above TableRun in xnor_gemm_tile_avx2.h): dot = n_valid -
 // 2 * (pop - sum of the padded taps' weight popcounts).
 // kBytes: `sums` holds the tile's byte counters instead (gemm_tile_pair_x64<NS, true>).
-template <bool kBytes>
+// kList: the block's pixels are listed (blk.pixel, slot partners anywhere: vertical slots);
+// else they are blk.first + j and a slot's partner is the next pixel.
+template <bool kBytes, bool kList>
 inline void finish_table_tile(const __m256i* sums, int ns, const PixelBlock& blk, int s0,
                               const TableOutput& st) {
   const __m256 zero = _mm256_setzero_ps();
@@ -529,11 +547,12 @@ inline void finish_table_tile(const __m256i* sums, int ns, const PixelBlock& blk
   const bool relu = st.flags.relu;
   // Output i of the tile (pixel 2k or 2k + 1 of slot k) is block pixel j.
   for (int i = 0; i < 2 * ns; ++i) {
-    if ((i & 1) != 0 && !blk.slot_pair[s0 + (i >> 1)]) continue;
-    const int j = blk.slot_pixel[s0 + (i >> 1)] + (i & 1);
+    const int slot = s0 + (i >> 1);
+    if ((i & 1) != 0 && blk.slot_partner[slot] < 0) continue;
+    const int j = !kList || (i & 1) == 0 ? blk.slot_pixel[slot] + (i & 1) : blk.slot_partner[slot];
     const __m256i nv = _mm256_set1_epi32(blk.n_valid[j]);
     const __m256 kv = _mm256_set1_ps(blk.k[j]);  // 1 without K: exact
-    float* out = st.out + static_cast<std::int64_t>(j) * st.out_c;
+    float* out = st.out + (kList ? blk.pixel[j] : j) * st.out_c;
     const __m256i* ps = sums + i * 4;
     // Channels 8g..8g+7 of the pixel: uint16 lanes 0-7 or 8-15 of ps[2 * (g / 4) + (g & 1)],
     // zero-extended straight from memory.
@@ -659,6 +678,46 @@ __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, c
       _mm256_maskstore_ps(out, st.store0, r0);
       _mm256_maskstore_ps(out + 8, st.store1, r1);
     }
+  }
+}
+
+// Waits until `state` (see make_once) is 2: spins (a row is made in microseconds), then
+// yields, in case the making thread was preempted.
+inline void wait_made(const std::atomic<std::uint8_t>& state) {
+  for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// Runs make() unless `state` says it ran: 0 not made, 1 being made (by the thread that claimed
+// it, which makes it at once, so the wait is short and cannot deadlock), 2 made. The release
+// store / acquire load order what make() wrote before any read of it by a waiting thread.
+template <typename Make>
+inline void make_once(std::atomic<std::uint8_t>& state, const Make& make) {
+  if (state.load(std::memory_order_acquire) == 2) return;
+  std::uint8_t expected = 0;
+  if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    make();
+    state.store(2, std::memory_order_release);
+    return;
+  }
+  wait_made(state);
+}
+
+// Vertical pair offsets of n uint16 pair-image entries: dst[i] = 32 * (16 a + b), where a is
+// the first nibble of upper[i] = 32 * (16 a + a') and b that of lower[i] (n a multiple of 8).
+inline void make_vertical_offsets(const std::uint16_t* upper, const std::uint16_t* lower, std::int64_t n,
+                                  std::uint16_t* dst) {
+  const __m128i a_mask = _mm_set1_epi16(static_cast<short>(0xfe00)), b_mask = _mm_set1_epi16(0x01e0);
+  for (std::int64_t i = 0; i < n; i += 8) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(upper + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lower + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm_or_si128(_mm_and_si128(a, a_mask), _mm_and_si128(_mm_srli_epi16(b, 4), b_mask)));
   }
 }
 
@@ -892,14 +951,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       state.store(2, std::memory_order_release);
       return;
     }
-    // Spin (a row packs in microseconds), then yield, in case the packing thread was preempted.
-    for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
-      if (spins < 4096) {
-        _mm_pause();
-      } else {
-        std::this_thread::yield();
-      }
-    }
+    wait_made(state);
   };
   // Every input row the receptive fields of output pixels [first, first + count) read, plus the
   // first / last row of the image when they reach into the padding above / below (those rows'
@@ -1043,20 +1095,112 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   }
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
+  // Vertical slots (table tile, odd output width, at least two output rows): the last pixels of
+  // output rows 2m and 2m + 1, which have no partner in their rows, share one slot, the partner
+  // being the pixel below. Such a slot reads the vertical pair image: at padded row R, each
+  // nibble's pair offset with the same nibble of row R + stride_h (from the pair image, whose
+  // entries 32 * (16 a + a') start with the pixel's own nibble a). Only the columns of the last
+  // output column's receptive fields are ever read, so only those are made, per padded row on
+  // first use (as the input rows are packed). 7x7: 25 slots for 49 pixels instead of 28.
+  const bool vpair = table && s.out_w % 2 == 1 && s.out_h >= 2;
+  const int row_slots = s.out_w / 2;  // vpair: the horizontal slots of a row
+  const int pair_rows = s.out_h / 2, pair_units = 2 * row_slots + 1;
+  char* vimage = nullptr;
+  std::atomic<std::uint8_t>* vrow_state = nullptr;
+  if (vpair) {
+    const std::size_t image_bytes = static_cast<std::size_t>(padded_pixels) * pixel_bytes;
+    auto* mem = static_cast<char*>(thread_scratch(image_bytes + static_cast<std::size_t>(s.batch) * hp,
+                                                  kScratchVerticalPairs));
+    if (mem == nullptr) return false;
+    vimage = mem;
+    vrow_state = reinterpret_cast<std::atomic<std::uint8_t>*>(mem + image_bytes);
+    for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.batch) * hp; ++r) {
+      new (vrow_state + r) std::atomic<std::uint8_t>(0);
+    }
+  }
+  // Padded row `prow` (image * hp + row) of the vertical pair image, in the last output
+  // column's receptive field; the pair image rows prow and prow + stride_h must be packed.
+  const auto ensure_vrow = [&](std::int64_t prow) {
+    make_once(vrow_state[prow], [&] {
+      const auto* pairs = reinterpret_cast<const std::uint16_t*>(image);
+      auto* vertical = reinterpret_cast<std::uint16_t*>(vimage);
+      const std::int64_t below = static_cast<std::int64_t>(s.stride_h) * wp * elems;
+      for (int q = 0; q < s.k_w; ++q) {
+        const std::int64_t at = (prow * wp + (s.out_w - 1) * s.stride_w + q * s.dilation_w) * elems;
+        make_vertical_offsets(pairs + at, pairs + at + below, elems, vertical + at);
+      }
+    });
+  };
   // Blocks are made of units: pixels (planar tile) or pair-tile slots (table tile: a row of
-  // out_w pixels is (out_w + 1) / 2 slots, the last one a single pixel when out_w is odd).
+  // out_w pixels is (out_w + 1) / 2 slots, the last one a single pixel when out_w is odd; with
+  // vertical slots, per pair of rows 2m, 2m + 1: row 2m's horizontal slots, the vertical slot,
+  // row 2m + 1's horizontal slots, and an odd last row as without them).
   // Units per block (at most): whole tiles (4 pixels planar, kTableSlots slots table) and, for
   // few pixels, one tile per block so that every task costs about the same.
   const int slots_per_row = (s.out_w + 1) / 2;
-  const std::int64_t units = table ? total / s.out_w * slots_per_row : total;
+  const std::int64_t units_per_image =
+      vpair ? static_cast<std::int64_t>(pair_rows) * pair_units + (s.out_h % 2) * (row_slots + 1)
+            : static_cast<std::int64_t>(s.out_h) * slots_per_row;
+  const std::int64_t units = table ? s.batch * units_per_image : total;
   const int tile_units = table ? kTableSlots : 4;
   const bool one_tile = total < 512;
   const int block_units = one_tile ? tile_units : (table ? kTableBlock / 2 : kBlock);
   const ConvTiling tiling = plan_tiling(units, block_units, s.out_c, lanes, kTargetTasks);
   const std::int64_t cost = static_cast<std::int64_t>(block_units) * (table ? 2 : 1) * tiling.oc_chunk * steps;
-  // First pixel of unit u.
+  // First pixel of unit u (without vertical slots).
   const auto unit_pixel = [&, slots_per_row](std::int64_t u) {
     return table ? u / slots_per_row * s.out_w + 2 * (u % slots_per_row) : u;
+  };
+  // Describes the block of units [u0, u1) with vertical slots: its pixels in slot order (each
+  // slot's pixel, then its partner), described run by run of consecutive pixels.
+  const auto describe_vpair_block = [&](std::int64_t u0, std::int64_t u1, PixelBlock* blk) __attribute__((noinline)) {
+    const std::int64_t hw = static_cast<std::int64_t>(s.out_h) * s.out_w;
+    std::int64_t n = u0 / units_per_image;
+    const int r = static_cast<int>(u0 % units_per_image);
+    int m = std::min(r / pair_units, pair_rows), k = r - m * pair_units;  // row pair m (or the odd last row), slot k
+    std::int64_t list[kMaxBlock];
+    bool vertical[kMaxBlock];
+    int count = 0, slots = 0;
+    for (std::int64_t u = u0; u < u1; ++u) {
+      const bool in_pair = m < pair_rows;
+      const bool v = in_pair && k == row_slots;
+      const int oh = !in_pair ? s.out_h - 1 : 2 * m + (k > row_slots);
+      const int col = v ? s.out_w - 1 : 2 * (k > row_slots ? k - row_slots - 1 : k);
+      const std::int64_t p = n * hw + static_cast<std::int64_t>(oh) * s.out_w + col;
+      blk->slot_pixel[slots] = count;
+      list[count++] = p;
+      const bool partner = v || col + 1 < s.out_w;
+      blk->slot_partner[slots] = partner ? count : -1;
+      if (partner) list[count++] = v ? p + s.out_w : p + 1;
+      vertical[slots++] = v;
+      if (++k == (in_pair ? pair_units : row_slots + 1)) {
+        k = 0;
+        if (++m == pair_rows + s.out_h % 2) {
+          m = 0;
+          ++n;
+        }
+      }
+    }
+    for (int j = 0; j < count;) {
+      int e = j + 1;
+      while (e < count && list[e] == list[e - 1] + 1) ++e;
+      ensure_rows(list[j], e - j);
+      describe_block<true>(s, geo, list[j], e - j, blk, j);
+      j = e;
+    }
+    blk->first = list[0];
+    blk->count = count;
+    blk->slots = slots;
+    for (int q = 0; q < slots; ++q) {
+      const void* base = blk->base[blk->slot_pixel[q]];
+      if (vertical[q]) {
+        const std::int64_t p = blk->pixel[blk->slot_pixel[q]];
+        const std::int64_t top = p / hw * hp + (p % hw) / s.out_w * s.stride_h;  // padded row of its corner
+        for (int i = 0; i < s.k_h; ++i) ensure_vrow(top + static_cast<std::int64_t>(i) * s.dilation_h);
+        base = vimage + (static_cast<const char*>(base) - image);
+      }
+      blk->slot_base[q] = base;
+    }
   };
   // Locals, not a.*: the output stores may alias anything, so the compiler would reload them.
   OutputFlags flags;
@@ -1093,10 +1237,14 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         // not 9 x 3 + 1); larger blocks keep whole tiles (a short last block matters little).
         const std::int64_t u0 = one_tile ? bi * units / tiling.blocks : bi * block_units;
         const std::int64_t u1 = one_tile ? (bi + 1) * units / tiling.blocks : std::min(units, u0 + block_units);
-        const std::int64_t first = unit_pixel(u0), next = unit_pixel(u1);
-        ensure_rows(first, next - first);
-        describe_block(s, geo, first, static_cast<int>(next - first), &blk);
-        if (table) make_slots(&blk, s.out_w);
+        if (vpair) {
+          describe_vpair_block(u0, u1, &blk);
+        } else {
+          const std::int64_t first = unit_pixel(u0), next = unit_pixel(u1);
+          ensure_rows(first, next - first);
+          describe_block(s, geo, first, static_cast<int>(next - first), &blk);
+          if (table) make_slots(&blk, s.out_w);
+        }
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);
@@ -1105,17 +1253,23 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         const std::int32_t* const tp = tap_pop + oc0;
         if (table) {
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
-          const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
+          const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, vpair ? output + oc0 : out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
           for (int s0 = 0; s0 < blk.slots; s0 += kTableSlots) {
             const int ns = std::min(kTableSlots, blk.slots - s0);
             const std::uint16_t* bases[kTableSlots];
-            for (int k = 0; k < ns; ++k) bases[k] = static_cast<const std::uint16_t*>(blk.base[blk.slot_pixel[s0 + k]]);
+            for (int k = 0; k < ns; ++k) {
+              bases[k] = static_cast<const std::uint16_t*>(vpair ? blk.slot_base[s0 + k] : blk.base[blk.slot_pixel[s0 + k]]);
+            }
             switch (ns) {
               case 3: gemm_tile_pair_x64<3, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
               case 2: gemm_tile_pair_x64<2, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
               default: gemm_tile_pair_x64<1, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
             }
-            finish_table_tile<kBytes>(sums, ns, blk, s0, st);
+            if (vpair) {
+              finish_table_tile<kBytes, true>(sums, ns, blk, s0, st);
+            } else {
+              finish_table_tile<kBytes, false>(sums, ns, blk, s0, st);
+            }
           }
           continue;
         }

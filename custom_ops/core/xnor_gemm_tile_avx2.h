@@ -377,6 +377,7 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "lea -4(%[end]), %[lim]\n\t"                                 \
   "cmp %[lim], %[off]\n\t"                                     \
   "jge 4f\n\t"                                                 \
+  ".p2align 5\n\t"                                             \
   "1:\n\t"                                                     \
   CHUNKS(KX_PR_C3)                                             \
   "add $192, %[wk]\n\t"                                        \

@@ -166,6 +166,7 @@ ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_m
 // and dense paths return false, the worker ranges set a shared flag and return).
 enum ScratchSlot { kScratchPacked = 0, kScratchMeanAbs, kScratchPatches, kScratchMasks, kScratchTile,
                    kScratchTapPop, kScratchFilterT, kScratchPlanar, kScratchMeanAbsPadded, kScratchRuns, kScratchRowsRead, kScratchPadClasses,
+                   kScratchVerticalPairs,
                    kScratchCount };
 void* thread_scratch(std::size_t bytes, int slot);
 

@@ -327,6 +327,14 @@ void test_fixed_shapes(Rng& rng) {
   run_shape(rng, shape(1, 40, 40, 64, 72, 3, 3, 2, 2, 1, 1, S), true);
   run_shape(rng, shape(2, 34, 35, 64, 130, 1, 1, 2, 2, 1, 1, S), true);
   run_shape(rng, shape(1, 33, 34, 40, 20, 3, 3, 1, 2, 1, 1, V), true);
+  // Vertical slots (odd output widths: the last pixels of two rows share a slot): one-pixel
+  // wide outputs (every slot vertical), rows of 3 pixels with an odd last row per image and
+  // blocks across images, stride 2 and dilation 2 (the partner row 2 padded rows down) in
+  // large blocks, VALID.
+  run_shape(rng, shape(3, 9, 1, 70, 66, 3, 3, 1, 1, 1, 1, S), true);
+  run_shape(rng, shape(3, 5, 3, 64, 64, 3, 3, 1, 1, 1, 1, S), true);
+  run_shape(rng, shape(2, 45, 45, 40, 70, 3, 3, 2, 2, 2, 2, S), true);
+  run_shape(rng, shape(1, 17, 17, 33, 20, 3, 3, 1, 1, 1, 1, V), true);
   // Table tile with byte counters only (<= 63 steps: 1x1 up to 224 channels, 2x2 / 1x3 with
   // one or two words), SAME borders included; 225 channels (64 steps) widens as usual.
   run_shape(rng, shape(1, 11, 13, 224, 70, 1, 1, 1, 1, 1, 1, S), true);
