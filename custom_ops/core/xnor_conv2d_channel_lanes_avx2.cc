@@ -681,18 +681,6 @@ __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, c
   }
 }
 
-// Waits until `state` (see make_once) is 2: spins (a row is made in microseconds), then
-// yields, in case the making thread was preempted.
-inline void wait_made(const std::atomic<std::uint8_t>& state) {
-  for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
-    if (spins < 4096) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
 // Runs make() unless `state` says it ran: 0 not made, 1 being made (by the thread that claimed
 // it, which makes it at once, so the wait is short and cannot deadlock), 2 made. The release
 // store / acquire load order what make() wrote before any read of it by a waiting thread.
@@ -705,7 +693,14 @@ inline void make_once(std::atomic<std::uint8_t>& state, const Make& make) {
     state.store(2, std::memory_order_release);
     return;
   }
-  wait_made(state);
+  // Spin (a row is made in microseconds), then yield, in case the making thread was preempted.
+  for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 // Vertical pair offsets of n uint16 pair-image entries: dst[i] = 32 * (16 a + b), where a is
@@ -942,17 +937,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // Row `unit` is packed on return: by this thread if it claims it first, else by the thread
   // that did (which packs it at once, so the wait is short and cannot deadlock). The release
   // store / acquire load order the packed bytes before any read of them.
-  const auto ensure_row = [&](std::int64_t unit) {
-    std::atomic<std::uint8_t>& state = row_state[unit];
-    if (state.load(std::memory_order_acquire) == 2) return;
-    std::uint8_t expected = 0;
-    if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
-      pack_row(unit);
-      state.store(2, std::memory_order_release);
-      return;
-    }
-    wait_made(state);
-  };
+  const auto ensure_row = [&](std::int64_t unit) { make_once(row_state[unit], [&] { pack_row(unit); }); };
   // Every input row the receptive fields of output pixels [first, first + count) read, plus the
   // first / last row of the image when they reach into the padding above / below (those rows'
   // units zero it).
