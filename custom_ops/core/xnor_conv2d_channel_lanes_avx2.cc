@@ -334,9 +334,10 @@ struct InputGeometry {
 };
 
 // Fills positions at .. at + count - 1 of `blk` with pixels [first, first + count) (kAt: at
-// is at_arg, else 0; with kAt, the caller sets the block's first and count; positions from
-// at + count up to at + count + 7 of k may be overwritten). K sums the padded mean |x| over all taps in (kh, kw)
-// order: padded taps add +0.0, so the sum equals the sum over the valid taps.
+// is at_arg, else 0; with kAt, the caller sets the block's first, count and pixel list, and
+// positions at + count .. at + count + 7 of k may be overwritten). K sums the padded mean |x|
+// over all taps in (kh, kw) order: padded taps add +0.0, so the sum equals the sum over the
+// valid taps.
 template <bool kAt = false>
 void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t first, int count,
                     PixelBlock* __restrict blk, int at_arg = 0) {
@@ -344,9 +345,6 @@ void describe_block(const Conv2DShape& s, const InputGeometry& g, std::int64_t f
   if (!kAt) {
     blk->first = first;
     blk->count = count;
-  }
-  if (kAt) {
-    for (int j = 0; j < count; ++j) blk->pixel[at + j] = first + j;
   }
   // Everything the per-pixel loop reads, in locals: the stores into *blk cannot alias them, so
   // nothing is reloaded per pixel (measured: the reloads cost as much as the loop's work).
@@ -934,9 +932,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                         static_cast<std::int64_t>(s.stride_w) * elems);
     }
   };
-  // Row `unit` is packed on return: by this thread if it claims it first, else by the thread
-  // that did (which packs it at once, so the wait is short and cannot deadlock). The release
-  // store / acquire load order the packed bytes before any read of them.
+  // Row `unit` is packed on return (by whichever thread claims it first; see make_once).
   const auto ensure_row = [&](std::int64_t unit) { make_once(row_state[unit], [&] { pack_row(unit); }); };
   // Every input row the receptive fields of output pixels [first, first + count) read, plus the
   // first / last row of the image when they reach into the padding above / below (those rows'
@@ -1143,8 +1139,8 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     std::int64_t n = u0 / units_per_image;
     const int r = static_cast<int>(u0 % units_per_image);
     int m = std::min(r / pair_units, pair_rows), k = r - m * pair_units;  // row pair m (or the odd last row), slot k
-    std::int64_t list[kMaxBlock];
-    bool vertical[kMaxBlock];
+    std::int64_t* const list = blk->pixel;
+    std::int64_t top[kMaxBlock];  // a vertical slot's padded corner row (image * hp + row), else -1
     int count = 0, slots = 0;
     for (std::int64_t u = u0; u < u1; ++u) {
       const bool in_pair = m < pair_rows;
@@ -1157,7 +1153,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
       const bool partner = v || col + 1 < s.out_w;
       blk->slot_partner[slots] = partner ? count : -1;
       if (partner) list[count++] = v ? p + s.out_w : p + 1;
-      vertical[slots++] = v;
+      top[slots++] = v ? n * hp + static_cast<std::int64_t>(oh) * s.stride_h : -1;
       if (++k == (in_pair ? pair_units : row_slots + 1)) {
         k = 0;
         if (++m == pair_rows + s.out_h % 2) {
@@ -1178,10 +1174,8 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     blk->slots = slots;
     for (int q = 0; q < slots; ++q) {
       const void* base = blk->base[blk->slot_pixel[q]];
-      if (vertical[q]) {
-        const std::int64_t p = blk->pixel[blk->slot_pixel[q]];
-        const std::int64_t top = p / hw * hp + (p % hw) / s.out_w * s.stride_h;  // padded row of its corner
-        for (int i = 0; i < s.k_h; ++i) ensure_vrow(top + static_cast<std::int64_t>(i) * s.dilation_h);
+      if (top[q] >= 0) {
+        for (int i = 0; i < s.k_h; ++i) ensure_vrow(top[q] + static_cast<std::int64_t>(i) * s.dilation_h);
         base = vimage + (static_cast<const char*>(base) - image);
       }
       blk->slot_base[q] = base;
