@@ -140,22 +140,30 @@ internal::ConvArgs conv_args(const Conv2DShape& shape, const float* input,
   return args;
 }
 
-// False when out of memory (a path's scratch, or the reference's std::vector, or anything the
-// calling thread allocates on the way); never throws.
-bool run_conv(const internal::ConvArgs& args, const ParallelFor& parallel_for, KernelPath path) {
+// Runs one job on the resolved path. False when out of memory (a path's scratch, the
+// reference's std::vector, or anything the calling thread allocates on the way); never throws.
+template <typename Args>
+bool run_path(const Args& args, const ParallelFor& parallel_for, KernelPath path,
+              bool (*avx2)(const Args&, const ParallelFor&),
+              bool (*portable)(const Args&, const ParallelFor&), void (*reference)(const Args&)) {
   try {
     switch (resolve_path(path)) {
       case KernelPath::kAvx2:
-        return internal::conv2d_avx2(args, parallel_for);
+        return avx2(args, parallel_for);
       case KernelPath::kPortable:
-        return internal::conv2d_portable(args, parallel_for);
+        return portable(args, parallel_for);
       default:
-        internal::conv2d_reference(args);
+        reference(args);
         return true;
     }
   } catch (const std::bad_alloc&) {
     return false;
   }
+}
+
+bool run_conv(const internal::ConvArgs& args, const ParallelFor& parallel_for, KernelPath path) {
+  return run_path(args, parallel_for, path, internal::conv2d_avx2, internal::conv2d_portable,
+                  internal::conv2d_reference);
 }
 
 }  // namespace
@@ -291,19 +299,8 @@ bool xnor_dense_checked(int batch, int in_features, int units, const float* inpu
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
-  try {
-    switch (resolve_path(path)) {
-      case KernelPath::kAvx2:
-        return internal::dense_avx2(args, parallel_for);
-      case KernelPath::kPortable:
-        return internal::dense_portable(args, parallel_for);
-      default:
-        internal::dense_reference(args);
-        return true;
-    }
-  } catch (const std::bad_alloc&) {
-    return false;
-  }
+  return run_path(args, parallel_for, path, internal::dense_avx2, internal::dense_portable,
+                  internal::dense_reference);
 }
 
 void xnor_dense(int batch, int in_features, int units, const float* input,
