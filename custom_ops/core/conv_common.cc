@@ -16,7 +16,6 @@ ConvTiling plan_tiling(std::int64_t units, int block_units, int out_c, int oc_mu
   // Enough tasks for a pool of a few threads to balance, few enough that each task amortises
   // its per-block work (im2col, pixel description) over many output channels.
   ConvTiling t;
-  t.block_pixels = block_units;
   t.blocks = (units + block_units - 1) / block_units;
   const int oc_groups = (out_c + oc_multiple - 1) / oc_multiple;
   int chunks = 1;

@@ -140,13 +140,13 @@ void pack_rows_avx2(const float* input, std::int64_t pixels, int in_c, PackedWor
 void pack_rows_range_avx2(const float* input, std::int64_t begin, std::int64_t end, int in_c,
                           PackedWord* bits, float* mean_abs);
 
-// Work decomposition of a conv into independent tasks: `blocks` blocks of `block_pixels`
-// consecutive output pixels (flattened n, oh, ow) times `oc_chunks` chunks of `oc_chunk`
+// Work decomposition of a conv into independent tasks: `blocks` blocks of consecutive units
+// (output pixels, flattened n, oh, ow, or a driver's slots; as many per block as the caller
+// of plan_tiling asked for, which it keeps) times `oc_chunks` chunks of `oc_chunk`
 // output channels. Task t covers block t / oc_chunks and chunk t % oc_chunks, so consecutive
 // tasks share a block (its im2col is built once per range). Depends only on the shape, never
 // on the thread count, so results are identical for any split.
 struct ConvTiling {
-  int block_pixels = 0;
   std::int64_t blocks = 0;
   int oc_chunk = 0;
   int oc_chunks = 0;
@@ -154,7 +154,7 @@ struct ConvTiling {
 };
 // Channel chunks are added until there are about `target_tasks` tasks. plan_tiling splits
 // `units` (pixels, or whatever a driver's blocks are made of) into blocks of `block_units`;
-// plan_conv_tiling does it for the shape's output pixels (block_pixels = block_units).
+// plan_conv_tiling does it for the shape's output pixels (block_pixels of them per block).
 ConvTiling plan_tiling(std::int64_t units, int block_units, int out_c, int oc_multiple,
                        std::int64_t target_tasks);
 ConvTiling plan_conv_tiling(const Conv2DShape& shape, int block_pixels, int oc_multiple,
