@@ -50,18 +50,19 @@ inline std::int64_t forced_block_size() {
   return block;
 }
 
-// Shared state of one parallel_for_from call: whichever thread is free claims the next range
-// (the caller included; GuidedRanges in custom_ops/core/parallel.h).
+// Shared state of one parallel_for_from call: whichever thread is free claims the next range,
+// the caller from the back, the pool's threads from the front (GuidedRanges in
+// custom_ops/core/parallel.h).
 struct ParallelRun {
   GuidedRanges ranges;
   std::atomic<std::int64_t> done{0};  // units whose fn call has returned
   std::int64_t units = 0;
   const RangeFn* fn = nullptr;  // valid until done == units (the caller waits for that)
 
-  // Claims and runs ranges until none is left.
-  void work() {
+  // Claims and runs ranges at `end` until none is left.
+  void work(GuidedRanges::End end_to_claim) {
     std::int64_t begin, end;
-    while (ranges.claim(&begin, &end)) {
+    while (ranges.claim(&begin, &end, end_to_claim)) {
       (*fn)(begin, end);
       done.fetch_add(end - begin, std::memory_order_acq_rel);
     }
@@ -74,7 +75,7 @@ inline constexpr std::int64_t kMinParallelCost = 20000;
 
 // The core's ParallelFor on top of the op's intra-op thread pool
 // (tf.config.threading.set_intra_op_parallelism_threads): the caller runs ranges itself and
-// NumThreads() - 1 pool closures join it, claiming guided ranges from a shared counter.
+// NumThreads() - 1 pool closures join it, claiming guided ranges from the other end.
 // Compared with the pool's own ParallelFor this starts work at once on the caller (no wake-up
 // on the critical path), keeps at most NumThreads() threads busy even when the caller is not a
 // pool thread, and a closure that starts after the last range was claimed just returns.
@@ -97,8 +98,10 @@ inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
     run->fn = &fn;
     const std::int64_t ranges_at_most = (n + run->ranges.min_units() - 1) / run->ranges.min_units();
     const std::int64_t helpers = std::min<std::int64_t>(threads - 1, ranges_at_most - 1);
-    for (std::int64_t h = 0; h < helpers; ++h) workers->Schedule([run] { run->work(); });
-    run->work();
+    for (std::int64_t h = 0; h < helpers; ++h) {
+      workers->Schedule([run] { run->work(GuidedRanges::End::kFront); });
+    }
+    run->work(GuidedRanges::End::kBack);
     // Every unit is claimed; wait for the ranges other threads are still running.
     for (int spins = 0; run->done.load(std::memory_order_acquire) < run->units; ++spins) {
       if (spins < 4096) {

@@ -108,10 +108,11 @@ ThreadPool::~ThreadPool() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-// Guided blocks (GuidedRanges, custom_ops/core/parallel.h), as in the TF op's adapter.
-void ThreadPool::run_blocks() {
+// Guided blocks (GuidedRanges, custom_ops/core/parallel.h), as in the TF op's adapter: the
+// caller claims from the back, the workers from the front.
+void ThreadPool::run_blocks(GuidedRanges::End end_to_claim) {
   std::int64_t begin, end;
-  while (ranges_.claim(&begin, &end)) (*fn_)(begin, end);
+  while (ranges_.claim(&begin, &end, end_to_claim)) (*fn_)(begin, end);
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -128,7 +129,7 @@ void ThreadPool::worker_loop(int index) {
     }
     if (stop_.load()) return;
     seen = generation_.load();
-    run_blocks();
+    run_blocks(GuidedRanges::End::kFront);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       workers_finished_.fetch_add(1);
@@ -154,7 +155,7 @@ void ThreadPool::parallel_for(std::int64_t n, std::int64_t cost_per_unit, const 
     generation_.fetch_add(1);  // publishes the job (seq_cst, after the fields above)
   }
   wake_.notify_all();
-  run_blocks();
+  run_blocks(GuidedRanges::End::kBack);
   // Every worker sees every generation exactly once; waiting for all of them guarantees no
   // worker still touches fn_ (which lives on our caller's stack) after we return.
   const int workers = static_cast<int>(workers_.size());

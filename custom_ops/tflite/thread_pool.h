@@ -50,7 +50,7 @@ class ThreadPool {
   };
 
   void worker_loop(int index);
-  void run_blocks();
+  void run_blocks(GuidedRanges::End end_to_claim);
   void keep_workers_off(int cpu);  // called with mutex_ held
 
   std::vector<std::thread> workers_;
