@@ -74,8 +74,9 @@ struct ParallelRun {
 inline constexpr std::int64_t kMinParallelCost = 20000;
 
 // The core's ParallelFor on top of the op's intra-op thread pool
-// (tf.config.threading.set_intra_op_parallelism_threads): the caller runs ranges itself and
-// NumThreads() - 1 pool closures join it, claiming guided ranges from the other end.
+// (tf.config.threading.set_intra_op_parallelism_threads): the caller runs ranges itself,
+// claimed from the back of the job, and NumThreads() - 1 pool closures join it, claiming guided
+// ranges from the front.
 // Compared with the pool's own ParallelFor this starts work at once on the caller (no wake-up
 // on the critical path), keeps at most NumThreads() threads busy even when the caller is not a
 // pool thread, and a closure that starts after the last range was claimed just returns.
