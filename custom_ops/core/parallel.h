@@ -33,7 +33,7 @@ inline void serial_for(std::int64_t n, std::int64_t /*cost_per_unit*/, const Ran
 // the TF op on the four ResNet-18 3x3 convs (one process, the splits alternated). The
 // caller takes the back because in the delegate it was as fast or faster than the other way
 // round (128@28 there: median 0.099-0.100 ms against 0.101-0.111 with the caller at the front
-// and 0.103 from one end); through the TF op both ways were equal.
+// and 0.103 from one end); through the TF op it was as fast or slightly faster (docs/SPEED.md).
 // A claim takes 1 / (2 * threads) of the units still unclaimed, so the first ranges are long
 // (few claims) and the last ones short, and a thread that starts late or runs slower delays
 // the end by a short range only (TF op, 2 threads, 256@14: 0.096 -> 0.090 ms against 4 fixed
