@@ -66,7 +66,7 @@ class GuidedRanges {
   std::int64_t min_units() const { return min_units_; }
   // Claims the next range at `end` of the unclaimed units into [*begin, *end_out); false when
   // every unit is claimed.
-  bool claim(std::int64_t* begin, std::int64_t* end_out, End end = End::kFront) {
+  bool claim(std::int64_t* begin, std::int64_t* end_out, End end) {
     if (!two_ended_) return claim_front_only(begin, end_out);
     std::uint64_t ends = ends_.load(std::memory_order_relaxed);
     for (;;) {

@@ -6,9 +6,9 @@
 // splits [0, n) into disjoint contiguous blocks (guided: shorter towards the end; the caller
 // claims from the back of [0, n), the workers from the front), runs them on the caller and the
 // workers, and returns when every block has returned; small jobs (n * cost below a threshold)
-// run inline on the caller. Calls from several threads at once are
-// serialised (one job at a time), so one pool may serve several interpreters. fn must not call
-// parallel_for on the same pool.
+// run inline on the caller. Calls from several threads at once are serialised (one job at a
+// time), so one pool may serve several interpreters. fn must not call parallel_for on the same
+// pool.
 // Idle workers poll briefly (KERAS_XNOR_SPIN_MICROS, default ~64 pause instructions) before
 // sleeping on a condition variable; see thread_pool.cc for why the default spin is short.
 // On Linux (and Android), a job's workers are kept off the CPU its caller runs on, within the
