@@ -826,12 +826,19 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                                           : a.lanes_tap_pop;
   float* alpha = reinterpret_cast<float*>(scratch + wt_words + tp_words);
   float* bias = alpha + oc_pad;
-  for (int c = 0; c < oc_pad; ++c) {
-    alpha[c] = c < s.out_c ? a.alpha[c] : 0.0f;
-    // The table path always adds the bias: -0.0 when there is none (x + -0.0 == x, also for
-    // x = -0.0 and NaN).
-    bias[c] = (c < s.out_c && a.bias != nullptr) ? a.bias[c] : (table ? -0.0f : 0.0f);
+  // Copies, not loops over a.*: a store into alpha or bias may alias `a`, so such a loop
+  // reloaded a.alpha and a.bias for every channel (0.4 us of 512@7's serial part).
+  // The table path always adds the bias: -0.0 when there is none (x + -0.0 == x, also for
+  // x = -0.0 and NaN).
+  const float no_bias = table ? -0.0f : 0.0f;
+  std::copy(a.alpha, a.alpha + s.out_c, alpha);
+  std::fill(alpha + s.out_c, alpha + oc_pad, 0.0f);
+  if (a.bias != nullptr) {
+    std::copy(a.bias, a.bias + s.out_c, bias);
+  } else {
+    std::fill(bias, bias + s.out_c, no_bias);
   }
+  std::fill(bias + s.out_c, bias + oc_pad, no_bias);
 
   // The input, sign-packed and split into nibbles, in a zero-padded image
   // [batch][hp][wp][elems] (hp, wp: the input plus TensorFlow's SAME padding), so every
