@@ -1033,63 +1033,76 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   geo.row_valid = row_valid;
   geo.col_valid = col_valid;
   geo.gather_ok = padded_pixels < (std::int64_t{1} << 31);
+  // Padding classes (table tile): distinct masks of padded kernel rows (per output row) and
+  // columns (per output column); a few per side for SAME, one for VALID. With too many (or
+  // kernels over 30 taps a side), finish_table_tile subtracts each padded tap's popcounts per
+  // pixel. Each class has a float row [oc_pad]: n_valid + 2 * (the popcounts of its padded
+  // taps), made per 64-channel block by the first task that reads the block (ensure_class_rows
+  // below), not on the calling thread before the parallel pass, where it took 1.6 us of 512@7's
+  // call at 2 threads (9 classes x 64 vectors; 4 us more before each class's padded taps were
+  // listed once instead of tested for each 8 channels).
+  int class_rows = 0, class_cols = 0;
+  float* class_base = nullptr;  // the rows (geo.dot_base)
+  const int* row_masks = nullptr;
+  const int* col_masks = nullptr;
+  std::atomic<std::uint8_t>* class_state = nullptr;  // per 64-channel block, as row_state
   if (table) {
-    // Padding classes: distinct masks of padded kernel rows (per output row) and columns (per
-    // output column); a few per side for SAME, one for VALID. With too many (or kernels over
-    // 30 taps a side), finish_table_tile subtracts each padded tap's popcounts per pixel.
-    auto* class_mem = static_cast<int*>(thread_scratch(
-        static_cast<std::size_t>(s.out_h + s.out_w + 2 * (s.k_h + s.k_w + 2)) * sizeof(int) + 64 +
-            static_cast<std::size_t>(kMaxClasses) * oc_pad * sizeof(float),
+    const int max_masks = s.k_h + s.k_w + 2;
+    const std::size_t rows_offset =
+        (static_cast<std::size_t>(s.out_h + s.out_w + 2 * max_masks) * sizeof(int) + 63) / 64 * 64;
+    auto* class_mem = static_cast<char*>(thread_scratch(
+        rows_offset + static_cast<std::size_t>(kMaxClasses) * oc_pad * sizeof(float) + oc_blocks,
         kScratchPadClasses));
     if (class_mem == nullptr) return false;
-    int* row_class = class_mem;
+    int* row_class = reinterpret_cast<int*>(class_mem);
     int* col_class = row_class + s.out_h;
-    int* row_masks = col_class + s.out_w;  // up to k_h + k_w + 2 distinct masks each
-    const int max_masks = s.k_h + s.k_w + 2;
-    int* col_masks = row_masks + max_masks;
-    int nr = 0, nc = 0;
+    int* rmasks = col_class + s.out_w;  // up to max_masks distinct masks each
+    int* cmasks = rmasks + max_masks;
     const bool ok = s.k_h <= 30 && s.k_w <= 30 &&  // masks fit an int
                     padding_classes(s.out_h, s.k_h, s.stride_h, s.dilation_h, s.pad_top, s.in_h,
-                                    max_masks, row_class, row_masks, &nr) &&
+                                    max_masks, row_class, rmasks, &class_rows) &&
                     padding_classes(s.out_w, s.k_w, s.stride_w, s.dilation_w, s.pad_left, s.in_w,
-                                    max_masks, col_class, col_masks, &nc);
-    if (ok && nr * nc <= kMaxClasses) {
-      auto* base = reinterpret_cast<float*>(
-          (reinterpret_cast<std::uintptr_t>(col_masks + max_masks) + 63) / 64 * 64);
-      // Each class's padded taps are listed once, so the channel loop only sums their rows.
-      // This runs on the calling thread before the parallel pass; testing every tap again for
-      // each 8 channels (9 classes x 9 taps x 64 vectors on 512@7) took ~4 us of that serial
-      // part per call (measured inside the TF op at 2 threads: 6.4 -> 2.8 us on 512@7).
-      const std::int32_t* padded_rows[kMaxTaps];  // kernels are at most 11x11 (resolve_conv2d_shape)
-      for (int a_r = 0; a_r < nr; ++a_r) {
-        for (int a_c = 0; a_c < nc; ++a_c) {
-          const int rm = row_masks[a_r], cm = col_masks[a_c];
-          const int nv = (s.k_h - __builtin_popcount(rm)) * (s.k_w - __builtin_popcount(cm)) * s.in_c;
-          int padded = 0;
-          for (int i = 0; i < s.k_h; ++i) {
-            for (int q = 0; q < s.k_w; ++q) {
-              if (((rm >> i) & 1) || ((cm >> q) & 1)) {
-                padded_rows[padded++] = tap_pop + static_cast<std::int64_t>(i * s.k_w + q) * oc_pad;
-              }
-            }
-          }
-          float* d = base + static_cast<std::int64_t>(a_r * nc + a_c) * oc_pad;
-          for (int c0 = 0; c0 < oc_pad; c0 += 8) {
-            __m256i acc = _mm256_setzero_si256();
-            for (int t = 0; t < padded; ++t) {
-              acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(padded_rows[t] + c0)));
-            }
-            _mm256_storeu_ps(d + c0, _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(nv), _mm256_add_epi32(acc, acc))));
-          }
-        }
-      }
-      geo.dot_base = base;
+                                    max_masks, col_class, cmasks, &class_cols);
+    if (ok && class_rows * class_cols <= kMaxClasses) {
+      class_base = reinterpret_cast<float*>(class_mem + rows_offset);  // 64-byte aligned, as scratch
+      class_state = reinterpret_cast<std::atomic<std::uint8_t>*>(class_base + static_cast<std::size_t>(kMaxClasses) * oc_pad);
+      for (int b = 0; b < oc_blocks; ++b) new (class_state + b) std::atomic<std::uint8_t>(0);
+      row_masks = rmasks;
+      col_masks = cmasks;
+      geo.dot_base = class_base;
       geo.row_class = row_class;
       geo.col_class = col_class;
-      geo.col_classes = nc;
+      geo.col_classes = class_cols;
       geo.oc_pad = oc_pad;
     }
   }
+  // Channels [64 b, 64 b + 64) of every padding-class row (each class's padded taps listed once).
+  const auto make_class_rows = [&](int b) {
+    const std::int32_t* padded_rows[kMaxTaps];  // kernels are at most 11x11 (resolve_conv2d_shape)
+    for (int a_r = 0; a_r < class_rows; ++a_r) {
+      for (int a_c = 0; a_c < class_cols; ++a_c) {
+        const int rm = row_masks[a_r], cm = col_masks[a_c];
+        const int nv = (s.k_h - __builtin_popcount(rm)) * (s.k_w - __builtin_popcount(cm)) * s.in_c;
+        int padded = 0;
+        for (int i = 0; i < s.k_h; ++i) {
+          for (int q = 0; q < s.k_w; ++q) {
+            if (((rm >> i) & 1) || ((cm >> q) & 1)) {
+              padded_rows[padded++] = tap_pop + static_cast<std::int64_t>(i * s.k_w + q) * oc_pad;
+            }
+          }
+        }
+        float* d = class_base + static_cast<std::int64_t>(a_r * class_cols + a_c) * oc_pad;
+        for (int c0 = b * kTableLanes; c0 < (b + 1) * kTableLanes; c0 += 8) {
+          __m256i acc = _mm256_setzero_si256();
+          for (int t = 0; t < padded; ++t) {
+            acc = _mm256_add_epi32(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(padded_rows[t] + c0)));
+          }
+          _mm256_storeu_ps(d + c0, _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_set1_epi32(nv), _mm256_add_epi32(acc, acc))));
+        }
+      }
+    }
+  };
+  const auto ensure_class_rows = [&](int b) { make_once(class_state[b], [&] { make_class_rows(b); }); };
 
   const std::int64_t total = static_cast<std::int64_t>(s.batch) * s.out_h * s.out_w;
   // Vertical slots (table tile, odd output width, at least two output rows): the last pixels of
@@ -1247,6 +1260,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         float* const out = output + blk.first * out_c + oc0;
         const std::int32_t* const tp = tap_pop + oc0;
         if (table) {
+          if (class_state != nullptr) ensure_class_rows(oc0 / kTableLanes);
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
           const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, vpair ? output + oc0 : out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
           for (int s0 = 0; s0 < blk.slots; s0 += kTableSlots) {
