@@ -144,7 +144,7 @@ class BinConv2DOp : public OpKernel {
     const Tensor& filter = context->input(1);
     const Tensor& alpha = context->input(2);
     const Tensor& bias = context->input(3);
-    const std::string op = kBinConv2DOp;
+    const char* const op = kBinConv2DOp;  // for messages (no std::string built per call)
     OP_REQUIRES(context, input.dims() == 4,
                 InvalidArgument(op, ": input must be 4-D NHWC, got shape ",
                                 input.shape().DebugString()));

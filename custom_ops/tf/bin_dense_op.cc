@@ -82,7 +82,7 @@ class BinDenseOp : public OpKernel {
     const Tensor& filter = context->input(1);
     const Tensor& alpha = context->input(2);
     const Tensor& bias = context->input(3);
-    const std::string op = kBinDenseOp;
+    const char* const op = kBinDenseOp;  // for messages (no std::string built per call)
     OP_REQUIRES(context, input.dims() == 2,
                 InvalidArgument(op, ": input must be 2-D [batch, features], got shape ",
                                 input.shape().DebugString()));
