@@ -1043,8 +1043,8 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   // listed once instead of tested for each 8 channels).
   int class_rows = 0, class_cols = 0;
   float* class_base = nullptr;  // the rows (geo.dot_base)
-  const int* row_masks = nullptr;
-  const int* col_masks = nullptr;
+  int* row_masks = nullptr;  // up to k_h + k_w + 2 distinct masks each
+  int* col_masks = nullptr;
   std::atomic<std::uint8_t>* class_state = nullptr;  // per 64-channel block, as row_state
   if (table) {
     const int max_masks = s.k_h + s.k_w + 2;
@@ -1056,19 +1056,17 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
     if (class_mem == nullptr) return false;
     int* row_class = reinterpret_cast<int*>(class_mem);
     int* col_class = row_class + s.out_h;
-    int* rmasks = col_class + s.out_w;  // up to max_masks distinct masks each
-    int* cmasks = rmasks + max_masks;
+    row_masks = col_class + s.out_w;
+    col_masks = row_masks + max_masks;
     const bool ok = s.k_h <= 30 && s.k_w <= 30 &&  // masks fit an int
                     padding_classes(s.out_h, s.k_h, s.stride_h, s.dilation_h, s.pad_top, s.in_h,
-                                    max_masks, row_class, rmasks, &class_rows) &&
+                                    max_masks, row_class, row_masks, &class_rows) &&
                     padding_classes(s.out_w, s.k_w, s.stride_w, s.dilation_w, s.pad_left, s.in_w,
-                                    max_masks, col_class, cmasks, &class_cols);
+                                    max_masks, col_class, col_masks, &class_cols);
     if (ok && class_rows * class_cols <= kMaxClasses) {
       class_base = reinterpret_cast<float*>(class_mem + rows_offset);  // 64-byte aligned, as scratch
       class_state = reinterpret_cast<std::atomic<std::uint8_t>*>(class_base + static_cast<std::size_t>(kMaxClasses) * oc_pad);
       for (int b = 0; b < oc_blocks; ++b) new (class_state + b) std::atomic<std::uint8_t>(0);
-      row_masks = rmasks;
-      col_masks = cmasks;
       geo.dot_base = class_base;
       geo.row_class = row_class;
       geo.col_class = col_class;
