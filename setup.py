@@ -35,7 +35,11 @@ def _sources(*patterns):
 def _tf_flags():
     import tensorflow as tf  # noqa: PLC0415 (needed only when building the TF op)
 
-    return tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), tf.__version__
+    # TensorFlow's headers as system headers: their own deprecation warnings are not ours.
+    compile_flags = []
+    for flag in tf.sysconfig.get_compile_flags():
+        compile_flags += ["-isystem", flag[2:]] if flag.startswith("-I") else [flag]
+    return compile_flags, tf.sysconfig.get_link_flags(), tf.__version__
 
 
 class NativeLibrary(Extension):

@@ -54,7 +54,7 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
+using tf_adapter::invalid_argument;
 using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
@@ -82,7 +82,7 @@ absl::Status read_attrs(Context* c, Conv2DAttrs* attrs) {
   if (message.empty()) message = tf_adapter::check_pair(kAttrDilations, attrs->dilations);
   if (message.empty()) message = tf_adapter::check_padding(attrs->padding_text, &attrs->padding);
   if (message.empty()) message = tf_adapter::check_in_channels(attrs->in_channels);
-  if (!message.empty()) return InvalidArgument(prefix, message);
+  if (!message.empty()) return invalid_argument(prefix, message);
   return absl::OkStatus();
 }
 
@@ -97,9 +97,9 @@ absl::Status output_dim(InferenceContext* c, DimensionHandle in, DimensionHandle
   const std::int64_t size =
       tf_adapter::conv_output_size(c->Value(in), k_value, stride, dilation, padding);
   if (size <= 0) {
-    return InvalidArgument(kBinConv2DOp, ": the output would be empty (input size ",
-                           c->Value(in), ", kernel ", k_value, ", dilation ", dilation,
-                           ", padding VALID); use a smaller kernel or SAME padding");
+    return invalid_argument(kBinConv2DOp, ": the output would be empty (input size ",
+                            c->Value(in), ", kernel ", k_value, ", dilation ", dilation,
+                            ", padding VALID); use a smaller kernel or SAME padding");
   }
   *out = c->MakeDim(size);
   return absl::OkStatus();
@@ -121,7 +121,7 @@ absl::Status bin_conv2d_shape(InferenceContext* c) {
   DimensionHandle k_h = c->Dim(filter, 1), k_w = c->Dim(filter, 2);
   if (c->ValueKnown(k_h) && c->ValueKnown(k_w)) {
     const std::string message = tf_adapter::check_kernel_size(c->Value(k_h), c->Value(k_w));
-    if (!message.empty()) return InvalidArgument(kBinConv2DOp, ": ", message);
+    if (!message.empty()) return invalid_argument(kBinConv2DOp, ": ", message);
   }
   DimensionHandle out_h, out_w;
   TF_RETURN_IF_ERROR(output_dim(c, c->Dim(input, 1), k_h, attrs.strides[0],
@@ -146,15 +146,15 @@ class BinConv2DOp : public OpKernel {
     const Tensor& bias = context->input(3);
     const char* const op = kBinConv2DOp;  // for messages (no std::string built per call)
     OP_REQUIRES(context, input.dims() == 4,
-                InvalidArgument(op, ": input must be 4-D NHWC, got shape ",
-                                input.shape().DebugString()));
+                invalid_argument(op, ": input must be 4-D NHWC, got shape ",
+                                 input.shape().DebugString()));
     OP_REQUIRES(context, filter.dims() == 4,
-                InvalidArgument(op, ": filter must be 4-D [out_c, k_h, k_w, packed in_c] ",
-                                "(OHWI, packed), got shape ", filter.shape().DebugString()));
+                invalid_argument(op, ": filter must be 4-D [out_c, k_h, k_w, packed in_c] ",
+                                 "(OHWI, packed), got shape ", filter.shape().DebugString()));
     OP_REQUIRES(context, alpha.dims() == 1 && bias.dims() == 1,
-                InvalidArgument(op, ": alpha and bias must be 1-D [out_c], got shapes ",
-                                alpha.shape().DebugString(), " and ",
-                                bias.shape().DebugString()));
+                invalid_argument(op, ": alpha and bias must be 1-D [out_c], got shapes ",
+                                 alpha.shape().DebugString(), " and ",
+                                 bias.shape().DebugString()));
     const int in_channels = static_cast<int>(attrs_.in_channels);
     OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinConv2DOp, input, filter,
                                                             in_channels, kNouns));
@@ -163,15 +163,15 @@ class BinConv2DOp : public OpKernel {
     const std::int64_t out_c = filter.dim_size(0);
     const std::string kernel_message =
         tf_adapter::check_kernel_size(filter.dim_size(1), filter.dim_size(2));
-    OP_REQUIRES(context, kernel_message.empty(), InvalidArgument(op, ": ", kernel_message));
+    OP_REQUIRES(context, kernel_message.empty(), invalid_argument(op, ": ", kernel_message));
     for (int d = 0; d < 3; ++d) {
       OP_REQUIRES(context, tf_adapter::fits_int(input.dim_size(d)),
-                  InvalidArgument(op, ": input shape ", input.shape().DebugString(),
-                                  " is too large"));
+                  invalid_argument(op, ": input shape ", input.shape().DebugString(),
+                                   " is too large"));
     }
     OP_REQUIRES(context, out_c >= 1 && tf_adapter::fits_int(out_c),
-                InvalidArgument(op, ": the filter must have at least one output channel, got ",
-                                "shape ", filter.shape().DebugString()));
+                invalid_argument(op, ": the filter must have at least one output channel, got ",
+                                 "shape ", filter.shape().DebugString()));
 
     Conv2DShape shape;
     // An empty batch is valid (as in tf.nn.conv2d); the core sees batch 1 for the checks.
@@ -190,14 +190,14 @@ class BinConv2DOp : public OpKernel {
     shape.padding = attrs_.padding;
     const std::string message = resolve_conv2d_shape(&shape);
     OP_REQUIRES(context, message.empty(),
-                InvalidArgument(op, ": ", message, " (input ", input.shape().DebugString(),
-                                ", filter ", filter.shape().DebugString(), ", padding ",
-                                attrs_.padding_text, ")"));
+                invalid_argument(op, ": ", message, " (input ", input.shape().DebugString(),
+                                 ", filter ", filter.shape().DebugString(), ", padding ",
+                                 attrs_.padding_text, ")"));
     OP_REQUIRES(context, shape.out_h > 0 && shape.out_w > 0,
-                InvalidArgument(op, ": the output would be empty (input ",
-                                input.shape().DebugString(), ", filter ",
-                                filter.shape().DebugString(), ", padding ",
-                                attrs_.padding_text, ")"));
+                invalid_argument(op, ": the output would be empty (input ",
+                                 input.shape().DebugString(), ", filter ",
+                                 filter.shape().DebugString(), ", padding ",
+                                 attrs_.padding_text, ")"));
 
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context,
@@ -236,7 +236,7 @@ class BinConv2DOp : public OpKernel {
                                   attrs_.use_k, attrs_.relu, output->flat<float>().data(),
                                   parallel_for);
     OP_REQUIRES(context, done,
-                tensorflow::errors::ResourceExhausted(
+                tf_adapter::resource_exhausted(
                     op, ": out of memory for the work buffers of the convolution (input ",
                     input.shape().DebugString(), ", filter ", filter.shape().DebugString(), ")"));
   }

@@ -31,7 +31,7 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
+using tf_adapter::invalid_argument;
 using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
@@ -47,7 +47,7 @@ absl::Status read_attrs(Context* c, DenseAttrs* attrs) {
   TF_RETURN_IF_ERROR(c->GetAttr(kAttrUseK, &attrs->use_k));
   TF_RETURN_IF_ERROR(c->GetAttr(kAttrRelu, &attrs->relu));
   const std::string message = tf_adapter::check_in_channels(attrs->in_channels);
-  if (!message.empty()) return InvalidArgument(kBinDenseOp, ": ", message);
+  if (!message.empty()) return invalid_argument(kBinDenseOp, ": ", message);
   return absl::OkStatus();
 }
 
@@ -65,7 +65,7 @@ absl::Status bin_dense_shape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(
       tf_adapter::merge_output_dims(c, kBinDenseOp, filter, alpha, bias, kNouns, &units));
   if (c->ValueKnown(units) && c->Value(units) == 0) {
-    return InvalidArgument(kBinDenseOp, ": the filter must have at least one unit");
+    return invalid_argument(kBinDenseOp, ": the filter must have at least one unit");
   }
   c->set_output(0, c->MakeShape({c->Dim(input, 0), units}));
   return absl::OkStatus();
@@ -84,26 +84,26 @@ class BinDenseOp : public OpKernel {
     const Tensor& bias = context->input(3);
     const char* const op = kBinDenseOp;  // for messages (no std::string built per call)
     OP_REQUIRES(context, input.dims() == 2,
-                InvalidArgument(op, ": input must be 2-D [batch, features], got shape ",
-                                input.shape().DebugString()));
+                invalid_argument(op, ": input must be 2-D [batch, features], got shape ",
+                                 input.shape().DebugString()));
     OP_REQUIRES(context, filter.dims() == 2,
-                InvalidArgument(op, ": filter must be 2-D [units, packed features], got shape ",
-                                filter.shape().DebugString()));
+                invalid_argument(op, ": filter must be 2-D [units, packed features], got shape ",
+                                 filter.shape().DebugString()));
     OP_REQUIRES(context, alpha.dims() == 1 && bias.dims() == 1,
-                InvalidArgument(op, ": alpha and bias must be 1-D [units], got shapes ",
-                                alpha.shape().DebugString(), " and ",
-                                bias.shape().DebugString()));
+                invalid_argument(op, ": alpha and bias must be 1-D [units], got shapes ",
+                                 alpha.shape().DebugString(), " and ",
+                                 bias.shape().DebugString()));
     const int in_channels = static_cast<int>(attrs_.in_channels);
     OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinDenseOp, input, filter,
                                                             in_channels, kNouns));
     const std::int64_t units = filter.dim_size(0);
     OP_REQUIRES(context, units >= 1 && tf_adapter::fits_int(units),
-                InvalidArgument(op, ": the filter must have at least one unit, got shape ",
-                                filter.shape().DebugString()));
+                invalid_argument(op, ": the filter must have at least one unit, got shape ",
+                                 filter.shape().DebugString()));
     OP_REQUIRES_OK(context,
                    tf_adapter::check_output_sizes(kBinDenseOp, filter, alpha, bias, kNouns));
     OP_REQUIRES(context, tf_adapter::fits_int(input.dim_size(0)),
-                InvalidArgument(op, ": batch ", input.dim_size(0), " is too large"));
+                invalid_argument(op, ": batch ", input.dim_size(0), " is too large"));
 
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(
@@ -115,7 +115,7 @@ class BinDenseOp : public OpKernel {
         bias.flat<float>().data(), attrs_.use_k, attrs_.relu, output->flat<float>().data(),
         tf_adapter::parallel_for_from(context));
     OP_REQUIRES(context, done,
-                tensorflow::errors::ResourceExhausted(
+                tf_adapter::resource_exhausted(
                     op, ": out of memory for the work buffers of the dense layer (input ",
                     input.shape().DebugString(), ", filter ", filter.shape().DebugString(), ")"));
   }

@@ -35,7 +35,7 @@ absl::Status pack_bits_shape(InferenceContext* c) {
   if (c->ValueKnown(channels)) {
     const std::int64_t value = c->Value(channels);
     if (value < 1) {
-      return tensorflow::errors::InvalidArgument(
+      return tf_adapter::invalid_argument(
           "KerasXnorPackBits: the last (channel) axis must be non-empty, got ", value);
     }
     words = c->MakeDim(packed_words(static_cast<int>(value)));
@@ -53,12 +53,12 @@ class PackBitsOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& input = context->input(0);
     OP_REQUIRES(context, input.dims() >= 1,
-                tensorflow::errors::InvalidArgument(
+                tf_adapter::invalid_argument(
                     "KerasXnorPackBits: input must have rank >= 1 (channels last), got shape ",
                     input.shape().DebugString()));
     const std::int64_t channels = input.dim_size(input.dims() - 1);
     OP_REQUIRES(context, channels >= 1 && tf_adapter::check_in_channels(channels).empty(),
-                tensorflow::errors::InvalidArgument(
+                tf_adapter::invalid_argument(
                     "KerasXnorPackBits: the last (channel) axis must be non-empty, got shape ",
                     input.shape().DebugString()));
     const std::int64_t rows = input.NumElements() / channels;

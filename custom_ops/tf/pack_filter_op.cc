@@ -33,7 +33,7 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
+using tf_adapter::invalid_argument;
 using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
@@ -51,8 +51,8 @@ absl::Status pack_filter_shape(InferenceContext* c) {
     const std::int64_t value = c->Value(channels);
     const std::string message = tf_adapter::check_in_channels(value);
     if (!message.empty()) {
-      return InvalidArgument(kPackFilterOp, ": the input-channel axis (second to last): ",
-                             message);
+      return invalid_argument(kPackFilterOp, ": the input-channel axis (second to last): ",
+                              message);
     }
     words = c->MakeDim(packed_words(static_cast<int>(value)));
   }
@@ -75,17 +75,17 @@ class PackFilterOp : public OpKernel {
     const Tensor& filter = context->input(0);
     const int rank = filter.dims();
     OP_REQUIRES(context, rank >= 2,
-                InvalidArgument(kPackFilterOp, ": filter must have rank >= 2 ([..., in_channels, ",
-                                "out_channels]: HWIO or [in, units]), got shape ",
-                                filter.shape().DebugString()));
+                invalid_argument(kPackFilterOp, ": filter must have rank >= 2 ([..., in_channels, ",
+                                 "out_channels]: HWIO or [in, units]), got shape ",
+                                 filter.shape().DebugString()));
     const std::int64_t in_c = filter.dim_size(rank - 2);
     const std::int64_t out_c = filter.dim_size(rank - 1);
     OP_REQUIRES(context, tf_adapter::check_in_channels(in_c).empty(),
-                InvalidArgument(kPackFilterOp, ": the input-channel axis (second to last) must ",
-                                "be non-empty, got shape ", filter.shape().DebugString()));
+                invalid_argument(kPackFilterOp, ": the input-channel axis (second to last) must ",
+                                 "be non-empty, got shape ", filter.shape().DebugString()));
     OP_REQUIRES(context, tf_adapter::fits_int(out_c),
-                InvalidArgument(kPackFilterOp, ": filter shape ", filter.shape().DebugString(),
-                                " is too large"));
+                invalid_argument(kPackFilterOp, ": filter shape ", filter.shape().DebugString(),
+                                 " is too large"));
     Packed cached;
     if (use_cache_ && cache_.find(filter, &cached)) {
       context->set_output(0, cached.packed);

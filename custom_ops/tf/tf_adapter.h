@@ -26,11 +26,24 @@
 
 #include "custom_ops/core/parallel.h"
 #include "custom_ops/core/xnor_conv2d.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace keras_xnor {
 namespace tf_adapter {
+
+// Statuses whose message is the arguments concatenated (absl::StrCat), in place of
+// tensorflow::errors::InvalidArgument / ResourceExhausted, which TensorFlow deprecated.
+template <typename... Args>
+absl::Status invalid_argument(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+template <typename... Args>
+absl::Status resource_exhausted(const Args&... args) {
+  return absl::ResourceExhaustedError(absl::StrCat(args...));
+}
 
 // A spin-wait hint to the CPU (pause on x86).
 inline void cpu_relax() {
@@ -182,17 +195,16 @@ inline absl::Status check_channel_dims(tensorflow::shape_inference::InferenceCon
                                        tensorflow::shape_inference::ShapeHandle input,
                                        tensorflow::shape_inference::ShapeHandle filter,
                                        int in_channels, const OperandNouns& nouns) {
-  using tensorflow::errors::InvalidArgument;
   const auto input_c = c->Dim(input, c->Rank(input) - 1);
   const auto filter_words = c->Dim(filter, c->Rank(filter) - 1);
   if (c->ValueKnown(input_c) && c->Value(input_c) != in_channels) {
-    return InvalidArgument(op, ": input has ", c->Value(input_c), " ", nouns.channels,
-                           " but the in_channels attribute is ", in_channels);
+    return invalid_argument(op, ": input has ", c->Value(input_c), " ", nouns.channels,
+                            " but the in_channels attribute is ", in_channels);
   }
   if (c->ValueKnown(filter_words) && c->Value(filter_words) != packed_words(in_channels)) {
-    return InvalidArgument(op, ": filter has ", c->Value(filter_words), " packed words per ",
-                           nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
-                           packed_words(in_channels));
+    return invalid_argument(op, ": filter has ", c->Value(filter_words), " packed words per ",
+                            nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
+                            packed_words(in_channels));
   }
   return absl::OkStatus();
 }
@@ -209,7 +221,7 @@ inline absl::Status merge_output_dims(tensorflow::shape_inference::InferenceCont
   *outputs = c->Dim(filter, 0);
   if (!c->Merge(*outputs, c->Dim(alpha, 0), outputs).ok() ||
       !c->Merge(*outputs, c->Dim(bias, 0), outputs).ok()) {
-    return tensorflow::errors::InvalidArgument(
+    return invalid_argument(
         op, ": alpha and bias must have one value per ", nouns.output, " (",
         c->DebugString(c->Dim(filter, 0)), "), got ", c->DebugString(c->Dim(alpha, 0)), " and ",
         c->DebugString(c->Dim(bias, 0)));
@@ -221,17 +233,16 @@ inline absl::Status merge_output_dims(tensorflow::shape_inference::InferenceCont
 inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor& input,
                                         const tensorflow::Tensor& filter, int in_channels,
                                         const OperandNouns& nouns) {
-  using tensorflow::errors::InvalidArgument;
   const std::int64_t input_c = input.dim_size(input.dims() - 1);
   const std::int64_t filter_words = filter.dim_size(filter.dims() - 1);
   if (input_c != in_channels) {
-    return InvalidArgument(op, ": input has ", input_c, " ", nouns.channels,
-                           " but the in_channels attribute is ", in_channels);
+    return invalid_argument(op, ": input has ", input_c, " ", nouns.channels,
+                            " but the in_channels attribute is ", in_channels);
   }
   if (filter_words != packed_words(in_channels)) {
-    return InvalidArgument(op, ": filter has ", filter_words, " packed words per ",
-                           nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
-                           packed_words(in_channels));
+    return invalid_argument(op, ": filter has ", filter_words, " packed words per ",
+                            nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
+                            packed_words(in_channels));
   }
   return absl::OkStatus();
 }
@@ -243,7 +254,7 @@ inline absl::Status check_output_sizes(const char* op, const tensorflow::Tensor&
                                        const OperandNouns& nouns) {
   const std::int64_t outputs = filter.dim_size(0);
   if (alpha.dim_size(0) != outputs || bias.dim_size(0) != outputs) {
-    return tensorflow::errors::InvalidArgument(
+    return invalid_argument(
         op, ": alpha and bias must have one value per ", nouns.output, " (", outputs, "), got ",
         alpha.dim_size(0), " and ", bias.dim_size(0));
   }
