@@ -1,7 +1,8 @@
 """TensorFlow front end of the compiled XNOR kernels, and their pure-TF twins.
 
 The compiled library ``keras_xnor/_ops/_keras_xnor_ops*.so`` (built from ``custom_ops/core``
-and ``custom_ops/tf`` by ``make ops``) registers four ops (names in :mod:`keras_xnor.spec`):
+and ``custom_ops/tf`` by ``make ops``; the environment variable ``KERAS_XNOR_LIBRARY_DIR``
+names another directory to load it from, e.g. a Bazel build's ``bazel-bin``) registers four ops (names in :mod:`keras_xnor.spec`):
 
 * ``KerasXnorPackBits``: float ``[..., C]`` -> int32 ``[..., ceil(C / 32)]`` sign bits
   (bit set = negative, channel ``c`` in bit ``c % 32`` of word ``c // 32``, sign(0) = +1).
@@ -50,6 +51,7 @@ __all__ = [
     "CompiledOpsError",
     "load_ops",
     "compiled_ops_available",
+    "library_dir",
     "library_path",
     "built_tf_version",
     "pack_bits",
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ops")
+LIBRARY_DIR_ENV = "KERAS_XNOR_LIBRARY_DIR"
 LIBRARY_PATTERN = "_keras_xnor_ops*.so"
 BUILD_HINT = (
     "Build it from the keras-xnor source tree with `make ops`, or reinstall with "
@@ -80,9 +83,26 @@ _lock = threading.Lock()
 _state = {}  # "module" -> loaded op module, or "error" -> CompiledOpsError
 
 
+def library_dir():
+    """Directory the compiled libraries (TF ops, TFLite delegate) are loaded from.
+
+    ``$KERAS_XNOR_LIBRARY_DIR`` when it is set and not empty (for example the ``bazel-bin`` of
+    a Bazel build of ``//:_keras_xnor_ops.so`` and ``//:_keras_xnor_delegate.so``), else the
+    package's ``_ops`` directory, where ``make ops`` / ``pip install`` put them.
+    """
+    return os.environ.get(LIBRARY_DIR_ENV) or OPS_DIR
+
+
+def _named_by_env(directory):
+    """" (named by $KERAS_XNOR_LIBRARY_DIR)" when that variable chose ``directory``."""
+    if os.environ.get(LIBRARY_DIR_ENV) and directory == library_dir():
+        return " (named by $%s)" % LIBRARY_DIR_ENV
+    return ""
+
+
 def library_path(directory=None):
-    """Path of the TF op library in ``directory`` (default: the package's ``_ops``), or None."""
-    matches = sorted(glob.glob(os.path.join(directory or OPS_DIR, LIBRARY_PATTERN)))
+    """Path of the TF op library in ``directory`` (default: :func:`library_dir`), or None."""
+    matches = sorted(glob.glob(os.path.join(directory or library_dir(), LIBRARY_PATTERN)))
     return matches[0] if matches else None
 
 
@@ -130,8 +150,8 @@ def _load(directory):
     path = library_path(directory)
     if path is None:
         raise CompiledOpsError(
-            "keras-xnor's compiled TensorFlow ops are not built: no %s in %s. %s"
-            % (LIBRARY_PATTERN, directory, BUILD_HINT)
+            "keras-xnor's compiled TensorFlow ops are not built: no %s in %s%s. %s"
+            % (LIBRARY_PATTERN, directory, _named_by_env(directory), BUILD_HINT)
         )
     version = built_tf_version(path)
     if version != tf.__version__:
@@ -158,7 +178,7 @@ def load_ops(directory=None):
     """Loads the compiled op library once and returns its module of op wrappers.
 
     Args:
-        directory: where to look for ``_keras_xnor_ops*.so``; default the package's ``_ops``.
+        directory: where to look for ``_keras_xnor_ops*.so``; default :func:`library_dir`.
             Only the first call's outcome is cached (use ``_reset_for_tests`` to retry).
 
     Returns:
@@ -175,7 +195,7 @@ def load_ops(directory=None):
         if "error" in _state:
             raise _state["error"]
         try:
-            module = _load(directory or OPS_DIR)
+            module = _load(directory or library_dir())
         except CompiledOpsError as error:
             _state["error"] = error
             raise

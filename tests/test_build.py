@@ -138,6 +138,7 @@ def test_package_imports_and_falls_back_without_the_library(tmp_path):
         "print('ok')\n" % str(tmp_path)
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop(ops.LIBRARY_DIR_ENV, None)
     result = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
@@ -155,3 +156,48 @@ def test_delegate_library_needs_no_tensorflow():
     path = os.path.join(os.path.dirname(ops.library_path()), delegates[0])
     out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
     assert "tensorflow" not in out
+
+
+def test_library_dir_env_var_names_where_both_libraries_are_looked_for(tmp_path, monkeypatch,
+                                                                       fresh_loader):
+    from keras_xnor.tflite_export import delegate_path  # noqa: PLC0415
+
+    monkeypatch.setenv(ops.LIBRARY_DIR_ENV, str(tmp_path))
+    assert ops.library_dir() == str(tmp_path)
+    assert ops.library_path() is None
+    with pytest.raises(ops.CompiledOpsError) as info:
+        ops.load_ops()
+    assert str(tmp_path) in str(info.value) and "$KERAS_XNOR_LIBRARY_DIR" in str(info.value)
+    with pytest.raises(RuntimeError) as info:
+        delegate_path()
+    message = str(info.value)
+    assert str(tmp_path) in message and "$KERAS_XNOR_LIBRARY_DIR" in message
+    assert "make ops" in message
+    (tmp_path / "_keras_xnor_delegate.so").write_bytes(b"")
+    assert delegate_path() == str(tmp_path / "_keras_xnor_delegate.so")
+    monkeypatch.setenv(ops.LIBRARY_DIR_ENV, "")
+    assert ops.library_dir() == ops.OPS_DIR
+
+
+@built
+def test_libraries_load_from_the_env_var_directory(tmp_path):
+    # Copies of the built libraries in another directory (as a Bazel build's bazel-bin): a
+    # fresh interpreter with $KERAS_XNOR_LIBRARY_DIR loads and runs the op from there.
+    for name in os.listdir(os.path.dirname(ops.library_path())):
+        if name.startswith("_keras_xnor_") and name.endswith(".so"):
+            shutil.copy(os.path.join(os.path.dirname(ops.library_path()), name), tmp_path)
+    code = (
+        "import numpy as np\n"
+        "from keras_xnor import ops\n"
+        "from keras_xnor.tflite_export import delegate_path\n"
+        "assert ops.library_path().startswith(%r), ops.library_path()\n"
+        "assert delegate_path().startswith(%r), delegate_path()\n"
+        "x = np.array([[-1.0, 0.0, 2.0, -0.5]], np.float32)\n"
+        "assert ops.pack_bits(x).numpy().tolist() == [[9]]\n"
+        "print('ok')\n" % (str(tmp_path), str(tmp_path))
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env[ops.LIBRARY_DIR_ENV] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

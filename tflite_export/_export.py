@@ -25,18 +25,12 @@ only consumer of a binary layer's output and the binary layer has no activation,
 exactly (up to float rounding), so the BN is dropped and its scale/shift go into alpha/bias.
 """
 
-import glob
-import os
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_xnor
-from keras_xnor import quantizers, spec
+from keras_xnor import ops, quantizers, spec
 from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense
-
-_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(keras_xnor.__file__)), "_ops")
 
 _raw_ops_module = None
 
@@ -44,29 +38,15 @@ _raw_ops_module = None
 def _raw_ops():
     """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
     global _raw_ops_module
-    if _raw_ops_module is not None:
-        return _raw_ops_module
-    module = None
-    try:
-        from keras_xnor import ops  # noqa: PLC0415
-
-        load = getattr(ops, "load_ops", None)
-        if load is not None:
-            module = load()
-    except ImportError:
-        module = None
-    if module is None or not hasattr(module, "keras_xnor_bin_conv2d"):
-        paths = sorted(glob.glob(os.path.join(_OPS_DIR, "_keras_xnor_ops*.so")))
-        if not paths:
+    if _raw_ops_module is None:
+        try:
+            _raw_ops_module = ops.load_ops()
+        except ops.CompiledOpsError as error:
             raise RuntimeError(
-                "keras_xnor.tflite_export needs the keras-xnor TF op library "
-                "(keras_xnor/_ops/_keras_xnor_ops*.so) to emit the binary custom ops, and it "
-                "is not built. Build it with `make ops` (or `pip install --no-build-isolation "
-                "-e .`)."
-            )
-        module = tf.load_op_library(paths[0])
-    _raw_ops_module = module
-    return module
+                "keras_xnor.tflite_export needs the keras-xnor TF op library to emit the binary "
+                "custom ops: %s" % error
+            ) from error
+    return _raw_ops_module
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,10 +5,8 @@ import os
 
 from ai_edge_litert import interpreter as _litert
 
-import keras_xnor
-from keras_xnor import spec
+from keras_xnor import ops, spec
 
-_OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(keras_xnor.__file__)), "_ops")
 _OUR_OPS = (spec.BIN_CONV2D_OP, spec.BIN_DENSE_OP, spec.PACK_BITS_OP)
 
 HOW_TO_LOAD = (
@@ -22,14 +20,19 @@ HOW_TO_LOAD = (
 def delegate_path():
     """Path of the keras-xnor TFLite delegate shared library (_keras_xnor_delegate*.so).
 
+    Looked for in ``keras_xnor.ops.library_dir()``: ``$KERAS_XNOR_LIBRARY_DIR`` when set,
+    else the package's ``_ops`` directory.
+
     Raises:
         RuntimeError: the library is not built (says how to build it).
     """
-    paths = sorted(glob.glob(os.path.join(_OPS_DIR, "_keras_xnor_delegate*.so")))
+    directory = ops.library_dir()
+    paths = sorted(glob.glob(os.path.join(directory, "_keras_xnor_delegate*.so")))
     if not paths:
         raise RuntimeError(
-            "The keras-xnor TFLite delegate (keras_xnor/_ops/_keras_xnor_delegate*.so) is not "
-            "built. Build it with `make ops` (or `pip install --no-build-isolation -e .`)."
+            "The keras-xnor TFLite delegate (_keras_xnor_delegate*.so) is not built: none in "
+            "%s%s. Build it with `make ops` (or `pip install --no-build-isolation -e .`)."
+            % (directory, ops._named_by_env(directory))
         )
     return paths[0]
 
