@@ -17,14 +17,14 @@ CPP_OBJ := build/cpp
 CORE_OBJS := $(patsubst %.cc,$(CPP_OBJ)/%.o,$(CORE_SRCS))
 TEST_BINS := $(patsubst custom_ops/core/tests/%.cc,$(CPP_OBJ)/tests/%,$(CORE_TESTS))
 
-.PHONY: demo test venv data ops cpp-test py-test bench clean
+.PHONY: demo test venv data ops cpp-test py-test bazel-test bench clean
 # Keep the core objects between runs (they are intermediates of the test binaries).
 .SECONDARY:
 
 demo: venv data ops
 	$(PY) -m keras_xnor.training.demo --output_dir=out/demo
 
-test: venv data ops cpp-test py-test
+test: venv data ops cpp-test py-test bazel-test
 
 venv: $(VENV)/.installed
 
@@ -67,10 +67,31 @@ $(CPP_OBJ)/tests/%: custom_ops/core/tests/%.cc $(CORE_OBJS) $(wildcard custom_op
 py-test:
 	$(PY) -m pytest -q tests
 
+# The Bazel build (BUILD, WORKSPACE) with Debian's Bazel 4 and no network: bazel/offline/ stands
+# in for the rule repositories Bazel would download, Debian packages give rules_java and
+# platforms. Builds every target and runs the C++ tests, then the Python tests of the TF op and
+# the delegate on the libraries Bazel built (KERAS_XNOR_LIBRARY_DIR).
+BAZEL_DEBS := bazel-bootstrap bazel-rules-java bazel-platforms
+BAZEL := bazel --batch --output_user_root=$(CURDIR)/build/bazel-root
+BAZEL_FLAGS := --spawn_strategy=local --symlink_prefix=build/bazel- --test_output=errors \
+  --repo_env=PYTHON_BIN_PATH=$(CURDIR)/$(PY) \
+  --override_repository=rules_cc=$(CURDIR)/bazel/offline/rules_cc \
+  --override_repository=remote_coverage_tools=$(CURDIR)/bazel/offline/remote_coverage_tools \
+  --override_repository=rules_java=/usr/share/bazel/rules/java \
+  --override_repository=platforms=/usr/share/bazel/platforms
+
+bazel-test: venv
+	@dpkg -s $(BAZEL_DEBS) >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BAZEL_DEBS))
+	$(BAZEL) test $(BAZEL_FLAGS) //:all
+	KERAS_XNOR_LIBRARY_DIR=$(CURDIR)/build/bazel-bin $(PY) -m pytest -q tests/test_build.py \
+	  tests/test_ops.py tests/test_ops_threads.py tests/test_tflite_delegate.py
+
 bench: venv ops
 	$(PY) benchmarks/bench_conv.py --json build/bench_conv.json
 	$(PY) benchmarks/bench_tflite.py --json build/bench_tflite.json
 	$(PY) benchmarks/bench_keras.py --json build/bench_keras.json
 
 clean:
-	rm -rf build keras_xnor/_ops/*.so
+	chmod -R u+w build 2>/dev/null || true  # Bazel's outputs are read-only
+	rm -rf build keras_xnor/_ops/*.so bazel-out
