@@ -28,7 +28,10 @@ one-conv model (its per-invoke cost, a few us, stays in: against us, not for us)
 The methods are timed in interleaved rounds (a turn of each per round: untimed calls for 3 ms
 while the previous method's thread pools stop spinning, then 5 timed calls) so that load from
 other processes hits them alike; each figure comes from the medians (and from the mins) over the
-timed calls, which last at least ``--min-seconds`` per method.
+timed calls, which last at least ``--min-seconds`` per method. After the table it names what
+makes the window look noisy, if anything (a median more than 15% above its min, or a 2-thread
+roofline under 1.8x the 1-thread one: another tenant of the VM took a CPU); the JSON keeps
+those notes as ``noise_notes``. Ratios from a noisy window say little; re-run.
 
 Usage::
 
@@ -60,6 +63,11 @@ SHAPES = [
     ("alexnet_conv5", 13, 384, 256, 3, 1),
 ]
 TARGETS = {"vs_tflite": 8.0, "vs_tf": 15.0, "roofline": 0.70}  # at 2 threads, ResNet-18
+# A window is called noisy when a contender's median is this much above its min, or when the
+# second thread adds less than this to the roofline (a popcount loop with no shared data
+# scales by ~2x on two free cores).
+NOISY_MEDIAN_OVER_MIN = 1.15
+NOISY_ROOFLINE_SCALING = 1.8
 
 
 def bit_macs(size, c_in, c_out, k, stride):
@@ -273,6 +281,31 @@ def print_table(runs):
                   100 * TARGETS["roofline"]))
 
 
+def noise_notes(runs):
+    """Why the window these runs were measured in looks noisy (an empty list if it does not).
+
+    On a shared VM another tenant can take a CPU away for a whole measuring window: medians
+    then drift away from the mins, and the 2-thread figures sink toward the 1-thread ones.
+    Ratios from such a window say little about the kernels; re-run.
+    """
+    notes = []
+    for run in runs:
+        for r in run["results"]:
+            for what, median, fastest in (
+                    ("XNOR op", r["xnor_ms"], r["xnor_ms_min"]),
+                    ("TFLite XNNPACK", r["tflite_xnnpack_ms"], r["tflite_xnnpack_ms_min"]),
+                    ("XNOR on TFLite", r["xnor_tflite_ms"], r["xnor_tflite_ms_min"])):
+                if median > NOISY_MEDIAN_OVER_MIN * fastest:
+                    notes.append("%s, %d thread(s): %s median %.3f ms is %.2fx its min %.3f ms"
+                                 % (r["shape"], run["threads"], what, median, median / fastest,
+                                    fastest))
+    roofline = {run["threads"]: run["roofline_bit_macs_per_s"] for run in runs}
+    if 1 in roofline and 2 in roofline and roofline[2] < NOISY_ROOFLINE_SCALING * roofline[1]:
+        notes.append("the roofline at 2 threads is only %.2fx the 1-thread one (expected ~2x): "
+                     "the second CPU was not fully available" % (roofline[2] / roofline[1]))
+    return notes
+
+
 def run_workers(script, thread_counts, worker_args):
     """Runs ``script --worker --threads T worker_args`` once per thread count, each in a fresh
     process (TF fixes its intra-op pool at start-up); returns the JSON each one printed last."""
@@ -316,12 +349,17 @@ def main():
         worker_args += ["--only"] + args.only
     runs = run_workers(os.path.abspath(__file__), args.threads, worker_args)
     print_table(runs)
+    notes = noise_notes(runs)
+    if notes:
+        print("NOISY WINDOW (re-run before reading the ratios):")
+        for note in notes:
+            print("  " + note)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": platform.processor() or platform.machine(),
                        "cpu_count": os.cpu_count(), "targets_at_2_threads": TARGETS,
-                       "runs": runs}, f, indent=2)
+                       "noise_notes": notes, "runs": runs}, f, indent=2)
         print("wrote", args.json)
 
 

@@ -101,3 +101,37 @@ def test_bench_tflite(tmp_path):
     profile = latency["xnor_profile"]
     assert _positive(profile["binary_nodes_ms"])
     assert profile["binary_nodes_ms"] < profile["invoke_ms"]
+
+
+def _bench_conv_module():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_conv", os.path.join(ROOT, "benchmarks", "bench_conv.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(shape, xnor, xnor_min, xnnpack=1.0, xnnpack_min=1.0, tfl=0.1, tfl_min=0.1):
+    return {"shape": shape, "xnor_ms": xnor, "xnor_ms_min": xnor_min,
+            "tflite_xnnpack_ms": xnnpack, "tflite_xnnpack_ms_min": xnnpack_min,
+            "xnor_tflite_ms": tfl, "xnor_tflite_ms_min": tfl_min}
+
+
+def test_bench_conv_names_a_noisy_window():
+    bench = _bench_conv_module()
+    quiet = [{"threads": 1, "roofline_bit_macs_per_s": 9e11,
+              "results": [_row("a", 0.220, 0.215)]},
+             {"threads": 2, "roofline_bit_macs_per_s": 1.82e12,
+              "results": [_row("a", 0.115, 0.112)]}]
+    assert bench.noise_notes(quiet) == []
+    noisy = [{"threads": 1, "roofline_bit_macs_per_s": 9e11,
+              "results": [_row("a", 0.220, 0.215, xnnpack=1.4, xnnpack_min=1.1)]},
+             {"threads": 2, "roofline_bit_macs_per_s": 1.3e12,
+              "results": [_row("a", 0.174, 0.131)]}]
+    notes = bench.noise_notes(noisy)
+    assert len(notes) == 3
+    assert notes[0].startswith("a, 1 thread(s): TFLite XNNPACK median 1.400 ms is 1.27x")
+    assert notes[1].startswith("a, 2 thread(s): XNOR op median 0.174 ms is 1.33x its min")
+    assert "roofline at 2 threads is only 1.44x" in notes[2]
