@@ -1,8 +1,9 @@
 """TensorFlow front end of the compiled XNOR kernels, and their pure-TF twins.
 
 The compiled library ``keras_xnor/_ops/_keras_xnor_ops*.so`` (built from ``custom_ops/core``
-and ``custom_ops/tf`` by ``make ops``; the environment variable ``KERAS_XNOR_LIBRARY_DIR``
-names another directory to load it from, e.g. a Bazel build's ``bazel-bin``) registers four ops (names in :mod:`keras_xnor.spec`):
+and ``custom_ops/tf`` by ``make ops``; ``$KERAS_XNOR_LIBRARY_DIR`` may name another directory
+to load it from, e.g. a Bazel build's ``bazel-bin``) registers four ops (names in
+:mod:`keras_xnor.spec`):
 
 * ``KerasXnorPackBits``: float ``[..., C]`` -> int32 ``[..., ceil(C / 32)]`` sign bits
   (bit set = negative, channel ``c`` in bit ``c % 32`` of word ``c // 32``, sign(0) = +1).

@@ -32,21 +32,15 @@ import tensorflow as tf
 from keras_xnor import ops, quantizers, spec
 from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense
 
-_raw_ops_module = None
-
-
 def _raw_ops():
     """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
-    global _raw_ops_module
-    if _raw_ops_module is None:
-        try:
-            _raw_ops_module = ops.load_ops()
-        except ops.CompiledOpsError as error:
-            raise RuntimeError(
-                "keras_xnor.tflite_export needs the keras-xnor TF op library to emit the binary "
-                "custom ops: %s" % error
-            ) from error
-    return _raw_ops_module
+    try:
+        return ops.load_ops()  # cached by ops
+    except ops.CompiledOpsError as error:
+        raise RuntimeError(
+            "keras_xnor.tflite_export needs the keras-xnor TF op library to emit the binary "
+            "custom ops: %s" % error
+        ) from error
 
 
 # --------------------------------------------------------------------------------------------
