@@ -61,6 +61,9 @@ long current_tid() {
 ThreadPool::ThreadPool(int num_threads) {
   placements_.resize(static_cast<std::size_t>(std::max(num_threads - 1, 0)));
   for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i - 1); });
+  // A worker not registered yet could not be kept off the first job's caller CPU.
+  std::unique_lock<std::mutex> lock(mutex_);
+  registered_cv_.wait(lock, [&] { return registered_ == static_cast<int>(workers_.size()); });
 }
 
 // Why workers are kept off the caller's CPU: a worker woken while the other CPUs look busy is
@@ -119,7 +122,9 @@ void ThreadPool::worker_loop(int index) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     placements_[static_cast<std::size_t>(index)].tid = current_tid();
+    ++registered_;
   }
+  registered_cv_.notify_all();
   std::uint64_t seen = 0;
   for (;;) {
     auto ready = [&] { return stop_.load() || generation_.load() != seen; };

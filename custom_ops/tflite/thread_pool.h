@@ -69,6 +69,8 @@ class ThreadPool {
   GuidedRanges ranges_;
 
   std::vector<Placement> placements_;  // one per worker, under mutex_
+  int registered_ = 0;                 // workers whose tid is in placements_, under mutex_
+  std::condition_variable registered_cv_;
 };
 
 }  // namespace keras_xnor
