@@ -88,7 +88,7 @@ bazel-test: venv
 	  tests/test_ops.py tests/test_ops_threads.py tests/test_tflite_delegate.py
 
 bench: venv ops
-	$(PY) benchmarks/bench_conv.py --json build/bench_conv.json
+	$(PY) benchmarks/bench_conv.py --retries 3 --json build/bench_conv.json
 	$(PY) benchmarks/bench_tflite.py --json build/bench_tflite.json
 	$(PY) benchmarks/bench_keras.py --json build/bench_keras.json
 

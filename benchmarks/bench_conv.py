@@ -31,7 +31,10 @@ other processes hits them alike; each figure comes from the medians (and from th
 timed calls, which last at least ``--min-seconds`` per method. After the table it names what
 makes the window look noisy, if anything (a median more than 15% above its min, or a 2-thread
 roofline under 1.8x the 1-thread one: another tenant of the VM took a CPU); the JSON keeps
-those notes as ``noise_notes``. Ratios from a noisy window say little; re-run.
+those notes as ``noise_notes``. Ratios from a noisy window say little; re-run, or pass
+``--retries N`` to have the benchmark measure again (up to N more times) until a window passes
+the check: it then prints only that window's table, with one line per discarded attempt, and
+the JSON lists the discarded attempts' notes as ``discarded_attempts``.
 
 Usage::
 
@@ -321,6 +324,21 @@ def run_workers(script, thread_counts, worker_args):
     return runs
 
 
+def measure_until_quiet(measure, retries, log=print):
+    """Calls ``measure()`` (which returns runs) until ``noise_notes`` finds nothing, at most
+    ``retries`` + 1 times. Returns (runs, notes, discarded): the first quiet attempt (or the
+    last one, with its notes, when none was quiet) and the notes of every earlier attempt."""
+    discarded = []
+    while True:
+        runs = measure()
+        notes = noise_notes(runs)
+        if not notes or len(discarded) == retries:
+            return runs, notes, discarded
+        discarded.append(notes)
+        log("attempt %d: noisy window (%d note(s), first: %s); measuring again"
+            % (len(discarded), len(notes), notes[0]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -333,12 +351,16 @@ def main():
                         help="conv calls chained in the shorter TF graph call")
     parser.add_argument("--roofline-seconds", type=float, default=1.0)
     parser.add_argument("--only", nargs="*", help="substrings of shape names to run")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="measure again, up to this many times, while the window is noisy")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.threads = args.threads[0]
         return worker(args)
 
+    if args.retries < 0:
+        parser.error("--retries must be >= 0, got %d" % args.retries)
     if not 1 <= args.short_unroll < args.unroll:
         parser.error("need 1 <= --short-unroll < --unroll, got %d and %d"
                      % (args.short_unroll, args.unroll))
@@ -347,9 +369,12 @@ def main():
                    "--roofline-seconds", str(args.roofline_seconds)]
     if args.only:
         worker_args += ["--only"] + args.only
-    runs = run_workers(os.path.abspath(__file__), args.threads, worker_args)
+    runs, notes, discarded = measure_until_quiet(
+        lambda: run_workers(os.path.abspath(__file__), args.threads, worker_args), args.retries)
     print_table(runs)
-    notes = noise_notes(runs)
+    if discarded:
+        print("%s after %d noisy attempt(s)" % ("quiet window" if not notes else
+                                                "still noisy", len(discarded)))
     if notes:
         print("NOISY WINDOW (re-run before reading the ratios):")
         for note in notes:
@@ -359,7 +384,8 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"machine": platform.processor() or platform.machine(),
                        "cpu_count": os.cpu_count(), "targets_at_2_threads": TARGETS,
-                       "noise_notes": notes, "runs": runs}, f, indent=2)
+                       "noise_notes": notes, "discarded_attempts": discarded, "runs": runs},
+                      f, indent=2)
         print("wrote", args.json)
 
 

@@ -135,3 +135,34 @@ def test_bench_conv_names_a_noisy_window():
     assert notes[0].startswith("a, 1 thread(s): TFLite XNNPACK median 1.400 ms is 1.27x")
     assert notes[1].startswith("a, 2 thread(s): XNOR op median 0.174 ms is 1.33x its min")
     assert "roofline at 2 threads is only 1.44x" in notes[2]
+
+
+def test_bench_conv_measures_again_until_a_quiet_window():
+    bench = _bench_conv_module()
+    quiet = [{"threads": 2, "roofline_bit_macs_per_s": 1.82e12,
+              "results": [_row("a", 0.115, 0.112)]}]
+    noisy = [{"threads": 2, "roofline_bit_macs_per_s": 1.82e12,
+              "results": [_row("a", 0.174, 0.131)]}]
+    attempts, logged = [noisy, noisy, quiet, noisy], []
+    runs, notes, discarded = bench.measure_until_quiet(lambda: attempts.pop(0), 5,
+                                                       log=logged.append)
+    assert runs is quiet and notes == []
+    assert len(discarded) == 2 and len(logged) == 2 and attempts == [noisy]
+    assert logged[0].startswith("attempt 1: noisy window (1 note(s), first: a, 2 thread(s)")
+    # Out of retries: the last attempt is kept with its notes.
+    attempts = [noisy, noisy, quiet]
+    runs, notes, discarded = bench.measure_until_quiet(lambda: attempts.pop(0), 1,
+                                                       log=logged.append)
+    assert runs is noisy and len(notes) == 1 and len(discarded) == 1 and attempts == [quiet]
+    # No retries: one measurement, whatever it shows.
+    attempts = [noisy, quiet]
+    runs, notes, discarded = bench.measure_until_quiet(lambda: attempts.pop(0), 0)
+    assert runs is noisy and notes and discarded == []
+
+
+def test_bench_conv_rejects_negative_retries():
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_conv.py"),
+               "--retries", "-1"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    assert "--retries" in done.stderr
