@@ -9,8 +9,9 @@
 //   g++ -O2 -std=c++17 -I. benchmarks/core_bench.cc /tmp/core_bench_obj/*.o -pthread -o /tmp/core_bench
 //   /tmp/core_bench [--repeats=N] [--paths=avx2,avx2-prep,portable] [--threads=1,2] [--only=64@56]
 //                   [--roofline_seconds=S] [--out_buffers=N]
-// --out_buffers=N rotates N output buffers (default 1): N = 16 mimics a framework that hands
-// each call a fresh output buffer, cold in cache (as TensorFlow does).
+// --out_buffers=N rotates N output buffers (default 1): N = 16 mimics a network, whose layers
+// each write a different tensor, cold in cache (a chain of identical convs in one TF graph, as
+// in bench_conv.py, gets the same output buffer back every call: one hot buffer, N = 1).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
