@@ -36,6 +36,7 @@ double roofline_loop_scalar(long long iterations, unsigned long long* sink) {
 extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_seconds) {
   using Clock = std::chrono::steady_clock;
   using keras_xnor::internal::roofline_loop_avx2_broadcast;
+  using keras_xnor::internal::roofline_loop_avx2_dual;
   using keras_xnor::internal::roofline_loop_avx2_planar;
   using keras_xnor::internal::roofline_loop_avx2_planar_mixed;
   using keras_xnor::internal::roofline_loop_avx2_registers;
@@ -76,7 +77,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   if (avx2) {
     loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast,
              roofline_loop_avx2_planar, roofline_loop_avx2_planar_mixed, roofline_loop_avx2_table,
-             roofline_loop_avx2_pair};
+             roofline_loop_avx2_pair, roofline_loop_avx2_dual};
   } else {
     loops = {roofline_loop_scalar};
   }

@@ -1,13 +1,15 @@
 // The AVX2 roofline loops: the XOR + vpshufb nibble popcount + byte accumulate step of the GEMM
 // microkernels, in inline assembly so no accumulator is spilled (the same reason as in
-// xnor_gemm_tile_avx2.h). Two variants, the caller keeps the faster:
+// xnor_gemm_tile_avx2.h). Variants, the caller keeps the fastest:
 //  * 2 x 3 tile with every operand in a register (no memory access at all);
 //  * 2 x 4 tile with the four weights broadcast from an L1-resident line, exactly the
 //    pixel-lane microkernels' instruction mix;
 //  * the same 2 x 4 broadcast tile on nibble-planar operands (4 data bits per byte, so the
 //    nibble split is not in the loop), the channel-lane microkernel's mix: 3 vector ops per
 //    128 bit-MACs instead of 8 per 256. Counted in data bits, so it is comparable;
-//  * that planar tile plus 2 scalar XOR + POPCNT chains per step on the idle integer ALUs.
+//  * that planar tile plus 2 scalar XOR + POPCNT chains per step on the idle integer ALUs;
+//  * the table mixes (vpshufb on popcount tables, no XOR): the former one-pixel table tile,
+//    the pair table tile run as is, and the channel-pair mix (tables from the weights).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -350,6 +352,155 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
   }
   *sink += total;
   return static_cast<double>(done) * 3.0 * 2.0 * 64.0 * 4.0;
+}
+
+// The CHANNEL-PAIR table mix: the pair tile with the roles of input and weights swapped. The
+// table comes from the weights: per step, one 16-byte table for two output channels c, c' (entry
+// i = popcount(i XOR w_c) + 16 * popcount(i XOR w_c'), repeated in both lanes), and the indices
+// are 32 output pixels' input nibbles at that step, one byte each, read as vpshufb's memory
+// operand. Five such pixel vectors share each table, so per 3 steps and 5 x 32 pixels x 2
+// channels there are 3 table loads, 15 vpshufb (with their index loads), 10 byte adds and 15
+// ops that fold each chunk into two byte counters as in the pair tile (L += sum, H += sum >> 4),
+// the shift done as vpmulhuw by 4096 (the same value) so that it runs beside the vpshufb
+// instead of on their two pipes. That is 45 vector ALU ops per 3 * 1280 bit-MACs, within ~5% of
+// what four vector pipes allow on Zen 3. There the loop alone runs at ~1040 G bit-MACs/s per
+// core and this mix (with its recovery every 63 steps) at ~1000, against ~935 for the pair
+// tile's mix, whose 27 32-byte loads per 18 vpshufb (Zen 3 does two per cycle) keep it further
+// from that bound. No kernel
+// issues it (its output is channel pairs for rows of 32 pixels, which a conv would have to
+// read as aligned vectors from a plane per input nibble; docs/SPEED.md has the estimate), but
+// the roofline is the best rate the CPU reaches, so it counts. One pass is 63 steps (21 chunks;
+// each nibble count <= 252), then the counters are recovered exactly, as in the kernel.
+namespace {
+
+constexpr int kDualPixelVectors = 5;
+constexpr int kDualSteps = 63;
+
+struct DualOperands {
+  alignas(64) std::uint8_t tables[kDualSteps][32];
+  alignas(64) std::uint8_t indices[kDualSteps][kDualPixelVectors][32];
+  std::uint8_t weights[kDualSteps][2];
+};
+
+const DualOperands& dual_operands() {
+  static const DualOperands* const ops = [] {
+    auto* o = new DualOperands;
+    std::uint32_t x = 271828;
+    const auto next = [&x] {
+      x = x * 1103515245u + 12345u;
+      return static_cast<int>(x >> 16);
+    };
+    for (int k = 0; k < kDualSteps; ++k) {
+      const int lo = next() & 15, hi = next() & 15;
+      o->weights[k][0] = static_cast<std::uint8_t>(lo);
+      o->weights[k][1] = static_cast<std::uint8_t>(hi);
+      for (int i = 0; i < 32; ++i) {
+        o->tables[k][i] = static_cast<std::uint8_t>(__builtin_popcount((i & 15) ^ lo) +
+                                                    16 * __builtin_popcount((i & 15) ^ hi));
+      }
+      for (auto& vector : o->indices[k]) {
+        for (auto& e : vector) e = static_cast<std::uint8_t>(next() & 15);
+      }
+    }
+    return o;
+  }();
+  return *ops;
+}
+
+// Pixel vector R at chunk step S: indices[k + S][R] with k the chunk's first step.
+#define KX_RL_DUAL_IX(R, S) #S "*160+" #R "*32"
+#define KX_RL_DUAL_VECTOR(R, L, H)                                     \
+  "vpshufb " KX_RL_DUAL_IX(R, 0) "(%[ix]), %%ymm0, %%ymm13\n\t"        \
+  "vpshufb " KX_RL_DUAL_IX(R, 1) "(%[ix]), %%ymm1, %%ymm14\n\t"        \
+  "vpaddb %%ymm14, %%ymm13, %%ymm13\n\t"                               \
+  "vpshufb " KX_RL_DUAL_IX(R, 2) "(%[ix]), %%ymm2, %%ymm14\n\t"        \
+  "vpaddb %%ymm14, %%ymm13, %%ymm13\n\t"                               \
+  "vpaddb %%ymm13, %%" L ", %%" L "\n\t"                               \
+  "vpmulhuw %%ymm15, %%ymm13, %%ymm13\n\t"                             \
+  "vpaddb %%ymm13, %%" H ", %%" H "\n\t"
+// L, H -> exact lo in L, hi in H (the pair tile's recovery; ymm13 temporary).
+#define KX_RL_DUAL_RECOVER(L, H)                                       \
+  "vpsllw $4, %%" H ", %%ymm13\n\t"                                    \
+  "vpand (%[msk]), %%ymm13, %%ymm13\n\t"                               \
+  "vpsubb %%ymm13, %%" L ", %%" L "\n\t"                               \
+  "vpsrlw $4, %%" L ", %%ymm13\n\t"                                    \
+  "vpand (%[msk]), %%ymm13, %%ymm13\n\t"                               \
+  "vpsubb %%ymm13, %%" H ", %%" H "\n\t"
+
+// One 63-step pass: counts[2 r] = lo (channel c), counts[2 r + 1] = hi (channel c') of pixel
+// vector r, per byte.
+void dual_pass(const DualOperands& ops, __m256i* counts) {
+  static const std::uint16_t kShiftBy4 = 4096;
+  const std::uint8_t* tb = ops.tables[0];
+  const std::uint8_t* ix = ops.indices[0][0];
+  const std::uint8_t* const tb_end = tb + sizeof(ops.tables);
+  __asm__ volatile(
+      "vpbroadcastw %[mul], %%ymm15\n\t"
+      "vpxor %%ymm3, %%ymm3, %%ymm3\n\t"
+      "vmovdqa %%ymm3, %%ymm4\n\t vmovdqa %%ymm3, %%ymm5\n\t vmovdqa %%ymm3, %%ymm6\n\t"
+      "vmovdqa %%ymm3, %%ymm7\n\t vmovdqa %%ymm3, %%ymm8\n\t vmovdqa %%ymm3, %%ymm9\n\t"
+      "vmovdqa %%ymm3, %%ymm10\n\t vmovdqa %%ymm3, %%ymm11\n\t vmovdqa %%ymm3, %%ymm12\n\t"
+      ".p2align 5\n\t"
+      "1:\n\t"
+      "vmovdqa (%[tb]), %%ymm0\n\t"
+      "vmovdqa 32(%[tb]), %%ymm1\n\t"
+      "vmovdqa 64(%[tb]), %%ymm2\n\t"
+      KX_RL_DUAL_VECTOR(0, "ymm3", "ymm4") KX_RL_DUAL_VECTOR(1, "ymm5", "ymm6")
+      KX_RL_DUAL_VECTOR(2, "ymm7", "ymm8") KX_RL_DUAL_VECTOR(3, "ymm9", "ymm10")
+      KX_RL_DUAL_VECTOR(4, "ymm11", "ymm12")
+      "add $96, %[tb]\n\t"
+      "add $480, %[ix]\n\t"
+      "cmp %[tb_end], %[tb]\n\t"
+      "jb 1b\n\t"
+      KX_RL_DUAL_RECOVER("ymm3", "ymm4") KX_RL_DUAL_RECOVER("ymm5", "ymm6")
+      KX_RL_DUAL_RECOVER("ymm7", "ymm8") KX_RL_DUAL_RECOVER("ymm9", "ymm10")
+      KX_RL_DUAL_RECOVER("ymm11", "ymm12")
+      "vmovdqa %%ymm3, (%[out])\n\t vmovdqa %%ymm4, 32(%[out])\n\t"
+      "vmovdqa %%ymm5, 64(%[out])\n\t vmovdqa %%ymm6, 96(%[out])\n\t"
+      "vmovdqa %%ymm7, 128(%[out])\n\t vmovdqa %%ymm8, 160(%[out])\n\t"
+      "vmovdqa %%ymm9, 192(%[out])\n\t vmovdqa %%ymm10, 224(%[out])\n\t"
+      "vmovdqa %%ymm11, 256(%[out])\n\t vmovdqa %%ymm12, 288(%[out])\n\t"
+      : [tb] "+r"(tb), [ix] "+r"(ix)
+      : [tb_end] "r"(tb_end), [mul] "m"(kShiftBy4), [msk] "r"(kPairRecoverMask), [out] "r"(counts)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+
+#undef KX_RL_DUAL_RECOVER
+#undef KX_RL_DUAL_VECTOR
+#undef KX_RL_DUAL_IX
+
+}  // namespace
+
+double roofline_loop_avx2_dual(long long iterations, unsigned long long* sink) {
+  const DualOperands& ops = dual_operands();
+  alignas(32) __m256i counts[2 * kDualPixelVectors];
+  std::uint64_t total = 0;
+  long long done = 0;
+  while (done < iterations) {
+    dual_pass(ops, counts);
+    total += static_cast<std::uint64_t>(_mm256_extract_epi8(counts[0], 0));
+    done += kDualSteps;
+  }
+  *sink += total;
+  return static_cast<double>(done) * kDualPixelVectors * 32.0 * 2.0 * 4.0;
+}
+
+bool roofline_dual_mix_matches_popcounts() {
+  const DualOperands& ops = dual_operands();
+  alignas(32) std::uint8_t counts[2 * kDualPixelVectors][32];
+  dual_pass(ops, reinterpret_cast<__m256i*>(counts));
+  for (int r = 0; r < kDualPixelVectors; ++r) {
+    for (int p = 0; p < 32; ++p) {
+      int lo = 0, hi = 0;
+      for (int k = 0; k < kDualSteps; ++k) {
+        lo += __builtin_popcount(ops.indices[k][r][p] ^ ops.weights[k][0]);
+        hi += __builtin_popcount(ops.indices[k][r][p] ^ ops.weights[k][1]);
+      }
+      if (counts[2 * r][p] != lo || counts[2 * r + 1][p] != hi) return false;
+    }
+  }
+  return true;
 }
 
 #undef KX_RL_STEP

@@ -15,5 +15,10 @@ int main() {
   // Any real CPU does well over 1 G bit-MACs/s per thread; the value is a rate, not a time.
   KX_CHECK(one > 1e9 && two > 1e9, "roofline %g %g", one, two);
   KX_CHECK(keras_xnor_popcount_roofline(0, 0.0) > 0.0, "threads < 1 are treated as 1");
+  if (keras_xnor::kernel_path_available(keras_xnor::KernelPath::kAvx2)) {
+    // The channel-pair mix does real work: its recovered counts are the plain popcounts.
+    KX_CHECK(keras_xnor::internal::roofline_dual_mix_matches_popcounts(),
+             "channel-pair roofline mix counts");
+  }
   return keras_xnor::testing::finish("roofline_test");
 }
