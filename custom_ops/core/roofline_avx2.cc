@@ -365,8 +365,8 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
 // instead of on their two pipes. That is 45 vector ALU ops per 3 * 1280 bit-MACs, within ~5% of
 // what four vector pipes allow on Zen 3. There the loop alone runs at ~1040 G bit-MACs/s per
 // core and this mix (with its recovery every 63 steps) at ~1000, against ~935 for the pair
-// tile's mix, whose 27 32-byte loads per 18 vpshufb (Zen 3 does two per cycle) keep it further
-// from that bound. No kernel
+// tile's mix, whose loop takes ~15.8 cycles for its 48 vector ALU ops per chunk (12 would be
+// the same bound) with twice the loads and more macro-ops per vpshufb. No kernel
 // issues it (its output is channel pairs for rows of 32 pixels, which a conv would have to
 // read as aligned vectors from a plane per input nibble; docs/SPEED.md has the estimate), but
 // the roofline is the best rate the CPU reaches, so it counts. One pass is 63 steps (21 chunks;
