@@ -316,6 +316,19 @@ double roofline_loop_avx2_table(long long iterations, unsigned long long* sink) 
 
 #undef KX_RL_TBL_PIXEL
 
+namespace {
+
+// Fixed pseudo-random operands for the table mixes (a linear congruential generator).
+struct OperandRandom {
+  std::uint32_t x;
+  int operator()() {
+    x = x * 1103515245u + 12345u;
+    return static_cast<int>(x >> 16);
+  }
+};
+
+}  // namespace
+
 // The channel-lane PAIR table tile's mix, by running that tile itself (gemm_tile_pair_x64,
 // three slots = 6 pixels x 64 channels, byte counters) on one 63-step run with every operand
 // in L1: per slot and 3 steps, 3 offset loads, 3 table loads, 6 vpshufb with the weights as
@@ -329,11 +342,7 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
   };
   static const Operands* const ops = [] {
     auto* o = new Operands;
-    std::uint32_t x = 12345;
-    const auto next = [&x] {
-      x = x * 1103515245u + 12345u;
-      return static_cast<int>(x >> 16);
-    };
+    OperandRandom next{12345};
     for (auto& w : o->weights) w = static_cast<std::uint8_t>(next() & 15);
     for (auto& slot : o->offsets) {
       for (auto& e : slot) e = static_cast<std::uint16_t>((next() & 255) * 32);
@@ -385,11 +394,7 @@ struct DualOperands {
 const DualOperands& dual_operands() {
   static const DualOperands* const ops = [] {
     auto* o = new DualOperands;
-    std::uint32_t x = 271828;
-    const auto next = [&x] {
-      x = x * 1103515245u + 12345u;
-      return static_cast<int>(x >> 16);
-    };
+    OperandRandom next{271828};
     for (int k = 0; k < kDualSteps; ++k) {
       const int lo = next() & 15, hi = next() & 15;
       o->weights[k][0] = static_cast<std::uint8_t>(lo);
