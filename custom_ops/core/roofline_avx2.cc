@@ -376,9 +376,9 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
 // core and this mix (with its recovery every 63 steps) at ~1000, against ~935 for the pair
 // tile's mix, whose loop takes ~15.8 cycles for its 48 vector ALU ops per chunk (12 would be
 // the same bound) with twice the loads and more macro-ops per vpshufb. No kernel
-// issues it (its output is channel pairs for rows of 32 pixels, which a conv would have to
-// read as aligned vectors from a plane per input nibble; docs/SPEED.md has the estimate), but
-// the roofline is the best rate the CPU reaches, so it counts. One pass is 63 steps (21 chunks;
+// issues it (a conv would need its 32 pixels' nibbles as aligned vectors, i.e. an im2col of
+// nibble planes, and its per-channel counts transposed to NHWC; docs/SPEED.md has the
+// estimate), but the roofline is the best rate the CPU reaches, so it counts. One pass is 63 steps (21 chunks;
 // each nibble count <= 252), then the counters are recovered exactly, as in the kernel.
 namespace {
 
