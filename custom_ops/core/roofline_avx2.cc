@@ -424,13 +424,7 @@ const DualOperands& dual_operands() {
   "vpmulhuw %%ymm15, %%ymm13, %%ymm13\n\t"                             \
   "vpaddb %%ymm13, %%" H ", %%" H "\n\t"
 // L, H -> exact lo in L, hi in H (the pair tile's recovery; ymm13 temporary).
-#define KX_RL_DUAL_RECOVER(L, H)                                       \
-  "vpsllw $4, %%" H ", %%ymm13\n\t"                                    \
-  "vpand (%[msk]), %%ymm13, %%ymm13\n\t"                               \
-  "vpsubb %%ymm13, %%" L ", %%" L "\n\t"                               \
-  "vpsrlw $4, %%" L ", %%ymm13\n\t"                                    \
-  "vpand (%[msk]), %%ymm13, %%ymm13\n\t"                               \
-  "vpsubb %%ymm13, %%" H ", %%" H "\n\t"
+#define KX_RL_DUAL_RECOVER(L, H) KX_PAIR_RECOVER(L, H, "ymm13")
 
 // One 63-step pass: counts[2 r] = lo (channel c), counts[2 r + 1] = hi (channel c') of pixel
 // vector r, per byte.

@@ -398,14 +398,17 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "add $64, %[wk]\n\t"                                         \
   "5:\n\t"
 
-// Slot counters (A = L, B = H of one 32-channel half) -> exact lo in A, hi in B.
-#define KX_PR_RECOVER(A, B)                                    \
-  "vpsllw $4, %%" B ", %%ymm15\n\t"                            \
-  "vpand (%[msk]), %%ymm15, %%ymm15\n\t"                       \
-  "vpsubb %%ymm15, %%" A ", %%" A "\n\t"                       \
-  "vpsrlw $4, %%" A ", %%ymm15\n\t"                            \
-  "vpand (%[msk]), %%ymm15, %%ymm15\n\t"                     \
-  "vpsubb %%ymm15, %%" B ", %%" B "\n\t"
+// Pair counters (A = L, B = H of one 32-channel half) -> exact lo in A, hi in B; T is a
+// temporary register, %[msk] must name kPairRecoverMask. Kept defined after this header, as
+// the channel-pair roofline mix (roofline_avx2.cc) recovers its counters the same way.
+#define KX_PAIR_RECOVER(A, B, T)                               \
+  "vpsllw $4, %%" B ", %%" T "\n\t"                            \
+  "vpand (%[msk]), %%" T ", %%" T "\n\t"                       \
+  "vpsubb %%" T ", %%" A ", %%" A "\n\t"                       \
+  "vpsrlw $4, %%" A ", %%" T "\n\t"                            \
+  "vpand (%[msk]), %%" T ", %%" T "\n\t"                       \
+  "vpsubb %%" T ", %%" B ", %%" B "\n\t"
+#define KX_PR_RECOVER(A, B) KX_PAIR_RECOVER(A, B, "ymm15")
 #define KX_PR_REC(L0, L1, H0, H1) KX_PR_RECOVER(L0, H0) KX_PR_RECOVER(L1, H1)
 // Slot j's recovered counters widened into the sums of pixels 2j, 2j + 1 (ymm15 zero).
 #define KX_PR_WIDEN(L0, L1, H0, H1, OP, OQ)                                      \
