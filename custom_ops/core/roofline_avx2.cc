@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "custom_ops/core/roofline.h"
 #include "custom_ops/core/xnor_gemm_tile_avx2.h"
@@ -399,10 +400,8 @@ const DualOperands& dual_operands() {
       const int lo = next() & 15, hi = next() & 15;
       o->weights[k][0] = static_cast<std::uint8_t>(lo);
       o->weights[k][1] = static_cast<std::uint8_t>(hi);
-      for (int i = 0; i < 32; ++i) {
-        o->tables[k][i] = static_cast<std::uint8_t>(__builtin_popcount((i & 15) ^ lo) +
-                                                    16 * __builtin_popcount((i & 15) ^ hi));
-      }
+      // The pair tile's table (16 lo + hi) is this table: popcount(i ^ lo) + 16 popcount(i ^ hi).
+      std::memcpy(o->tables[k], kPairTables.v + 32 * (16 * lo + hi), 32);
       for (auto& vector : o->indices[k]) {
         for (auto& e : vector) e = static_cast<std::uint8_t>(next() & 15);
       }
