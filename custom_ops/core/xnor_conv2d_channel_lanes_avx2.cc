@@ -6,10 +6,12 @@
 // store. SAME borders: a padded tap has input bits 0, and the output stage removes what its
 // weights' popcount added (per padding class, or per padded tap).
 // Two tiles (xnor_gemm_tile_avx2.h): the PAIR TABLE tile (the default: 64-channel blocks of
-// weight nibble bytes, the input as pair-table offsets, two output pixels per lookup; see
-// custom_ops/core/README.md) and the nibble-planar 4 x 16 tile (receptive fields too deep for
-// the table tile's uint16 sums, or forced by tests): packed word k of a pixel or filter row
-// becomes planar words 2k (low nibbles) and 2k + 1 (high nibbles), made once per operand.
+// weight nibble bytes, the input as pair-table offsets, two output pixels per lookup, run on
+// two blocks at once, one slot and one 63-step segment at a time, when there are more than 64
+// output channels and uint16 sums; see custom_ops/core/README.md) and the nibble-planar 4 x 16
+// tile (receptive fields too deep for the table tile's uint16 sums, or forced by tests):
+// packed word k of a pixel or filter row becomes planar words 2k (low nibbles) and 2k + 1
+// (high nibbles), made once per operand.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -1153,7 +1155,10 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   const int tile_units = table ? kTableSlots : 4;
   const bool one_tile = total < 512;
   const int block_units = one_tile ? tile_units : (table ? kTableBlock / 2 : kBlock);
-  const ConvTiling tiling = plan_tiling(units, block_units, s.out_c, lanes, kTargetTasks);
+  // With uint16 sums and more than 64 output channels the table tile runs 128 channels (two
+  // 64-channel blocks) per slot (gemm_seg_pair_x128), so tasks take whole pairs of blocks.
+  const bool x128 = table && steps > 63 && s.out_c > kTableLanes;
+  const ConvTiling tiling = plan_tiling(units, block_units, s.out_c, x128 ? 2 * lanes : lanes, kTargetTasks);
   const std::int64_t cost = static_cast<std::int64_t>(block_units) * (table ? 2 : 1) * tiling.oc_chunk * steps;
   // First pixel of unit u (without vertical slots).
   const auto unit_pixel = [&, slots_per_row](std::int64_t u) {
@@ -1258,15 +1263,57 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
         float* const out = output + blk.first * out_c + oc0;
         const std::int32_t* const tp = tap_pop + oc0;
         if (table) {
+          // Slot q's pair-tile input (its pixel's corner in the pair image, or in the vertical one).
+          const auto slot_input = [&](int q) {
+            return static_cast<const std::uint16_t*>(vpair ? blk.slot_base[q] : blk.base[blk.slot_pixel[q]]);
+          };
           if (class_state != nullptr) ensure_class_rows(oc0 / kTableLanes);
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
           const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, vpair ? output + oc0 : out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
+          if constexpr (!kBytes) {
+            // Blocks oc0 and oc0 + 64 at once, segment by segment (63 steps, 8 KB of weights)
+            // over all the block's slots, then the output stage of each block.
+            if (x128 && oc0 + kTableLanes < oc_end) {
+              const int oc1 = oc0 + kTableLanes;
+              if (class_state != nullptr) ensure_class_rows(oc1 / kTableLanes);
+              const TableOutput st1{alpha + oc1, bias + oc1, tap_pop + oc1, oc_pad,
+                                    vpair ? output + oc1 : out + kTableLanes, out_c,
+                                    std::min(kTableLanes, out_c - oc1), flags, oc1};
+              const std::int64_t bstride = static_cast<std::int64_t>(steps) * kTableLanes;
+              alignas(32) __m256i sums0[kMaxBlock * 4], sums1[kMaxBlock * 4];
+              const TableRun* run = table_run_list;
+              const std::uint8_t* wk = wblock;
+              for (bool first = true;; first = false) {
+                const TableRun* const r0 = run;
+                const std::uint8_t* const w0 = wk;
+                for (int k = 0; k < blk.slots; ++k) {
+                  run = r0;
+                  wk = w0;
+                  if (first) {
+                    gemm_seg_pair_x128<true>(slot_input(k), run, wk, bstride, kPairTables.v, sums0 + 8 * k,
+                                             sums1 + 8 * k);
+                  } else {
+                    gemm_seg_pair_x128<false>(slot_input(k), run, wk, bstride, kPairTables.v, sums0 + 8 * k,
+                                              sums1 + 8 * k);
+                  }
+                }
+                if ((run[-1].flags & 2) != 0) break;
+              }
+              if (vpair) {
+                finish_table_tile<false, true>(sums0, blk.slots, blk, 0, st);
+                finish_table_tile<false, true>(sums1, blk.slots, blk, 0, st1);
+              } else {
+                finish_table_tile<false, false>(sums0, blk.slots, blk, 0, st);
+                finish_table_tile<false, false>(sums1, blk.slots, blk, 0, st1);
+              }
+              oc0 += kTableLanes;
+              continue;
+            }
+          }
           for (int s0 = 0; s0 < blk.slots; s0 += kTableSlots) {
             const int ns = std::min(kTableSlots, blk.slots - s0);
             const std::uint16_t* bases[kTableSlots];
-            for (int k = 0; k < ns; ++k) {
-              bases[k] = static_cast<const std::uint16_t*>(vpair ? blk.slot_base[s0 + k] : blk.base[blk.slot_pixel[s0 + k]]);
-            }
+            for (int k = 0; k < ns; ++k) bases[k] = slot_input(s0 + k);
             switch (ns) {
               case 3: gemm_tile_pair_x64<3, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
               case 2: gemm_tile_pair_x64<2, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;

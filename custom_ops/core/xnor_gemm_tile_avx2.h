@@ -368,9 +368,10 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
 #define KX_PR_S1(C) C("p1", "ymm4", "ymm5", "ymm6", "ymm7")
 #define KX_PR_S2(C) C("p2", "ymm8", "ymm9", "ymm10", "ymm11")
 
-// One run (label 2: per run, 1: per 3-step chunk; 4-6: the last 1 or 2 steps). CHUNKS(C)
-// expands C for every slot.
-#define KX_PR_RUN(CHUNKS)                                      \
+// One run (label 2: per run, 1: per 3-step chunk; 4-6: the last 1 or 2 steps), given the
+// text of a 3-, 2- and 1-step chunk. KX_PR_RUN(CHUNKS): CHUNKS(C) expands C for every slot.
+#define KX_PR_RUN(CHUNKS) KX_PR_RUN3(CHUNKS(KX_PR_C3), CHUNKS(KX_PR_C2), CHUNKS(KX_PR_C1))
+#define KX_PR_RUN3(C3, C2, C1)                                 \
   "2:\n\t"                                                     \
   "mov (%[run]), %[off]\n\t"                                   \
   "mov 8(%[run]), %[end]\n\t"                                  \
@@ -379,7 +380,7 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "jge 4f\n\t"                                                 \
   ".p2align 5\n\t"                                             \
   "1:\n\t"                                                     \
-  CHUNKS(KX_PR_C3)                                             \
+  C3                                                           \
   "add $192, %[wk]\n\t"                                        \
   "add $6, %[off]\n\t"                                         \
   "cmp %[lim], %[off]\n\t"                                     \
@@ -390,11 +391,11 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "lea 2(%[off]), %[lim]\n\t"                                  \
   "cmp %[end], %[lim]\n\t"                                     \
   "je 6f\n\t"                                                  \
-  CHUNKS(KX_PR_C2)                                             \
+  C2                                                           \
   "add $128, %[wk]\n\t"                                        \
   "jmp 5f\n\t"                                                 \
   "6:\n\t"                                                     \
-  CHUNKS(KX_PR_C1)                                             \
+  C1                                                           \
   "add $64, %[wk]\n\t"                                         \
   "5:\n\t"
 
@@ -516,6 +517,111 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
 #undef KX_PR_Z3
 }
 
+// PAIR TABLE tile over 128 channels: one slot (pixels p, q as in gemm_tile_pair_x64) and two
+// 64-channel weight blocks, the second `bstride` bytes after the first, for ONE widening
+// segment of the run list: the runs from `run` up to and including the next one flagged 1
+// (widen after). Each table load then serves four vpshufb instead of two, so per 3 steps and
+// 128 channels the loop issues 3 offset loads, 3 table loads and 12 vpshufb (the 3-slot x64
+// tile: 6, 6 and 12 for the same 2 x 128 outputs). As the 128 channels' weights of a whole
+// field (8 bytes per step) may not fit in L1, the caller runs every slot of a pixel block
+// through one segment before the next segment (segment-major), so each 63-step segment's
+// 8 KB of weights is read from L2 once per block.
+// On return `run` is the run after the segment and `wk` the weights of its first step.
+// kFirst: the first segment of the field stores the sums (uint16, layout above TableRun)
+// instead of adding to them. Sums of block 0 at s0 (pixel p at +0, q at +128 bytes), block 1
+// at s1.
+// Registers: L counters ymm0-3 (block 0 channels 0-31, 32-63, block 1 the same), H ymm4-7,
+// chunk sums ymm8-11, table ymm12, temporaries ymm13-14, ymm15 (recovery, then zero).
+#define KX_P2_FIRST                                            \
+  "movzwl (%[p0], %[off]), %%eax\n\t"                          \
+  "vmovdqa (%[tb], %%rax), %%ymm12\n\t"                        \
+  "vpshufb (%[wk]), %%ymm12, %%ymm8\n\t"                       \
+  "vpshufb 32(%[wk]), %%ymm12, %%ymm9\n\t"                     \
+  "vpshufb (%[wk], %[bs]), %%ymm12, %%ymm10\n\t"               \
+  "vpshufb 32(%[wk], %[bs]), %%ymm12, %%ymm11\n\t"
+#define KX_P2_NEXT(IO, WO0, WO1)                               \
+  "movzwl " IO "(%[p0], %[off]), %%eax\n\t"                    \
+  "vmovdqa (%[tb], %%rax), %%ymm12\n\t"                        \
+  "vpshufb " WO0 "(%[wk]), %%ymm12, %%ymm13\n\t"               \
+  "vpaddb %%ymm13, %%ymm8, %%ymm8\n\t"                         \
+  "vpshufb " WO1 "(%[wk]), %%ymm12, %%ymm14\n\t"               \
+  "vpaddb %%ymm14, %%ymm9, %%ymm9\n\t"                         \
+  "vpshufb " WO0 "(%[wk], %[bs]), %%ymm12, %%ymm13\n\t"        \
+  "vpaddb %%ymm13, %%ymm10, %%ymm10\n\t"                       \
+  "vpshufb " WO1 "(%[wk], %[bs]), %%ymm12, %%ymm14\n\t"        \
+  "vpaddb %%ymm14, %%ymm11, %%ymm11\n\t"
+#define KX_P2_SPLIT1(S, L, H)                                  \
+  "vpaddb %%" S ", %%" L ", %%" L "\n\t"                       \
+  "vpsrlw $4, %%" S ", %%" S "\n\t"                            \
+  "vpaddb %%" S ", %%" H ", %%" H "\n\t"
+#define KX_P2_SPLIT                                                                    \
+  KX_P2_SPLIT1("ymm8", "ymm0", "ymm4") KX_P2_SPLIT1("ymm9", "ymm1", "ymm5")            \
+  KX_P2_SPLIT1("ymm10", "ymm2", "ymm6") KX_P2_SPLIT1("ymm11", "ymm3", "ymm7")
+#define KX_P2_C3 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_NEXT("4", "128", "160") KX_P2_SPLIT
+#define KX_P2_C2 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_SPLIT
+#define KX_P2_C1 KX_P2_FIRST KX_P2_SPLIT
+// Counter A (recovered) into the uint16 sums at OFF of S (ymm15 zero): added, or stored.
+#define KX_P2_ADD(A, S, OFF)                                   \
+  "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vpaddw " OFF "(%[" S "]), %%ymm14, %%ymm14\n\t"             \
+  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
+  "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vpaddw " OFF "+32(%[" S "]), %%ymm14, %%ymm14\n\t"          \
+  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+#define KX_P2_PUT(A, S, OFF)                                   \
+  "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
+  "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+#define KX_P2_OUT(W)                                                                   \
+  W("ymm0", "s0", "0") W("ymm1", "s0", "64") W("ymm4", "s0", "128") W("ymm5", "s0", "192") \
+  W("ymm2", "s1", "0") W("ymm3", "s1", "64") W("ymm6", "s1", "128") W("ymm7", "s1", "192")
+#define KX_P2_TEXT(W)                                                                  \
+  "vpxor %%ymm0, %%ymm0, %%ymm0\n\t" "vpxor %%ymm1, %%ymm1, %%ymm1\n\t"                 \
+  "vpxor %%ymm2, %%ymm2, %%ymm2\n\t" "vpxor %%ymm3, %%ymm3, %%ymm3\n\t"                 \
+  "vpxor %%ymm4, %%ymm4, %%ymm4\n\t" "vpxor %%ymm5, %%ymm5, %%ymm5\n\t"                 \
+  "vpxor %%ymm6, %%ymm6, %%ymm6\n\t" "vpxor %%ymm7, %%ymm7, %%ymm7\n\t"                 \
+  KX_PR_RUN3(KX_P2_C3, KX_P2_C2, KX_P2_C1)                                                            \
+  "testb $1, 16(%[run])\n\t"                                                           \
+  "lea 24(%[run]), %[run]\n\t"                                                         \
+  "jz 2b\n\t"                                                                          \
+  KX_PAIR_RECOVER("ymm0", "ymm4", "ymm15") KX_PAIR_RECOVER("ymm1", "ymm5", "ymm15")    \
+  KX_PAIR_RECOVER("ymm2", "ymm6", "ymm15") KX_PAIR_RECOVER("ymm3", "ymm7", "ymm15")    \
+  "vpxor %%ymm15, %%ymm15, %%ymm15\n\t"                                                \
+  KX_P2_OUT(W)
+
+template <bool kFirst>
+__attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_t* base, const TableRun*& run,
+                                                              const std::uint8_t*& wk, std::int64_t bstride,
+                                                              const std::uint8_t* tables, __m256i* s0,
+                                                              __m256i* s1) {
+  std::int64_t off, end, lim;
+  if constexpr (kFirst) {
+    __asm__ volatile(KX_P2_TEXT(KX_P2_PUT)
+                     : KX_PR_OUTS
+                     : [p0] "r"(base), [bs] "r"(bstride), [tb] "r"(tables), [s0] "r"(s0), [s1] "r"(s1),
+                       [msk] "r"(kPairRecoverMask)
+                     : KX_TBL_CLOBBERS);
+  } else {
+    __asm__ volatile(KX_P2_TEXT(KX_P2_ADD)
+                     : KX_PR_OUTS
+                     : [p0] "r"(base), [bs] "r"(bstride), [tb] "r"(tables), [s0] "r"(s0), [s1] "r"(s1),
+                       [msk] "r"(kPairRecoverMask)
+                     : KX_TBL_CLOBBERS);
+  }
+}
+#undef KX_P2_TEXT
+#undef KX_P2_OUT
+#undef KX_P2_PUT
+#undef KX_P2_ADD
+#undef KX_P2_C1
+#undef KX_P2_C2
+#undef KX_P2_C3
+#undef KX_P2_SPLIT
+#undef KX_P2_SPLIT1
+#undef KX_P2_NEXT
+#undef KX_P2_FIRST
+
 #undef KX_PR_ASM
 #undef KX_PR_OUTS
 #undef KX_PR_LOOP
@@ -537,6 +643,7 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
 #undef KX_PR_REC
 #undef KX_PR_RECOVER
 #undef KX_PR_RUN
+#undef KX_PR_RUN3
 #undef KX_PR_S0
 #undef KX_PR_S1
 #undef KX_PR_S2
