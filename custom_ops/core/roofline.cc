@@ -41,6 +41,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   using keras_xnor::internal::roofline_loop_avx2_planar_mixed;
   using keras_xnor::internal::roofline_loop_avx2_registers;
   using keras_xnor::internal::roofline_loop_avx2_pair;
+  using keras_xnor::internal::roofline_loop_avx2_pair128;
   using keras_xnor::internal::roofline_loop_avx2_table;
   using keras_xnor::internal::roofline_loop_scalar;
   const int threads = std::max(1, num_threads);
@@ -77,7 +78,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   if (avx2) {
     loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast,
              roofline_loop_avx2_planar, roofline_loop_avx2_planar_mixed, roofline_loop_avx2_table,
-             roofline_loop_avx2_pair, roofline_loop_avx2_dual};
+             roofline_loop_avx2_pair, roofline_loop_avx2_pair128, roofline_loop_avx2_dual};
   } else {
     loops = {roofline_loop_scalar};
   }

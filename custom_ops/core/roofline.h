@@ -18,11 +18,13 @@
 // nibbles as indices) + byte add per 32 channels, i.e. 2 vector ALU ops per 128 bit-MACs; on
 // Zen 3 it is ~645 G/s per core against ~550 for the planar mixes. A sixth is the PAIR table
 // tile's (gemm_tile_pair_x64, run as is): one vpshufb serves two output pixels (their counts
-// in the two nibbles of each byte), ~935-950 G/s per core on Zen 3. A seventh is the same
+// in the two nibbles of each byte), ~935-950 G/s per core on Zen 3. A seventh runs the same
+// lookup over 128 channels per slot (gemm_seg_pair_x128, the kernel's tile for more than 64
+// output channels, as is), with half the table loads per vpshufb. An eighth is the same
 // table lookup with input and weights swapped (roofline_avx2.cc, "CHANNEL-PAIR"): a table per
 // two output channels, 32 pixels' input nibbles as the indices; ~1000 G/s per core on Zen 3,
-// so it sets the roofline there, though no kernel issues it yet. Otherwise: 64-bit XOR +
-// scalar popcount.
+// where it set the roofline before the seventh existed; no kernel issues it. Otherwise:
+// 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
 // kernel call, so it cannot use a caller's ParallelFor, and it must pin one busy loop per
@@ -54,6 +56,7 @@ double roofline_loop_avx2_planar(long long iterations, unsigned long long* sink)
 double roofline_loop_avx2_planar_mixed(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_table(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink);
+double roofline_loop_avx2_pair128(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_dual(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 

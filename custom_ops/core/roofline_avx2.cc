@@ -364,6 +364,39 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
   return static_cast<double>(done) * 3.0 * 2.0 * 64.0 * 4.0;
 }
 
+// The PAIR table tile over 128 channels (gemm_seg_pair_x128, the kernel's tile for convs with
+// more than 64 output channels, run as is): one slot of two pixels, two 64-channel weight
+// blocks, one 63-step segment per call with the counters' recovery and the uint16 sums added
+// in memory, as in every segment of the kernel but the first. Per 3 steps: 3 offset loads, 3
+// table loads, 12 vpshufb, 8 byte adds and 12 fold ops for 2 x 128 outputs, i.e. half the
+// offset and table loads per vpshufb of the 3-slot x64 tile.
+double roofline_loop_avx2_pair128(long long iterations, unsigned long long* sink) {
+  struct Operands {
+    alignas(64) std::uint8_t weights[2][63 * 64];
+    alignas(64) std::uint16_t offsets[64];
+  };
+  static const Operands* const ops = [] {
+    auto* o = new Operands;
+    OperandRandom next{31415};
+    for (auto& block : o->weights) {
+      for (auto& w : block) w = static_cast<std::uint8_t>(next() & 15);
+    }
+    for (auto& e : o->offsets) e = static_cast<std::uint16_t>((next() & 255) * 32);
+    return o;
+  }();
+  const TableRun segment[1] = {{0, 63 * 2, 3}};
+  alignas(32) __m256i sums[2][8] = {};
+  long long done = 0;
+  while (done < iterations) {
+    const TableRun* run = segment;
+    const std::uint8_t* wk = ops->weights[0];
+    gemm_seg_pair_x128<false>(ops->offsets, run, wk, sizeof(ops->weights[0]), kPairTables.v, sums[0], sums[1]);
+    done += 63;
+  }
+  *sink += static_cast<std::uint64_t>(_mm256_extract_epi16(sums[0][0], 0));
+  return static_cast<double>(done) * 2.0 * 128.0 * 4.0;
+}
+
 // The CHANNEL-PAIR table mix: the pair tile with the roles of input and weights swapped. The
 // table comes from the weights: per step, one 16-byte table for two output channels c, c' (entry
 // i = popcount(i XOR w_c) + 16 * popcount(i XOR w_c'), repeated in both lanes), and the indices
