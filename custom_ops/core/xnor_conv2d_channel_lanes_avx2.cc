@@ -1283,21 +1283,21 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
               alignas(32) __m256i sums0[kMaxBlock * 4], sums1[kMaxBlock * 4];
               const TableRun* run = table_run_list;
               const std::uint8_t* wk = wblock;
-              for (bool first = true;; first = false) {
+              // One segment for every slot; false after the field's last segment.
+              const auto segment = [&](auto first_tag) {
                 const TableRun* const r0 = run;
                 const std::uint8_t* const w0 = wk;
                 for (int k = 0; k < blk.slots; ++k) {
                   run = r0;
                   wk = w0;
-                  if (first) {
-                    gemm_seg_pair_x128<true>(slot_input(k), run, wk, bstride, kPairTables.v, sums0 + 8 * k,
-                                             sums1 + 8 * k);
-                  } else {
-                    gemm_seg_pair_x128<false>(slot_input(k), run, wk, bstride, kPairTables.v, sums0 + 8 * k,
-                                              sums1 + 8 * k);
-                  }
+                  gemm_seg_pair_x128<decltype(first_tag)::value>(slot_input(k), run, wk, bstride, kPairTables.v,
+                                                                 sums0 + 8 * k, sums1 + 8 * k);
                 }
-                if ((run[-1].flags & 2) != 0) break;
+                return (run[-1].flags & 2) == 0;
+              };
+              if (segment(std::true_type())) {
+                while (segment(std::false_type())) {
+                }
               }
               if (vpair) {
                 finish_table_tile<false, true>(sums0, blk.slots, blk, 0, st);

@@ -281,15 +281,16 @@ struct TableRun {
   std::int64_t flags;  // 1: widen after, 2: last
 };
 
-// Byte counts in A widened into the uint16 sums at OFF_LO / OFF_HI (ymm15 zero), A zeroed.
-#define KX_TBL_WIDEN(A, OFF_LO, OFF_HI)                        \
+// Byte counts in A added into the uint16 sums at OFF and OFF + 32 of %[S] (ymm15 zero, ymm14
+// temporary); KX_TBL_WIDEN also zeroes A (the tile's sums at %[sums]).
+#define KX_TBL_ADD(A, S, OFF)                                  \
   "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vpaddw " OFF_LO "(%[sums]), %%ymm14, %%ymm14\n\t"           \
-  "vmovdqa %%ymm14, " OFF_LO "(%[sums])\n\t"                   \
+  "vpaddw " OFF "(%[" S "]), %%ymm14, %%ymm14\n\t"             \
+  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
   "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vpaddw " OFF_HI "(%[sums]), %%ymm14, %%ymm14\n\t"           \
-  "vmovdqa %%ymm14, " OFF_HI "(%[sums])\n\t"                   \
-  "vpxor %%" A ", %%" A ", %%" A "\n\t"
+  "vpaddw " OFF "+32(%[" S "]), %%ymm14, %%ymm14\n\t"          \
+  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+#define KX_TBL_WIDEN(A, OFF) KX_TBL_ADD(A, "sums", OFF) "vpxor %%" A ", %%" A ", %%" A "\n\t"
 #define KX_TBL_ZERO(A) "vpxor %%" A ", %%" A ", %%" A "\n\t"
 #define KX_TBL_CLOBBERS                                                                     \
   "cc", "memory", "rax", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",     \
@@ -413,8 +414,8 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
 #define KX_PR_REC(L0, L1, H0, H1) KX_PR_RECOVER(L0, H0) KX_PR_RECOVER(L1, H1)
 // Slot j's recovered counters widened into the sums of pixels 2j, 2j + 1 (ymm15 zero).
 #define KX_PR_WIDEN(L0, L1, H0, H1, OP, OQ)                                      \
-  KX_TBL_WIDEN(L0, OP "+0", OP "+32") KX_TBL_WIDEN(L1, OP "+64", OP "+96")       \
-  KX_TBL_WIDEN(H0, OQ "+0", OQ "+32") KX_TBL_WIDEN(H1, OQ "+64", OQ "+96")
+  KX_TBL_WIDEN(L0, OP "+0") KX_TBL_WIDEN(L1, OP "+64")                           \
+  KX_TBL_WIDEN(H0, OQ "+0") KX_TBL_WIDEN(H1, OQ "+64")
 #define KX_PR_W0 KX_PR_WIDEN("ymm0", "ymm1", "ymm2", "ymm3", "0", "128")
 #define KX_PR_W1 KX_PR_WIDEN("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
 #define KX_PR_W2 KX_PR_WIDEN("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
@@ -560,14 +561,8 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
 #define KX_P2_C3 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_NEXT("4", "128", "160") KX_P2_SPLIT
 #define KX_P2_C2 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_SPLIT
 #define KX_P2_C1 KX_P2_FIRST KX_P2_SPLIT
-// Counter A (recovered) into the uint16 sums at OFF of S (ymm15 zero): added, or stored.
-#define KX_P2_ADD(A, S, OFF)                                   \
-  "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vpaddw " OFF "(%[" S "]), %%ymm14, %%ymm14\n\t"             \
-  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
-  "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vpaddw " OFF "+32(%[" S "]), %%ymm14, %%ymm14\n\t"          \
-  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+// Counter A (recovered) into the uint16 sums at OFF of S (ymm15 zero): stored (the first
+// segment; the others add, KX_TBL_ADD).
 #define KX_P2_PUT(A, S, OFF)                                   \
   "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
   "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
@@ -603,7 +598,7 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
                        [msk] "r"(kPairRecoverMask)
                      : KX_TBL_CLOBBERS);
   } else {
-    __asm__ volatile(KX_P2_TEXT(KX_P2_ADD)
+    __asm__ volatile(KX_P2_TEXT(KX_TBL_ADD)
                      : KX_PR_OUTS
                      : [p0] "r"(base), [bs] "r"(bstride), [tb] "r"(tables), [s0] "r"(s0), [s1] "r"(s1),
                        [msk] "r"(kPairRecoverMask)
@@ -613,7 +608,6 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 #undef KX_P2_TEXT
 #undef KX_P2_OUT
 #undef KX_P2_PUT
-#undef KX_P2_ADD
 #undef KX_P2_C1
 #undef KX_P2_C2
 #undef KX_P2_C3
@@ -655,6 +649,7 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 #undef KX_PR_FIRST
 
 #undef KX_TBL_WIDEN
+#undef KX_TBL_ADD
 #undef KX_TBL_ZERO
 #undef KX_TBL_CLOBBERS
 
