@@ -9,7 +9,8 @@
 //    128 bit-MACs instead of 8 per 256. Counted in data bits, so it is comparable;
 //  * that planar tile plus 2 scalar XOR + POPCNT chains per step on the idle integer ALUs;
 //  * the table mixes (vpshufb on popcount tables, no XOR): the former one-pixel table tile,
-//    the pair table tile run as is, and the channel-pair mix (tables from the weights).
+//    the pair table tiles run as is (3 slots x 64 channels, and 1 slot x 128 channels), and
+//    the channel-pair mix (tables from the weights).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -336,27 +337,41 @@ struct OperandRandom {
 // memory operands, 4 byte adds and the 6 ops that fold the chunk into the slot's counters; then
 // the counters' recovery and stores once per 63 steps, as in the kernel. Two output pixels per
 // vpshufb: ~950 G bit-MACs/s per core on Zen 3 against ~645 for the one-pixel table mix.
-double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
-  struct Operands {
-    alignas(64) std::uint8_t weights[63 * 64];
-    alignas(64) std::uint16_t offsets[3][64];
-  };
-  static const Operands* const ops = [] {
-    auto* o = new Operands;
+namespace {
+
+// Operands of both pair tile mixes: two 64-channel weight blocks of 63 steps (the x64 tile
+// reads the first) and three slots' pair-table offsets (the x128 tile reads the first).
+struct PairOperands {
+  alignas(64) std::uint8_t weights[2][63 * 64];
+  alignas(64) std::uint16_t offsets[3][64];
+};
+
+const PairOperands& pair_operands() {
+  static const PairOperands* const ops = [] {
+    auto* o = new PairOperands;
     OperandRandom next{12345};
-    for (auto& w : o->weights) w = static_cast<std::uint8_t>(next() & 15);
+    for (auto& block : o->weights) {
+      for (auto& w : block) w = static_cast<std::uint8_t>(next() & 15);
+    }
     for (auto& slot : o->offsets) {
       for (auto& e : slot) e = static_cast<std::uint16_t>((next() & 255) * 32);
     }
     return o;
   }();
-  const std::uint16_t* const bases[3] = {ops->offsets[0], ops->offsets[1], ops->offsets[2]};
+  return *ops;
+}
+
+}  // namespace
+
+double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
+  const PairOperands& ops = pair_operands();
+  const std::uint16_t* const bases[3] = {ops.offsets[0], ops.offsets[1], ops.offsets[2]};
   const TableRun run[1] = {{0, 63 * 2, 2}};
   alignas(32) __m256i counts[12];
   std::uint64_t total = 0;
   long long done = 0;
   while (done < iterations) {
-    gemm_tile_pair_x64<3, true>(bases, run, ops->weights, kPairTables.v, counts);
+    gemm_tile_pair_x64<3, true>(bases, run, ops.weights[0], kPairTables.v, counts);
     total += static_cast<std::uint64_t>(_mm256_extract_epi8(counts[0], 0));
     done += 63;
   }
@@ -371,26 +386,14 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink) {
 // table loads, 12 vpshufb, 8 byte adds and 12 fold ops for 2 x 128 outputs, i.e. half the
 // offset and table loads per vpshufb of the 3-slot x64 tile.
 double roofline_loop_avx2_pair128(long long iterations, unsigned long long* sink) {
-  struct Operands {
-    alignas(64) std::uint8_t weights[2][63 * 64];
-    alignas(64) std::uint16_t offsets[64];
-  };
-  static const Operands* const ops = [] {
-    auto* o = new Operands;
-    OperandRandom next{31415};
-    for (auto& block : o->weights) {
-      for (auto& w : block) w = static_cast<std::uint8_t>(next() & 15);
-    }
-    for (auto& e : o->offsets) e = static_cast<std::uint16_t>((next() & 255) * 32);
-    return o;
-  }();
+  const PairOperands& ops = pair_operands();
   const TableRun segment[1] = {{0, 63 * 2, 3}};
   alignas(32) __m256i sums[2][8] = {};
   long long done = 0;
   while (done < iterations) {
     const TableRun* run = segment;
-    const std::uint8_t* wk = ops->weights[0];
-    gemm_seg_pair_x128<false>(ops->offsets, run, wk, sizeof(ops->weights[0]), kPairTables.v, sums[0], sums[1]);
+    const std::uint8_t* wk = ops.weights[0];
+    gemm_seg_pair_x128<false>(ops.offsets[0], run, wk, sizeof(ops.weights[0]), kPairTables.v, sums[0], sums[1]);
     done += 63;
   }
   *sink += static_cast<std::uint64_t>(_mm256_extract_epi16(sums[0][0], 0));
