@@ -1267,6 +1267,14 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
           const auto slot_input = [&](int q) {
             return static_cast<const std::uint16_t*>(vpair ? blk.slot_base[q] : blk.base[blk.slot_pixel[q]]);
           };
+          // The output stage of slots s0 .. s0 + ns - 1 (pixels listed with vertical slots).
+          const auto finish = [&](const __m256i* tile_sums, int ns, int s0, const TableOutput& o) {
+            if (vpair) {
+              finish_table_tile<kBytes, true>(tile_sums, ns, blk, s0, o);
+            } else {
+              finish_table_tile<kBytes, false>(tile_sums, ns, blk, s0, o);
+            }
+          };
           if (class_state != nullptr) ensure_class_rows(oc0 / kTableLanes);
           const std::uint8_t* wblock = nibble_filter + static_cast<std::int64_t>(oc0 / kTableLanes) * steps * kTableLanes;
           const TableOutput st{alpha + oc0, bias + oc0, tp, oc_pad, vpair ? output + oc0 : out, out_c, std::min(kTableLanes, out_c - oc0), flags, oc0};
@@ -1299,13 +1307,8 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
                 while (segment(std::false_type())) {
                 }
               }
-              if (vpair) {
-                finish_table_tile<false, true>(sums0, blk.slots, blk, 0, st);
-                finish_table_tile<false, true>(sums1, blk.slots, blk, 0, st1);
-              } else {
-                finish_table_tile<false, false>(sums0, blk.slots, blk, 0, st);
-                finish_table_tile<false, false>(sums1, blk.slots, blk, 0, st1);
-              }
+              finish(sums0, blk.slots, 0, st);
+              finish(sums1, blk.slots, 0, st1);
               oc0 += kTableLanes;
               continue;
             }
@@ -1319,11 +1322,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
               case 2: gemm_tile_pair_x64<2, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
               default: gemm_tile_pair_x64<1, kBytes>(bases, table_run_list, wblock, kPairTables.v, sums); break;
             }
-            if (vpair) {
-              finish_table_tile<kBytes, true>(sums, ns, blk, s0, st);
-            } else {
-              finish_table_tile<kBytes, false>(sums, ns, blk, s0, st);
-            }
+            finish(sums, ns, s0, st);
           }
           continue;
         }
