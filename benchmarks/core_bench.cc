@@ -241,7 +241,8 @@ int main(int argc, char** argv) {
       }
     }
   }
-  // Dense layers (batch 1 is a GEMV: bound by streaming the packed weights).
+  // Dense layers (batch 1 is a GEMV: bound by streaming the packed weights; from batch 2 a
+  // prepared filter runs the channel-lane table tile on a 1 x batch image).
   struct DenseCase {
     const char* name;
     int batch, in_f, units;
@@ -249,8 +250,12 @@ int main(int argc, char** argv) {
   const DenseCase dense_cases[] = {
       {"alexnet fc6 9216->4096 N=1", 1, 9216, 4096},
       {"alexnet fc7 4096->4096 N=1", 1, 4096, 4096},
+      {"alexnet fc7 4096->4096 N=4", 4, 4096, 4096},
       {"alexnet fc7 4096->4096 N=16", 16, 4096, 4096},
+      {"alexnet fc7 4096->4096 N=64", 64, 4096, 4096},
+      {"alexnet fc6 9216->4096 N=16", 16, 9216, 4096},
       {"resnet18 fc 512->1000 N=1", 1, 512, 1000},
+      {"resnet18 fc 512->1000 N=16", 16, 512, 1000},
   };
   for (const DenseCase& c : dense_cases) {
     if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
@@ -267,16 +272,26 @@ int main(int argc, char** argv) {
                            bias.data(), true, false, ref.data(), keras_xnor::serial_for,
                            KernelPath::kReference);
     const double ops = static_cast<double>(c.batch) * c.in_f * c.units;
-    for (const std::string& pname : {std::string("avx2"), std::string("portable")}) {
-      if (paths_arg.find(pname) == std::string::npos) continue;
-      const KernelPath path = pname == "avx2" ? KernelPath::kAvx2 : KernelPath::kPortable;
+    // avx2-prep: with a PreparedDenseFilter (the delegate's constant filters).
+    const keras_xnor::PreparedDenseFilter prepared =
+        keras_xnor::prepare_dense_filter(c.in_f, c.units, filter.data());
+    for (const std::string& pname :
+         {std::string("avx2"), std::string("avx2-prep"), std::string("portable")}) {
+      if (("," + paths_arg + ",").find("," + pname + ",") == std::string::npos) continue;
+      const KernelPath path = pname == "portable" ? KernelPath::kPortable : KernelPath::kAvx2;
+      const bool use_prepared = pname == "avx2-prep";
       if (!keras_xnor::kernel_path_available(path)) continue;
       for (int t : thread_counts) {
         Pool pool(t);
         const keras_xnor::ParallelFor pf = pool.parallel_for();
         auto run = [&] {
-          keras_xnor::xnor_dense(c.batch, c.in_f, c.units, input.data(), filter.data(),
-                                 alpha.data(), bias.data(), true, false, out.data(), pf, path);
+          if (use_prepared) {
+            keras_xnor::xnor_dense(c.batch, c.in_f, c.units, input.data(), prepared, alpha.data(),
+                                   bias.data(), true, false, out.data(), pf, path);
+          } else {
+            keras_xnor::xnor_dense(c.batch, c.in_f, c.units, input.data(), filter.data(),
+                                   alpha.data(), bias.data(), true, false, out.data(), pf, path);
+          }
         };
         run();
         double max_err = 0.0;

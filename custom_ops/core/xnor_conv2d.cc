@@ -284,10 +284,11 @@ std::string check_dense_shape(int batch, int in_features, int units) {
   return "";
 }
 
-bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
-                        const PackedWord* filter, const float* alpha, const float* bias,
-                        bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
-                        KernelPath path) {
+namespace {
+
+internal::DenseArgs dense_args(int batch, int in_features, int units, const float* input,
+                               const PackedWord* filter, const float* alpha, const float* bias,
+                               bool use_k, bool relu, float* output) {
   internal::DenseArgs args;
   args.batch = batch;
   args.in_features = in_features;
@@ -299,13 +300,93 @@ bool xnor_dense_checked(int batch, int in_features, int units, const float* inpu
   args.use_k = use_k;
   args.relu = relu;
   args.output = output;
+  return args;
+}
+
+bool run_dense(const internal::DenseArgs& args, const ParallelFor& parallel_for, KernelPath path) {
   return run_path(args, parallel_for, path, internal::dense_avx2, internal::dense_portable,
                   internal::dense_reference);
+}
+
+// The 1x1 conv whose filter layout a dense filter shares.
+Conv2DShape dense_conv_shape(int in_features, int units) {
+  Conv2DShape shape;
+  shape.batch = shape.in_h = shape.in_w = 1;
+  shape.in_c = in_features;
+  shape.out_c = units;
+  shape.k_h = shape.k_w = 1;
+  shape.out_h = shape.out_w = 1;
+  return shape;
+}
+
+}  // namespace
+
+bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
+                        const PackedWord* filter, const float* alpha, const float* bias,
+                        bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                        KernelPath path) {
+  return run_dense(dense_args(batch, in_features, units, input, filter, alpha, bias, use_k, relu,
+                              output),
+                   parallel_for, path);
 }
 
 void xnor_dense(int batch, int in_features, int units, const float* input,
                 const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
                 bool relu, float* output, const ParallelFor& parallel_for, KernelPath path) {
+  if (!xnor_dense_checked(batch, in_features, units, input, filter, alpha, bias, use_k, relu,
+                          output, parallel_for, path)) {
+    throw std::bad_alloc();
+  }
+}
+
+bool PreparedDenseFilter::matches(int in_features, int units) const {
+  return data != nullptr && data->in_c == in_features && data->out_c == units && data->k_h == 1 &&
+         data->k_w == 1;
+}
+
+bool prepare_dense_filter_checked(int in_features, int units, const PackedWord* filter,
+                                  PreparedDenseFilter* prepared, const ParallelFor& parallel_for) {
+  PreparedConv2DFilter conv;
+  const bool done = prepare_conv2d_filter_checked(dense_conv_shape(in_features, units), filter,
+                                                  &conv, parallel_for);
+  prepared->data = std::move(conv.data);
+  return done;
+}
+
+PreparedDenseFilter prepare_dense_filter(int in_features, int units, const PackedWord* filter,
+                                         const ParallelFor& parallel_for) {
+  PreparedDenseFilter out;
+  if (!prepare_dense_filter_checked(in_features, units, filter, &out, parallel_for)) {
+    throw std::bad_alloc();
+  }
+  return out;
+}
+
+bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
+                        const PreparedDenseFilter& filter, const float* alpha, const float* bias,
+                        bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                        KernelPath path) {
+  if (!filter.matches(in_features, units)) {
+    std::fprintf(stderr,
+                 "keras_xnor::xnor_dense: the prepared filter does not match the dense layer "
+                 "(%d input features, %d units); prepare it with these sizes\n",
+                 in_features, units);
+    std::abort();
+  }
+  internal::DenseArgs args = dense_args(batch, in_features, units, input,
+                                        filter.data->packed.data(), alpha, bias, use_k, relu,
+                                        output);
+  args.lanes_filter = filter.data->lanes_filter;
+  args.lanes_tap_pop = filter.data->lanes_tap_pop;
+  args.nibble_filter = filter.data->nibble_filter;
+  args.nibble_tap_pop = filter.data->nibble_tap_pop;
+  return run_dense(args, parallel_for, path);
+}
+
+void xnor_dense(int batch, int in_features, int units, const float* input,
+                const PreparedDenseFilter& filter, const float* alpha, const float* bias,
+                bool use_k, bool relu, float* output, const ParallelFor& parallel_for,
+                KernelPath path) {
   if (!xnor_dense_checked(batch, in_features, units, input, filter, alpha, bias, use_k, relu,
                           output, parallel_for, path)) {
     throw std::bad_alloc();

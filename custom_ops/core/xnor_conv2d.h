@@ -37,7 +37,8 @@
 // fused per tile: by default output channels in vector lanes on a zero-padded input read in
 // place (xnor_conv2d_channel_lanes_avx2.cc: a popcount-table tile, see custom_ops/core/README.md),
 // pixels in lanes over im2col blocks for small outputs (xnor_gemm_{16x4,8x8}_avx2.cc); the
-// dense layer at batch < 8 uses a GEMV kernel (xnor_gemv_1x4_avx2.cc). For every path the
+// dense layer runs as a 1x1 conv on a 1 x batch image from batch 8 (from batch 2 with a
+// PreparedDenseFilter), below that a GEMV kernel (xnor_gemv_1x4_avx2.cc). For every path the
 // float part is (dot * alpha) * K + bias in float32, K summed over taps in (kh, kw) order; the
 // fast paths may differ from the reference in the last bits of K (channel-sum order) only.
 #ifndef KERAS_XNOR_CORE_XNOR_CONV2D_H_
@@ -142,12 +143,49 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input,
 // Validates a dense layer's sizes (all >= 1 and within range). Returns "" or a message.
 std::string check_dense_shape(int batch, int in_features, int units);
 
+// A dense filter prepared once for many calls with the same weights, as PreparedConv2DFilter
+// (the TFLite delegate prepares constant filters at Prepare, the TF op weights it sees twice).
+// On AVX2 CPUs it holds the channel-lane table layout, with which batches of 2 rows or more
+// run as a 1 x batch image on the channel-lane driver; a single row keeps the GEMV on the
+// packed copy. Immutable once made; copies share the data.
+struct PreparedDenseFilter {
+  bool empty() const { return data == nullptr; }
+  // True when a dense layer of these sizes may use it.
+  bool matches(int in_features, int units) const;
+  std::shared_ptr<const internal::PreparedFilterData> data;  // opaque
+};
+
+// Prepares `filter` (layout as for xnor_dense). Precondition: check_dense_shape(1,
+// in_features, units) returned "". Cost: about one call's filter work; uses `parallel_for`.
+PreparedDenseFilter prepare_dense_filter(int in_features, int units, const PackedWord* filter,
+                                         const ParallelFor& parallel_for = serial_for);
+// prepare_dense_filter that returns false (and leaves *prepared empty) instead of throwing
+// when out of memory.
+[[nodiscard]] bool prepare_dense_filter_checked(int in_features, int units,
+                                                const PackedWord* filter,
+                                                PreparedDenseFilter* prepared,
+                                                const ParallelFor& parallel_for = serial_for);
+
 void xnor_dense(int batch, int in_features, int units, const float* input,
                 const PackedWord* filter, const float* alpha, const float* bias, bool use_k,
                 bool relu, float* output, const ParallelFor& parallel_for = serial_for,
                 KernelPath path = KernelPath::kAuto);
 [[nodiscard]] bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
                                       const PackedWord* filter, const float* alpha,
+                                      const float* bias, bool use_k, bool relu, float* output,
+                                      const ParallelFor& parallel_for = serial_for,
+                                      KernelPath path = KernelPath::kAuto);
+
+// xnor_dense with a prepared filter: same results, bit for bit, as with the plain filter.
+// Precondition: !filter.empty() && filter.matches(in_features, units) (checked; aborts with a
+// message otherwise, as it is a programming error).
+void xnor_dense(int batch, int in_features, int units, const float* input,
+                const PreparedDenseFilter& filter, const float* alpha, const float* bias,
+                bool use_k, bool relu, float* output,
+                const ParallelFor& parallel_for = serial_for,
+                KernelPath path = KernelPath::kAuto);
+[[nodiscard]] bool xnor_dense_checked(int batch, int in_features, int units, const float* input,
+                                      const PreparedDenseFilter& filter, const float* alpha,
                                       const float* bias, bool use_k, bool relu, float* output,
                                       const ParallelFor& parallel_for = serial_for,
                                       KernelPath path = KernelPath::kAuto);

@@ -381,15 +381,21 @@ bool conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
 }
 
 bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
-  if (a.batch >= kGemvMaxBatch) {
-    // Enough rows to fill pixel lanes: the dense layer is a 1x1 conv on a 1x1 image.
+  // A prepared table filter serves batches from 2 rows (the channel-lane table tile pairs two
+  // rows per lookup; no transpose to pay per call); without one, batches that fill the
+  // pixel-lane tiles. One row stays on the GEMV, which reads each weight bit once.
+  const bool prepared_table = a.nibble_filter != nullptr;
+  if (a.batch >= (prepared_table ? 2 : kGemvMaxBatch)) {
+    // The dense layer as a 1x1 conv on one 1 x batch image: consecutive rows are neighbouring
+    // pixels of one image row, which the channel-lane table tile pairs (a batch of 1x1 images
+    // would leave every pixel without a partner). K of a 1x1 conv is the pixel's mean |x|.
     ConvArgs c;
-    c.shape.batch = a.batch;
-    c.shape.in_h = c.shape.in_w = 1;
+    c.shape.batch = 1;
+    c.shape.in_h = c.shape.out_h = 1;
+    c.shape.in_w = c.shape.out_w = a.batch;
     c.shape.in_c = a.in_features;
     c.shape.out_c = a.units;
     c.shape.k_h = c.shape.k_w = 1;
-    c.shape.out_h = c.shape.out_w = 1;
     c.input = a.input;
     c.filter = a.filter;
     c.alpha = a.alpha;
@@ -397,7 +403,12 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
     c.use_k = a.use_k;
     c.relu = a.relu;
     c.output = a.output;
-    return conv2d_avx2(c, parallel_for);
+    c.lanes_filter = a.lanes_filter;
+    c.lanes_tap_pop = a.lanes_tap_pop;
+    c.nibble_filter = a.nibble_filter;
+    c.nibble_tap_pop = a.nibble_tap_pop;
+    return conv2d_avx2_driver(c, parallel_for,
+                              prepared_table ? Avx2Driver::kChannelLanes : Avx2Driver::kAuto);
   }
   // GEMV: each unit quad streams its weight rows once per input row.
   const int words = packed_words(a.in_features);

@@ -66,6 +66,13 @@ struct DenseArgs {
   bool use_k = false;
   bool relu = false;
   float* output = nullptr;
+  // Optional, from a PreparedDenseFilter: its 1x1 conv filter layouts (as in ConvArgs). With
+  // the table layout, batches of 2 or more run as one 1 x batch image on the channel-lane
+  // driver, as no call transposes the filter.
+  const std::uint32_t* lanes_filter = nullptr;
+  const std::int32_t* lanes_tap_pop = nullptr;
+  const std::uint8_t* nibble_filter = nullptr;
+  const std::int32_t* nibble_tap_pop = nullptr;
 };
 
 // The oracle: plain loops, no blocking, serial (ignores parallel_for). Its buffers are

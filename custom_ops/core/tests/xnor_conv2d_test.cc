@@ -443,8 +443,12 @@ void test_invalid_shapes() {
 
 void test_dense(Rng& rng) {
   for (int t = 0; t < 120; ++t) {
-    // Small batches take the GEMV kernels, >= 8 rows the conv machinery.
-    const int batch = uniform_int(rng, 0, 1) ? uniform_int(rng, 1, 5) : uniform_int(rng, 6, 20);
+    // Small batches take the GEMV kernels, >= 8 rows the conv machinery (>= 32 its channel-lane
+    // driver; with a prepared filter >= 2 rows).
+    const int size_class = uniform_int(rng, 0, 2);
+    const int batch = size_class == 0 ? uniform_int(rng, 1, 5)
+                      : size_class == 1 ? uniform_int(rng, 6, 20)
+                                        : uniform_int(rng, 21, 70);
     const int in_f = uniform_int(rng, 0, 2) == 0 ? pick(rng, {1, 31, 32, 33, 64, 256, 257, 1000, 4096})
                                                  : uniform_int(rng, 1, 700);
     const int units = uniform_int(rng, 1, 70);
@@ -457,7 +461,11 @@ void test_dense(Rng& rng) {
     std::uniform_real_distribution<float> ua(0.05f, 2.0f), ub(-3.0f, 3.0f);
     for (int u = 0; u < units; ++u) { alpha[u] = ua(rng); bias[u] = ub(rng); }
     const bool use_k = uniform_int(rng, 0, 1), relu = uniform_int(rng, 0, 1), with_bias = uniform_int(rng, 0, 1);
-    std::vector<float> serial_out;
+    const PreparedDenseFilter prepared = prepare_dense_filter(in_f, units, filter.data(), odd_split_for);
+    KX_CHECK(!prepared.empty() && prepared.matches(in_f, units), "prepared dense filter does not match");
+    KX_CHECK(!prepared.matches(in_f + 1, units) && !prepared.matches(in_f, units + 1) &&
+                 !PreparedDenseFilter().matches(in_f, units),
+             "PreparedDenseFilter::matches too lax");
     for (KernelPath path : available_paths()) {
       std::vector<float> out(static_cast<std::size_t>(batch) * units + 4, 777.0f);
       xnor_dense(batch, in_f, units, x.data(), filter.data(), alpha.data(),
@@ -486,6 +494,13 @@ void test_dense(Rng& rng) {
                    with_bias ? bias.data() : nullptr, use_k, relu, other.data(), pf, path);
         KX_CHECK(std::memcmp(other.data(), out.data(), out.size() * sizeof(float)) == 0,
                  "[%s] dense split changes the result", path_name(path));
+        // The prepared filter gives the same bits, whatever the split.
+        std::vector<float> from_prepared(out.size(), 777.0f);
+        xnor_dense(batch, in_f, units, x.data(), prepared, alpha.data(),
+                   with_bias ? bias.data() : nullptr, use_k, relu, from_prepared.data(), pf, path);
+        KX_CHECK(std::memcmp(from_prepared.data(), out.data(), out.size() * sizeof(float)) == 0,
+                 "[%s] dense N=%d in=%d units=%d: the prepared filter changes the result",
+                 path_name(path), batch, in_f, units);
       }
     }
   }
@@ -538,6 +553,10 @@ void test_out_of_memory(Rng& rng) {
   KX_CHECK(!prepare_conv2d_filter_checked(deep, w.data(), &prepared),
            "a 2^50-word filter must report out of memory");
   KX_CHECK(prepared.empty(), "a failed prepare leaves the filter empty");
+  PreparedDenseFilter dense_prepared;
+  KX_CHECK(!prepare_dense_filter_checked(1 << 24, 1 << 24, w.data(), &dense_prepared),
+           "a 2^43-word dense filter must report out of memory");
+  KX_CHECK(dense_prepared.empty(), "a failed dense prepare leaves the filter empty");
   // A normal problem still runs (the scratch kept its old buffers) and is exact.
   Conv2DShape s;
   s.batch = 1;
