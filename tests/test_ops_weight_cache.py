@@ -1,6 +1,6 @@
-"""Weights packed once: KerasXnorPackFilter and the conv op's prepared-filter cache.
+"""Weights packed once: KerasXnorPackFilter and the conv and dense ops' prepared-filter caches.
 
-Both ops remember what they derived from a weight buffer (custom_ops/tf/held_tensor_cache.h)
+The ops remember what they derived from a weight buffer (custom_ops/tf/held_tensor_cache.h)
 and reuse it while TensorFlow hands them the same, unchanged buffer. These tests pin the two
 halves of that contract: (1) unchanged weights are not packed again (the op returns the very
 tensor it made before), and (2) every way the weights can change (assign, assign_add/sub, an
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def work_counts():
-    """(filters packed, conv filters prepared) so far in this process, from the op library."""
+    """(filters packed, filters prepared) so far in this process, from the op library."""
     ops.load_ops()
     lib = ctypes.CDLL(ops.library_path())  # the already loaded library: same counters
     counts = []
@@ -157,6 +157,35 @@ def test_conv_prepared_filter_follows_an_int32_variable(graph):
             np.testing.assert_allclose(
                 y.numpy(), conv_reference(x, packed, alpha, bias, c).numpy(), rtol=1e-5,
                 atol=1e-5)
+    assert prepares() - start == 2  # once per filter value, not once per call
+
+
+def dense(x, packed, alpha, bias, in_channels):
+    return ops.load_ops().keras_xnor_bin_dense(
+        x, packed, alpha, bias, in_channels=in_channels, use_k=True, relu=False)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_dense_prepared_filter_follows_an_int32_variable(graph, batch):
+    # From the 2nd call the op runs on a PreparedDenseFilter: batches of 2 rows or more on the
+    # channel-lane table tile, one row on the GEMV. Every result must equal the reference.
+    rng = np.random.default_rng(batch)
+    c, o = 333, 70
+    x = tf.constant(rng.standard_normal((batch, c)).astype(np.float32))
+    alpha = tf.constant(rng.uniform(0.5, 1.0, o).astype(np.float32))
+    bias = tf.constant(rng.standard_normal(o).astype(np.float32))
+    packed = tf.Variable(ops.pack_bits(rng.standard_normal((o, c))))
+    run = tf.function(dense) if graph else dense
+    start = prepares()
+    for step in range(4):  # the 1st call remembers the filter, the 2nd prepares it
+        if step == 3:
+            packed.assign(ops.pack_bits(rng.standard_normal((o, c))))
+        want = ops.bin_dense_reference(
+            x, packed, alpha, bias, in_channels=c, use_k=True, relu=False).numpy()
+        for _ in range(3):
+            np.testing.assert_allclose(run(x, packed, alpha, bias, c).numpy(), want, rtol=1e-5,
+                                       atol=1e-5)
     assert prepares() - start == 2  # once per filter value, not once per call
 
 

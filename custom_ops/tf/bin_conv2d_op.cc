@@ -20,7 +20,7 @@
 // (held_tensor_cache.h): inference on a constant or an unchanged variable (through
 // KerasXnorPackFilter, which returns the same packed tensor while the weights are unchanged)
 // prepares once, while a filter that is new at every call (training) never pays for it.
-// Kernels given the same filter buffer share one prepared copy (shared_filters()).
+// Kernels given the same filter buffer share one prepared copy (prepared_filters()).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -40,14 +40,6 @@ namespace {
 constexpr tf_adapter::OperandNouns kNouns = {"channels", "tap", "filter"};
 // Filter buffers remembered per kernel (eager mode shares a kernel between layers).
 constexpr int kFilterCacheEntries = 8;
-
-// Prepared filters held by any kernel, by filter buffer: kernels given the same weights (eager
-// and graph calls of one layer, several functions, a chain of nodes) share one prepared copy,
-// which also keeps it warm in the CPU caches.
-tf_adapter::WeakTensorIndex<const internal::PreparedFilterData>& shared_filters() {
-  static auto* index = new tf_adapter::WeakTensorIndex<const internal::PreparedFilterData>;
-  return *index;
-}
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
@@ -207,24 +199,12 @@ class BinConv2DOp : public OpKernel {
     if (empty_batch) return;
     const ParallelFor parallel_for = tf_adapter::parallel_for_from(context);
     const PackedWord* filter_data = filter.flat<PackedWord>().data();
-    // Seen before: prepare (second sighting) or reuse; first sighting: remember it only.
-    PreparedConv2DFilter prepared;
-    if (filter_cache_.find(filter, &prepared)) {
-      if (!prepared.matches(shape)) {
-        prepared.data = shared_filters().lookup(filter);  // another kernel's, same buffer
-        if (!prepared.matches(shape)) {
-          tf_adapter::count_filter_prepare();
-          // Out of memory for the prepared copy: run on the plain filter (prepared stays
-          // empty and the next call tries again).
-          if (prepare_conv2d_filter_checked(shape, filter_data, &prepared, parallel_for)) {
-            shared_filters().add(filter, prepared.data);
-          }
-        }
-        filter_cache_.insert(filter, prepared);
-      }
-    } else {
-      filter_cache_.insert(filter, PreparedConv2DFilter{});
-    }
+    const PreparedConv2DFilter prepared = tf_adapter::find_or_prepare(
+        &filter_cache_, filter,
+        [&](const PreparedConv2DFilter& p) { return p.matches(shape); },
+        [&](PreparedConv2DFilter* p) {
+          return prepare_conv2d_filter_checked(shape, filter_data, p, parallel_for);
+        });
     const bool done =
         prepared.empty()
             ? xnor_conv2d_checked(shape, input.flat<float>().data(), filter_data,

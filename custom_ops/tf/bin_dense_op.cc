@@ -10,11 +10,16 @@
 //
 // Attributes (also the TFLite custom op's FlexBuffer keys; spec.h): in_channels, use_k, relu.
 // Every malformed input is an InvalidArgument error. The gradient is registered in Python.
+//
+// Filter preparation as in KerasXnorBinConv2D: a filter buffer seen twice (inference) gets a
+// PreparedDenseFilter, with which batches of 2 rows or more run on the channel-lane table
+// tile; a filter new at every call (training) runs on the plain filter.
 #include <cstdint>
 #include <string>
 
 #include "custom_ops/core/spec.h"
 #include "custom_ops/core/xnor_conv2d.h"
+#include "custom_ops/tf/held_tensor_cache.h"
 #include "custom_ops/tf/tf_adapter.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -25,6 +30,8 @@ namespace keras_xnor {
 namespace {
 
 constexpr tf_adapter::OperandNouns kNouns = {"features", "unit", "unit"};
+// Filter buffers remembered per kernel (eager mode shares a kernel between layers).
+constexpr int kFilterCacheEntries = 8;
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
@@ -73,7 +80,8 @@ absl::Status bin_dense_shape(InferenceContext* c) {
 
 class BinDenseOp : public OpKernel {
  public:
-  explicit BinDenseOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit BinDenseOp(OpKernelConstruction* context)
+      : OpKernel(context), filter_cache_(kFilterCacheEntries) {
     OP_REQUIRES_OK(context, read_attrs(context, &attrs_));
   }
 
@@ -109,11 +117,27 @@ class BinDenseOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(
                                 0, TensorShape({input.dim_size(0), units}), &output));
     if (input.dim_size(0) == 0) return;
-    const bool done = xnor_dense_checked(
-        static_cast<int>(input.dim_size(0)), in_channels, static_cast<int>(units),
-        input.flat<float>().data(), filter.flat<PackedWord>().data(), alpha.flat<float>().data(),
-        bias.flat<float>().data(), attrs_.use_k, attrs_.relu, output->flat<float>().data(),
-        tf_adapter::parallel_for_from(context));
+    const int batch = static_cast<int>(input.dim_size(0));
+    const ParallelFor parallel_for = tf_adapter::parallel_for_from(context);
+    const PackedWord* filter_data = filter.flat<PackedWord>().data();
+    const PreparedDenseFilter prepared = tf_adapter::find_or_prepare(
+        &filter_cache_, filter,
+        [&](const PreparedDenseFilter& p) { return p.matches(in_channels, static_cast<int>(units)); },
+        [&](PreparedDenseFilter* p) {
+          return prepare_dense_filter_checked(in_channels, static_cast<int>(units), filter_data, p,
+                                              parallel_for);
+        });
+    const bool done =
+        prepared.empty()
+            ? xnor_dense_checked(batch, in_channels, static_cast<int>(units),
+                                 input.flat<float>().data(), filter_data,
+                                 alpha.flat<float>().data(), bias.flat<float>().data(),
+                                 attrs_.use_k, attrs_.relu, output->flat<float>().data(),
+                                 parallel_for)
+            : xnor_dense_checked(batch, in_channels, static_cast<int>(units),
+                                 input.flat<float>().data(), prepared, alpha.flat<float>().data(),
+                                 bias.flat<float>().data(), attrs_.use_k, attrs_.relu,
+                                 output->flat<float>().data(), parallel_for);
     OP_REQUIRES(context, done,
                 tf_adapter::resource_exhausted(
                     op, ": out of memory for the work buffers of the dense layer (input ",
@@ -122,6 +146,7 @@ class BinDenseOp : public OpKernel {
 
  private:
   DenseAttrs attrs_;
+  tf_adapter::HeldTensorCache<PreparedDenseFilter> filter_cache_;
 };
 
 std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }

@@ -17,6 +17,11 @@ std::atomic<std::int64_t> filter_prepares{0};
 void count_filter_pack() { filter_packs.fetch_add(1, std::memory_order_relaxed); }
 void count_filter_prepare() { filter_prepares.fetch_add(1, std::memory_order_relaxed); }
 
+WeakTensorIndex<const internal::PreparedFilterData>& prepared_filters() {
+  static auto* index = new WeakTensorIndex<const internal::PreparedFilterData>;
+  return *index;
+}
+
 }  // namespace tf_adapter
 }  // namespace keras_xnor
 
@@ -25,7 +30,7 @@ extern "C" __attribute__((visibility("default"))) std::int64_t keras_xnor_tf_fil
   return keras_xnor::tf_adapter::filter_packs.load();
 }
 
-// Conv filters prepared by KerasXnorBinConv2D so far.
+// Filters prepared by KerasXnorBinConv2D and KerasXnorBinDense so far.
 extern "C" __attribute__((visibility("default"))) std::int64_t keras_xnor_tf_filter_prepares() {
   return keras_xnor::tf_adapter::filter_prepares.load();
 }

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "custom_ops/core/xnor_conv2d.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace keras_xnor {
@@ -149,6 +150,42 @@ class WeakTensorIndex {
   absl::Mutex mu_;
   std::vector<Entry> entries_;
 };
+
+// Prepared filters held by any kernel, by filter buffer (the conv and the dense op's): kernels
+// given the same weights (eager and graph calls of one layer, several functions, a chain of
+// nodes) share one prepared copy, which also keeps it warm in the CPU caches.
+WeakTensorIndex<const internal::PreparedFilterData>& prepared_filters();
+
+// The prepared form of a filter (PreparedConv2DFilter, PreparedDenseFilter) for a kernel's
+// cache and prepared_filters(): a buffer seen for the first
+// time is only remembered (training gives a new one every step, which never pays for
+// preparing); at its second sighting the filter is prepared, or another kernel's preparation
+// of the same buffer reused, and cached. matches(p) tells whether p fits this call's sizes;
+// prepare(&p) makes p and returns false when out of memory (p then stays empty, the caller
+// runs on the plain filter and the next call tries again). Returns an empty value when the
+// call should use the plain filter.
+template <typename Prepared, typename Matches, typename Prepare>
+Prepared find_or_prepare(HeldTensorCache<Prepared>* cache, const tensorflow::Tensor& filter,
+                         const Matches& matches, const Prepare& prepare) {
+  auto* index = &prepared_filters();
+  Prepared prepared;
+  if (!cache->find(filter, &prepared)) {
+    cache->insert(filter, Prepared{});
+    return Prepared{};
+  }
+  if (matches(prepared)) return prepared;
+  prepared.data = index->lookup(filter);  // another kernel's, same buffer
+  if (!matches(prepared)) {
+    count_filter_prepare();
+    if (prepare(&prepared)) {
+      index->add(filter, prepared.data);
+    } else {
+      prepared = Prepared{};
+    }
+  }
+  cache->insert(filter, prepared);
+  return prepared;
+}
 
 }  // namespace tf_adapter
 }  // namespace keras_xnor
