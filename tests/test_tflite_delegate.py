@@ -67,6 +67,21 @@ def test_partition_with_internal_tensor_matches_keras(two_conv_model):
     np.testing.assert_allclose(got, model(x, training=False).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_dense_layers_match_keras_at_every_batch_size():
+    # Constant dense filters are prepared at Prepare: one row runs on the GEMV, two or more on
+    # the channel-lane table tile as a 1 x batch image. Resizing the batch re-prepares nothing.
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((300,))
+    x = keras_xnor.BinDense(70)(inp)
+    model = keras.Model(inp, keras_xnor.BinDense(33)(x))
+    interpreter = Interpreter(model_content=convert(model), num_threads=2)
+    rng = np.random.default_rng(12)
+    for batch in (1, 2, 7, 40, 3):
+        x = rng.standard_normal((batch, 300)).astype(np.float32)
+        np.testing.assert_allclose(_run(interpreter, x), model(x, training=False).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_without_delegate_the_error_says_how_to_load_it(model_file):
     with pytest.raises(RuntimeError) as info:
         interpreter = Interpreter(model_path=model_file, use_delegate=False)

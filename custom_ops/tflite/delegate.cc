@@ -20,8 +20,9 @@
 //     optional), output f32 [N,U]; options use_k, relu, in_channels (optional check).
 //   KerasXnorPackBits input f32 [..., C] -> output i32 [..., words]; no options needed.
 // The adapter validates and translates only: all arithmetic is in keras_xnor::xnor_conv2d,
-// xnor_dense and pack_bits. A conv whose filter is a constant (read-only) tensor gets it
-// prepared once in Prepare (keras_xnor::prepare_conv2d_filter), so Invoke does no filter work.
+// xnor_dense and pack_bits. A conv or dense layer whose filter is a constant (read-only)
+// tensor gets it prepared once in Prepare (keras_xnor::prepare_conv2d_filter,
+// prepare_dense_filter), so Invoke does no filter work.
 //
 // Runtime facts this relies on (TF 2.21 / LiteRT 2.3): the delegate sets
 // kDelegateFlagsAllowDynamicTensors so the runtime does not prepare the unresolved custom ops
@@ -115,9 +116,10 @@ struct NodeSpec {
   bool use_k = false, relu = false;
   // Resolved in Prepare.
   Conv2DShape shape;
-  // Conv with a constant filter: prepared once in Prepare (no filter work per Invoke), valid
-  // while the filter tensor's data pointer is prepared_from.
+  // Conv or dense layer with a constant filter: prepared once in Prepare (no filter work per
+  // Invoke), valid while the filter tensor's data pointer is prepared_from.
   PreparedConv2DFilter prepared;
+  PreparedDenseFilter prepared_dense;
   const void* prepared_from = nullptr;
   int batch = 0, in_features = 0, units = 0;  // dense
   std::int64_t pack_rows = 0;                 // pack bits
@@ -153,6 +155,11 @@ struct Partition {
   std::string error;  // set by init, reported by prepare (init cannot fail)
   ThreadPool* pool = nullptr;
 };
+
+// The partition's pool as the core's parallel-for (serial before the pool exists).
+ParallelFor parallel_for_of(const Partition* partition) {
+  return partition->pool != nullptr ? partition->pool->as_parallel_for() : serial_for;
+}
 
 std::string node_prefix(const NodeSpec& node) {
   return std::string("keras-xnor delegate: node ") + std::to_string(node.node_index) + " (" +
@@ -278,6 +285,25 @@ std::string check_scales(abi::Context* context, Partition* partition, const Node
   return "";
 }
 
+// A read-only (constant) filter is prepared in Prepare, once: Invoke then does no filter work.
+// A re-Prepare (input resize) keeps a preparation that still matches (matches(*prepared)).
+// prepare(prepared) returns false when out of memory: Invoke then runs on the plain filter.
+template <typename Prepared, typename Matches, typename Prepare>
+void prepare_constant_filter(abi::Context* context, Partition* partition, NodeSpec* node,
+                             const TensorView& filter, Prepared* prepared, const Matches& matches,
+                             const Prepare& prepare) {
+  const int index = node->inputs[1];
+  const bool constant = partition->internal.count(index) == 0 &&
+                        (context->tensors[index].allocation_type == abi::kMmapRo ||
+                         context->tensors[index].allocation_type == abi::kPersistentRo);
+  if (!constant || filter.data == nullptr) {
+    *prepared = Prepared();
+    node->prepared_from = nullptr;
+  } else if (!matches(*prepared) || node->prepared_from != filter.data) {
+    node->prepared_from = prepare(prepared) ? filter.data : nullptr;
+  }
+}
+
 // Validates a node's inputs and computes its output shape.
 std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* node,
                          std::vector<int>* out_dims, int* out_type) {
@@ -334,21 +360,13 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
     if (!(error = check_scales(context, partition, *node, shape.out_c)).empty()) return error;
     if (!(error = resolve_conv2d_shape(&shape)).empty()) return error;
     *out_dims = {shape.batch, shape.out_h, shape.out_w, shape.out_c};
-    // A read-only (constant) filter is prepared here, once: Invoke then does no filter work.
-    // A re-Prepare (input resize) keeps a preparation that still matches.
-    const bool constant = partition->internal.count(node->inputs[1]) == 0 &&
-                          (context->tensors[node->inputs[1]].allocation_type == abi::kMmapRo ||
-                           context->tensors[node->inputs[1]].allocation_type == abi::kPersistentRo);
-    if (!constant || filter.data == nullptr) {
-      node->prepared = PreparedConv2DFilter();
-      node->prepared_from = nullptr;
-    } else if (!node->prepared.matches(shape) || node->prepared_from != filter.data) {
-      // Out of memory for the prepared copy: Invoke runs on the plain filter instead.
-      const bool prepared = prepare_conv2d_filter_checked(
-          shape, static_cast<const PackedWord*>(filter.data), &node->prepared,
-          partition->pool != nullptr ? partition->pool->as_parallel_for() : serial_for);
-      node->prepared_from = prepared ? filter.data : nullptr;
-    }
+    prepare_constant_filter(
+        context, partition, node, filter, &node->prepared,
+        [&](const PreparedConv2DFilter& p) { return p.matches(shape); },
+        [&](PreparedConv2DFilter* p) {
+          return prepare_conv2d_filter_checked(shape, static_cast<const PackedWord*>(filter.data),
+                                               p, parallel_for_of(partition));
+        });
   } else {
     if (!(error = expect(input, "input", abi::kFloat32, 2)).empty()) return error;
     if (!(error = expect(filter, "filter", abi::kInt32, 2)).empty()) return error;
@@ -367,6 +385,14 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
     }
     if (!(error = check_scales(context, partition, *node, node->units)).empty()) return error;
     *out_dims = {node->batch, node->units};
+    prepare_constant_filter(
+        context, partition, node, filter, &node->prepared_dense,
+        [&](const PreparedDenseFilter& p) { return p.matches(node->in_features, node->units); },
+        [&](PreparedDenseFilter* p) {
+          return prepare_dense_filter_checked(node->in_features, node->units,
+                                              static_cast<const PackedWord*>(filter.data), p,
+                                              parallel_for_of(partition));
+        });
   }
   *out_type = abi::kFloat32;
   return "";
@@ -556,6 +582,11 @@ int kernel_invoke(abi::Context* context, abi::Node* kernel_node) {
                                  static_cast<const PackedWord*>(filter.data),
                                  static_cast<const float*>(alpha.data), bias, node.use_k,
                                  node.relu, static_cast<float*>(output.data), parallel_for, path);
+    } else if (!node.prepared_dense.empty() && node.prepared_from == filter.data) {
+      done = xnor_dense_checked(node.batch, node.in_features, node.units,
+                                static_cast<const float*>(input.data), node.prepared_dense,
+                                static_cast<const float*>(alpha.data), bias, node.use_k,
+                                node.relu, static_cast<float*>(output.data), parallel_for, path);
     } else {
       done = xnor_dense_checked(node.batch, node.in_features, node.units,
                                 static_cast<const float*>(input.data),
