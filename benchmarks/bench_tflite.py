@@ -3,13 +3,15 @@
 For XNOR-ResNet-18 and XNOR-AlexNet at 224x224 (first and last layers full precision, from
 keras_xnor.models) against the same architectures in float, measured in one run on this machine:
 
-* latency of one image (batch 1), median and min of N invokes after warm-up, at 1 and 2
-  threads (the delegate's pool and XNNPACK get the same thread count); the contenders' invokes
-  are interleaved so that they see the same machine load;
+* latency of one invoke on a batch of images (1 by default, ``--batch N``: the binary dense
+  layers then run as GEMMs), median and min of N invokes after warm-up, at 1 and 2 threads
+  (the delegate's pool and XNNPACK get the same thread count); the contenders' invokes are
+  interleaved so that they see the same machine load;
 * .tflite file sizes: float32 baseline, XNOR with float32 float layers, XNOR with float16
   float-layer weights (``convert(..., float_weights="float16")``).
 
 Usage: python benchmarks/bench_tflite.py [--json PATH] [--runs N] [--models resnet18,alexnet]
+                                          [--threads 1,2] [--batch N]
 Not a test: it prints and saves numbers, it asserts nothing about time.
 """
 
@@ -26,14 +28,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
+def _feed(interpreter, x):
+    """Sizes the input for x when it differs (the float model's batch), allocates, sets x."""
+    details = interpreter.get_input_details()[0]
+    index = details["index"]
+    if tuple(details["shape"]) != x.shape:
+        interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+
+
 def _latencies(interpreters, x, runs, warmup=3, settle=1):
     """Median/min ms of one invoke for each interpreter, runs interleaved round-robin so that
     every contender sees the same machine load (the box may be shared). Each turn first makes
     `settle` untimed invokes: thread pools (XNNPACK's, the delegate's) spin for a while after
     their work, and a contender timed right after another would share the cores with them."""
     for interpreter in interpreters.values():
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        _feed(interpreter, x)
         for _ in range(warmup):
             interpreter.invoke()
     times = {name: [] for name in interpreters}
@@ -59,8 +70,7 @@ def _delegate_share(model_content, x, runs, threads):
 
     interpreter = Interpreter(model_content=model_content, num_threads=threads,
                               delegate_profile=True)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    _feed(interpreter, x)
     start = time.perf_counter()
     for _ in range(runs):  # every invoke is profiled: compare the same invokes' totals
         interpreter.invoke()
@@ -105,20 +115,20 @@ def _randomize_batch_norms(model, rng):
                                rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
 
 
-def bench_arch(arch, runs, threads_list, rng):
+def bench_arch(arch, runs, threads_list, rng, batch=1):
     from ai_edge_litert import interpreter as litert  # noqa: PLC0415
 
     from keras_xnor import models  # noqa: PLC0415
     from keras_xnor.tflite_export import Interpreter, builtin_op_names, convert  # noqa: PLC0415
 
-    result = {"arch": arch}
+    result = {"arch": arch, "batch": batch}
     xnor = _build(models, arch, "xnor")
     flt = _build(models, arch, "float")
     _randomize_batch_norms(xnor, rng)
     _randomize_batch_norms(flt, rng)
     t = time.time()
-    xnor_bytes = convert(xnor, batch_size=1)
-    xnor16_bytes = convert(xnor, batch_size=1, float_weights="float16")
+    xnor_bytes = convert(xnor, batch_size=batch)
+    xnor16_bytes = convert(xnor, batch_size=batch, float_weights="float16")
     float_bytes = _float_tflite(flt)
     result["convert_s"] = time.time() - t
     names = builtin_op_names(xnor_bytes)
@@ -127,12 +137,11 @@ def bench_arch(arch, runs, threads_list, rng):
                             "xnor_fp16_float_layers": len(xnor16_bytes)}
     result["size_ratio"] = {"xnor": len(float_bytes) / len(xnor_bytes),
                             "xnor_fp16_float_layers": len(float_bytes) / len(xnor16_bytes)}
-    x = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
+    x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
     # Sanity: the delegate path computes what Keras computes.
     keras_out = xnor(x, training=False).numpy()
     check = Interpreter(model_content=xnor_bytes, num_threads=2)
-    check.allocate_tensors()
-    check.set_tensor(check.get_input_details()[0]["index"], x)
+    _feed(check, x)
     check.invoke()
     tfl_out = check.get_tensor(check.get_output_details()[0]["index"])
     result["max_abs_diff_vs_keras"] = float(np.abs(tfl_out - keras_out).max())
@@ -161,7 +170,10 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--models", default="resnet18,alexnet")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batch", type=int, default=1, help="images per invoke")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
     rng = np.random.default_rng(0)
     threads_list = [int(t) for t in args.threads.split(",")]
     from keras_xnor.tflite_export import _interpreter  # noqa: PLC0415
@@ -173,14 +185,15 @@ def main(argv=None):
     described = json.loads(lib.keras_xnor_delegate_describe().decode())
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "load_average_at_start": os.getloadavg(),
-              "delegate_kernel": described.get("kernel"), "runs": args.runs, "results": []}
+              "delegate_kernel": described.get("kernel"), "runs": args.runs,
+              "batch": args.batch, "results": []}
     for arch in args.models.split(","):
-        result = bench_arch(arch.strip(), args.runs, threads_list, rng)
+        result = bench_arch(arch.strip(), args.runs, threads_list, rng, args.batch)
         report["results"].append(result)
         sizes = result["size_bytes"]
-        print("%s: file float %.1f MB, xnor %.2f MB (%.1fx), xnor+fp16 float layers %.2f MB "
+        print("%s (batch %d): file float %.1f MB, xnor %.2f MB (%.1fx), xnor+fp16 float layers %.2f MB "
               "(%.1fx); max |tflite - keras| %.2g (outputs up to %.3g)"
-              % (arch, sizes["float"] / 1e6, sizes["xnor"] / 1e6, result["size_ratio"]["xnor"],
+              % (arch, args.batch, sizes["float"] / 1e6, sizes["xnor"] / 1e6, result["size_ratio"]["xnor"],
                  sizes["xnor_fp16_float_layers"] / 1e6,
                  result["size_ratio"]["xnor_fp16_float_layers"],
                  result["max_abs_diff_vs_keras"], result["max_abs_keras_output"]))

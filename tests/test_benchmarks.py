@@ -86,9 +86,10 @@ def test_bench_keras(tmp_path):
 
 def test_bench_tflite(tmp_path):
     report, _ = _run("bench_tflite.py", [
-        "--threads", "1", "--models", "resnet18", "--runs", "2"], tmp_path / "tflite.json")
+        "--threads", "1", "--models", "resnet18", "--runs", "2", "--batch", "2"],
+        tmp_path / "tflite.json")
     (row,) = report["results"]
-    assert row["arch"] == "resnet18"
+    assert row["arch"] == "resnet18" and row["batch"] == report["batch"] == 2
     assert row["custom_ops"] == 16  # ResNet-18's binary 3x3 convs (projections stay float)
     sizes = row["size_bytes"]
     assert sizes["float"] > sizes["xnor"] > sizes["xnor_fp16_float_layers"] > 0
