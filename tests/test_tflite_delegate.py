@@ -68,8 +68,9 @@ def test_partition_with_internal_tensor_matches_keras(two_conv_model):
 
 
 def test_dense_layers_match_keras_at_every_batch_size():
-    # Constant dense filters are prepared at Prepare: one row runs on the GEMV, two or more on
-    # the channel-lane table tile as a 1 x batch image. Resizing the batch re-prepares nothing.
+    # Constant dense filters are prepared at Prepare for batches of 2 or more, which run on the
+    # channel-lane table tile as a 1 x batch image; one row runs the GEMV on the plain filter.
+    # Every resize re-runs Prepare (keeping a preparation that still matches).
     keras.utils.set_random_seed(11)
     inp = keras.Input((300,))
     x = keras_xnor.BinDense(70)(inp)

@@ -144,7 +144,8 @@ void xnor_conv2d(const Conv2DShape& shape, const float* input,
 std::string check_dense_shape(int batch, int in_features, int units);
 
 // A dense filter prepared once for many calls with the same weights, as PreparedConv2DFilter
-// (the TFLite delegate prepares constant filters at Prepare, the TF op weights it sees twice).
+// (for batches from kPreparedDenseMinBatch, below: the TFLite delegate prepares constant
+// filters at Prepare, the TF op weights it sees twice).
 // On AVX2 CPUs it holds the channel-lane table layout, with which batches of 2 rows or more
 // run as a 1 x batch image on the channel-lane driver; a single row keeps the GEMV on the
 // packed copy. Immutable once made; copies share the data.
@@ -154,6 +155,11 @@ struct PreparedDenseFilter {
   bool matches(int in_features, int units) const;
   std::shared_ptr<const internal::PreparedFilterData> data;  // opaque
 };
+
+// Batches below this run the GEMV on the packed filter, prepared or not: adapters prepare a
+// dense filter only for batches from it (a prepared dense filter takes ~3x the packed
+// filter's memory: a copy of it and the table layout, a byte per 4 input features).
+inline constexpr int kPreparedDenseMinBatch = 2;
 
 // Prepares `filter` (layout as for xnor_dense). Precondition: check_dense_shape(1,
 // in_features, units) returned "". Cost: about one call's filter work; uses `parallel_for`.

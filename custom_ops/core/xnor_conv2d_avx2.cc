@@ -385,7 +385,7 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
   // rows per lookup; no transpose to pay per call); without one, batches that fill the
   // pixel-lane tiles. One row stays on the GEMV, which reads each weight bit once.
   const bool prepared_table = a.nibble_filter != nullptr;
-  if (a.batch >= (prepared_table ? 2 : kGemvMaxBatch)) {
+  if (a.batch >= (prepared_table ? kPreparedDenseMinBatch : kGemvMaxBatch)) {
     // The dense layer as a 1x1 conv on one 1 x batch image: consecutive rows are neighbouring
     // pixels of one image row, which the channel-lane table tile pairs (a batch of 1x1 images
     // would leave every pixel without a partner). K of a 1x1 conv is the pixel's mean |x|.

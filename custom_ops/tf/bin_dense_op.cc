@@ -11,9 +11,10 @@
 // Attributes (also the TFLite custom op's FlexBuffer keys; spec.h): in_channels, use_k, relu.
 // Every malformed input is an InvalidArgument error. The gradient is registered in Python.
 //
-// Filter preparation as in KerasXnorBinConv2D: a filter buffer seen twice (inference) gets a
-// PreparedDenseFilter, with which batches of 2 rows or more run on the channel-lane table
-// tile; a filter new at every call (training) runs on the plain filter.
+// Filter preparation as in KerasXnorBinConv2D, for batches of 2 rows or more (one row runs the
+// GEMV on the plain filter): a filter buffer seen twice (inference) gets a
+// PreparedDenseFilter, with which the batch runs on the channel-lane table tile; a filter new
+// at every call (training) runs on the plain filter.
 #include <cstdint>
 #include <string>
 
@@ -120,13 +121,18 @@ class BinDenseOp : public OpKernel {
     const int batch = static_cast<int>(input.dim_size(0));
     const ParallelFor parallel_for = tf_adapter::parallel_for_from(context);
     const PackedWord* filter_data = filter.flat<PackedWord>().data();
-    const PreparedDenseFilter prepared = tf_adapter::find_or_prepare(
-        &filter_cache_, filter,
-        [&](const PreparedDenseFilter& p) { return p.matches(in_channels, static_cast<int>(units)); },
-        [&](PreparedDenseFilter* p) {
-          return prepare_dense_filter_checked(in_channels, static_cast<int>(units), filter_data, p,
-                                              parallel_for);
-        });
+    const PreparedDenseFilter prepared =
+        batch < kPreparedDenseMinBatch
+            ? PreparedDenseFilter{}  // the GEMV, which a prepared filter would not speed up
+            : tf_adapter::find_or_prepare(
+                  &filter_cache_, filter,
+                  [&](const PreparedDenseFilter& p) {
+                    return p.matches(in_channels, static_cast<int>(units));
+                  },
+                  [&](PreparedDenseFilter* p) {
+                    return prepare_dense_filter_checked(in_channels, static_cast<int>(units),
+                                                        filter_data, p, parallel_for);
+                  });
     const bool done =
         prepared.empty()
             ? xnor_dense_checked(batch, in_channels, static_cast<int>(units),

@@ -157,13 +157,12 @@ class WeakTensorIndex {
 WeakTensorIndex<const internal::PreparedFilterData>& prepared_filters();
 
 // The prepared form of a filter (PreparedConv2DFilter, PreparedDenseFilter) for a kernel's
-// cache and prepared_filters(): a buffer seen for the first
-// time is only remembered (training gives a new one every step, which never pays for
-// preparing); at its second sighting the filter is prepared, or another kernel's preparation
-// of the same buffer reused, and cached. matches(p) tells whether p fits this call's sizes;
-// prepare(&p) makes p and returns false when out of memory (p then stays empty, the caller
-// runs on the plain filter and the next call tries again). Returns an empty value when the
-// call should use the plain filter.
+// cache and prepared_filters(): a buffer seen for the first time is only remembered (training
+// gives a new one every step, which never pays for preparing); at its second sighting the
+// filter is prepared, or another kernel's preparation of the same buffer reused, and cached.
+// matches(p) tells whether p fits this call's sizes; prepare(&p) makes p and returns false
+// when out of memory (p then stays empty, the caller runs on the plain filter and the next
+// call tries again). Returns an empty value when the call should use the plain filter.
 template <typename Prepared, typename Matches, typename Prepare>
 Prepared find_or_prepare(HeldTensorCache<Prepared>* cache, const tensorflow::Tensor& filter,
                          const Matches& matches, const Prepare& prepare) {

@@ -20,9 +20,9 @@
 //     optional), output f32 [N,U]; options use_k, relu, in_channels (optional check).
 //   KerasXnorPackBits input f32 [..., C] -> output i32 [..., words]; no options needed.
 // The adapter validates and translates only: all arithmetic is in keras_xnor::xnor_conv2d,
-// xnor_dense and pack_bits. A conv or dense layer whose filter is a constant (read-only)
-// tensor gets it prepared once in Prepare (keras_xnor::prepare_conv2d_filter,
-// prepare_dense_filter), so Invoke does no filter work.
+// xnor_dense and pack_bits. A conv whose filter is a constant (read-only) tensor gets it
+// prepared once in Prepare (keras_xnor::prepare_conv2d_filter), so Invoke does no filter work;
+// so does a dense layer with a batch of 2 or more (prepare_dense_filter).
 //
 // Runtime facts this relies on (TF 2.21 / LiteRT 2.3): the delegate sets
 // kDelegateFlagsAllowDynamicTensors so the runtime does not prepare the unresolved custom ops
@@ -385,14 +385,20 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
     }
     if (!(error = check_scales(context, partition, *node, node->units)).empty()) return error;
     *out_dims = {node->batch, node->units};
-    prepare_constant_filter(
-        context, partition, node, filter, &node->prepared_dense,
-        [&](const PreparedDenseFilter& p) { return p.matches(node->in_features, node->units); },
-        [&](PreparedDenseFilter* p) {
-          return prepare_dense_filter_checked(node->in_features, node->units,
-                                              static_cast<const PackedWord*>(filter.data), p,
-                                              parallel_for_of(partition));
-        });
+    if (node->batch < kPreparedDenseMinBatch) {
+      // The GEMV, which a prepared filter would not speed up: no prepared copy in memory.
+      node->prepared_dense = PreparedDenseFilter();
+      node->prepared_from = nullptr;
+    } else {
+      prepare_constant_filter(
+          context, partition, node, filter, &node->prepared_dense,
+          [&](const PreparedDenseFilter& p) { return p.matches(node->in_features, node->units); },
+          [&](PreparedDenseFilter* p) {
+            return prepare_dense_filter_checked(node->in_features, node->units,
+                                                static_cast<const PackedWord*>(filter.data), p,
+                                                parallel_for_of(partition));
+          });
+    }
   }
   *out_type = abi::kFloat32;
   return "";
