@@ -433,6 +433,10 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
         for (int j = 0; j < nu; ++j) {
           float v = static_cast<float>(a.in_features - 2 * pops[j]) * a.alpha[u0 + j];
           if (a.use_k) v *= mean_abs[n];
+          // The empty asm keeps an optimizing build (-O3 vectorizes this loop; the file is
+          // built with -mfma) from fusing the multiply and the bias add into an FMA, which
+          // would round differently from the other paths and the reference.
+          __asm__("" : "+x"(v));
           if (a.bias != nullptr) v += a.bias[u0 + j];
           if (a.relu && v < 0.0f) v = 0.0f;
           out[j] = v;
