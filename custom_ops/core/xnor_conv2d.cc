@@ -259,10 +259,7 @@ bool xnor_conv2d_checked(const Conv2DShape& shape, const float* input,
   }
   internal::ConvArgs args = conv_args(shape, input, filter.data->packed.data(), alpha, bias,
                                       use_k, relu, output);
-  args.lanes_filter = filter.data->lanes_filter;
-  args.lanes_tap_pop = filter.data->lanes_tap_pop;
-  args.nibble_filter = filter.data->nibble_filter;
-  args.nibble_tap_pop = filter.data->nibble_tap_pop;
+  internal::copy_prepared_layouts(*filter.data, &args);
   return run_conv(args, parallel_for, path);
 }
 
@@ -376,10 +373,7 @@ bool xnor_dense_checked(int batch, int in_features, int units, const float* inpu
   internal::DenseArgs args = dense_args(batch, in_features, units, input,
                                         filter.data->packed.data(), alpha, bias, use_k, relu,
                                         output);
-  args.lanes_filter = filter.data->lanes_filter;
-  args.lanes_tap_pop = filter.data->lanes_tap_pop;
-  args.nibble_filter = filter.data->nibble_filter;
-  args.nibble_tap_pop = filter.data->nibble_tap_pop;
+  internal::copy_prepared_layouts(*filter.data, &args);
   return run_dense(args, parallel_for, path);
 }
 

@@ -403,10 +403,7 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
     c.use_k = a.use_k;
     c.relu = a.relu;
     c.output = a.output;
-    c.lanes_filter = a.lanes_filter;
-    c.lanes_tap_pop = a.lanes_tap_pop;
-    c.nibble_filter = a.nibble_filter;
-    c.nibble_tap_pop = a.nibble_tap_pop;
+    copy_prepared_layouts(a, &c);
     return conv2d_avx2_driver(c, parallel_for,
                               prepared_table ? Avx2Driver::kChannelLanes : Avx2Driver::kAuto);
   }

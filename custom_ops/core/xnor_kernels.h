@@ -75,6 +75,17 @@ struct DenseArgs {
   const std::int32_t* nibble_tap_pop = nullptr;
 };
 
+// Copies the prepared filter layouts (lanes_filter, lanes_tap_pop, nibble_filter,
+// nibble_tap_pop) from `from` (PreparedFilterData, ConvArgs or DenseArgs) into `to` (ConvArgs
+// or DenseArgs).
+template <typename From, typename To>
+void copy_prepared_layouts(const From& from, To* to) {
+  to->lanes_filter = from.lanes_filter;
+  to->lanes_tap_pop = from.lanes_tap_pop;
+  to->nibble_filter = from.nibble_filter;
+  to->nibble_tap_pop = from.nibble_tap_pop;
+}
+
 // The oracle: plain loops, no blocking, serial (ignores parallel_for). Its buffers are
 // std::vectors (std::bad_alloc when out of memory).
 void conv2d_reference(const ConvArgs& args);
