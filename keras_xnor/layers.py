@@ -202,6 +202,18 @@ class _QuantizedLayer(keras.layers.Layer):
     def _activate(self, outputs):
         return outputs if self.activation is None else self.activation(outputs)
 
+    def _product(self, x, kernel):
+        """The float product of (quantized) inputs and kernel: a convolution or a matmul."""
+        raise NotImplementedError
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        outputs = self._product(self._quantize_input(x), self._quantize_kernel(kernel))
+        if self.bias is not None:
+            outputs = outputs + self._bias_tensor()
+        return self._activate(outputs)
+
     def _common_config(self):
         return {
             "activation": keras.activations.serialize(self.activation),
@@ -220,7 +232,9 @@ class _QuantizedLayer(keras.layers.Layer):
 
 
 class _ScaledBinaryMixin:
-    """Kernel scale ``alpha`` (BWN / XNOR layers) and the compiled-op dispatch (XNOR layers)."""
+    """Kernel scale ``alpha``, the pure-TF forward (BWN / XNOR layers) and the compiled-op
+    dispatch (XNOR layers). A subclass provides ``_product`` and ``_k_map``.
+    """
 
     def _add_alpha(self, outputs):
         if self.kernel_scale != "learned":
@@ -248,6 +262,35 @@ class _ScaledBinaryMixin:
         if self.kernel_scale == "learned":
             return tf.convert_to_tensor(self.alpha)
         return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
+
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
+        """Pure-TF forward: ``(q_i(I) * q_k(W)) * alpha [* K] [+ b] [relu]``, ``*`` the layer's
+        product (convolution or matmul) and ``K`` its scale map (:meth:`_k_map`).
+
+        ``dot`` replaces the float product of the two +-1 tensors (the training path passes
+        the compiled dot, ``_compiled_dot`` of BinConv2D / BinDense); the rest is the same
+        either way.
+        """
+        dot = dot or self._product
+        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        outputs = outputs * alpha
+        if self.use_k:
+            outputs = outputs * self._k_map(inputs)
+        if bias is not None:
+            outputs = outputs + bias
+        if relu:
+            outputs = tf.nn.relu(outputs)
+        return outputs
+
+    def call(self, inputs):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_scale"] = self.kernel_scale
+        return config
 
     def _check_compiled_possible(self):
         reasons = []
@@ -485,7 +528,7 @@ class QuantConv2D(_QuantizedLayer):
             )
         return (batch, out[0], out[1], self.filters)
 
-    def _convolution(self, x, kernel):
+    def _product(self, x, kernel):
         return tf.nn.convolution(
             x,
             kernel,
@@ -493,14 +536,6 @@ class QuantConv2D(_QuantizedLayer):
             padding=self.padding.upper(),
             dilations=self.dilation_rate,
         )
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        outputs = self._convolution(self._quantize_input(x), self._quantize_kernel(kernel))
-        if self.bias is not None:
-            outputs = outputs + self._bias_tensor()
-        return self._activate(outputs)
 
     def get_config(self):
         config = super().get_config()
@@ -591,32 +626,6 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
-        """Pure-TF forward: ``(q_i(I) (*) q_k(W)) * alpha [* K] [+ b] [relu]``.
-
-        ``dot`` replaces the float conv of the two +-1 tensors (the training path passes the
-        compiled dot, :meth:`BinConv2D._compiled_dot`); the rest is the same either way.
-        """
-        dot = dot or self._convolution
-        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
-        outputs = outputs * alpha
-        if self.use_k:
-            outputs = outputs * self._k_map(inputs)
-        if bias is not None:
-            outputs = outputs + bias
-        if relu:
-            outputs = tf.nn.relu(outputs)
-        return outputs
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
-
-    def get_config(self):
-        config = super().get_config()
-        config["kernel_scale"] = self.kernel_scale
-        return config
 
 
 @_register
@@ -733,7 +742,7 @@ class BinConv2D(_XnorMixin, BWNConv2D):
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            convolution=self._convolution,
+            convolution=self._product,
         )
 
 
@@ -807,19 +816,10 @@ class QuantDense(_QuantizedLayer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
-    @staticmethod
-    def _matmul(x, kernel):
+    def _product(self, x, kernel):
         if x.shape.rank == 2:
             return tf.matmul(x, kernel)
         return tf.tensordot(x, kernel, axes=[[x.shape.rank - 1], [0]])
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        outputs = self._matmul(self._quantize_input(x), self._quantize_kernel(kernel))
-        if self.bias is not None:
-            outputs = outputs + self._bias_tensor()
-        return self._activate(outputs)
 
     def get_config(self):
         config = super().get_config()
@@ -878,32 +878,8 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
     def _build_extra(self):
         self._add_alpha(self.units)
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
-        """Pure-TF forward: ``(q_i(x) . q_k(W)) * alpha [* K] [+ b] [relu]``.
-
-        ``dot`` replaces the float product of the two +-1 tensors (the training path passes
-        the compiled dot, :meth:`BinDense._compiled_dot`).
-        """
-        dot = dot or self._matmul
-        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
-        outputs = outputs * alpha
-        if self.use_k:
-            outputs = outputs * quantizers.dense_k(inputs)
-        if bias is not None:
-            outputs = outputs + bias
-        if relu:
-            outputs = tf.nn.relu(outputs)
-        return outputs
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
-
-    def get_config(self):
-        config = super().get_config()
-        config["kernel_scale"] = self.kernel_scale
-        return config
+    def _k_map(self, inputs):
+        return quantizers.dense_k(inputs)
 
 
 @_register
