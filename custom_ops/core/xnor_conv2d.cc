@@ -125,18 +125,25 @@ KernelPath resolve_path(KernelPath path) {
 
 namespace {
 
+internal::LayerOperands operands(const float* input, const PackedWord* filter,
+                                 const float* alpha, const float* bias, bool use_k, bool relu,
+                                 float* output) {
+  internal::LayerOperands o;
+  o.input = input;
+  o.filter = filter;
+  o.alpha = alpha;
+  o.bias = bias;
+  o.use_k = use_k;
+  o.relu = relu;
+  o.output = output;
+  return o;
+}
+
 internal::ConvArgs conv_args(const Conv2DShape& shape, const float* input,
                              const PackedWord* filter, const float* alpha, const float* bias,
                              bool use_k, bool relu, float* output) {
-  internal::ConvArgs args;
+  internal::ConvArgs args{operands(input, filter, alpha, bias, use_k, relu, output)};
   args.shape = shape;
-  args.input = input;
-  args.filter = filter;
-  args.alpha = alpha;
-  args.bias = bias;
-  args.use_k = use_k;
-  args.relu = relu;
-  args.output = output;
   return args;
 }
 
@@ -286,17 +293,10 @@ namespace {
 internal::DenseArgs dense_args(int batch, int in_features, int units, const float* input,
                                const PackedWord* filter, const float* alpha, const float* bias,
                                bool use_k, bool relu, float* output) {
-  internal::DenseArgs args;
+  internal::DenseArgs args{operands(input, filter, alpha, bias, use_k, relu, output)};
   args.batch = batch;
   args.in_features = in_features;
   args.units = units;
-  args.input = input;
-  args.filter = filter;
-  args.alpha = alpha;
-  args.bias = bias;
-  args.use_k = use_k;
-  args.relu = relu;
-  args.output = output;
   return args;
 }
 

@@ -389,21 +389,13 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
     // The dense layer as a 1x1 conv on one 1 x batch image: consecutive rows are neighbouring
     // pixels of one image row, which the channel-lane table tile pairs (a batch of 1x1 images
     // would leave every pixel without a partner). K of a 1x1 conv is the pixel's mean |x|.
-    ConvArgs c;
+    ConvArgs c{a};  // the operands and prepared layouts
     c.shape.batch = 1;
     c.shape.in_h = c.shape.out_h = 1;
     c.shape.in_w = c.shape.out_w = a.batch;
     c.shape.in_c = a.in_features;
     c.shape.out_c = a.units;
     c.shape.k_h = c.shape.k_w = 1;
-    c.input = a.input;
-    c.filter = a.filter;
-    c.alpha = a.alpha;
-    c.bias = a.bias;
-    c.use_k = a.use_k;
-    c.relu = a.relu;
-    c.output = a.output;
-    copy_prepared_layouts(a, &c);
     return conv2d_avx2_driver(c, parallel_for,
                               prepared_table ? Avx2Driver::kChannelLanes : Avx2Driver::kAuto);
   }

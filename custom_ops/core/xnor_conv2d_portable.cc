@@ -225,20 +225,13 @@ KX_POPCNT_CLONES void gemv_1x2(const std::uint32_t* x, int words, const std::uin
 bool dense_portable(const DenseArgs& a, const ParallelFor& parallel_for) {
   if (a.batch >= kRows) {
     // Enough rows to fill the conv tile: a 1x1 conv on a 1x1 image.
-    ConvArgs c;
+    ConvArgs c{a};  // the operands
     c.shape.batch = a.batch;
     c.shape.in_h = c.shape.in_w = 1;
     c.shape.in_c = a.in_features;
     c.shape.out_c = a.units;
     c.shape.k_h = c.shape.k_w = 1;
     c.shape.out_h = c.shape.out_w = 1;
-    c.input = a.input;
-    c.filter = a.filter;
-    c.alpha = a.alpha;
-    c.bias = a.bias;
-    c.use_k = a.use_k;
-    c.relu = a.relu;
-    c.output = a.output;
     return conv2d_portable(c, parallel_for);
   }
   const int words = packed_words(a.in_features);

@@ -19,8 +19,9 @@
 namespace keras_xnor {
 namespace internal {
 
-struct ConvArgs {
-  Conv2DShape shape;
+// The operands of a conv or dense call and its output stage's flags: what ConvArgs and
+// DenseArgs share, so that a dense layer run as a 1x1 conv takes them in one copy.
+struct LayerOperands {
   const float* input = nullptr;
   const PackedWord* filter = nullptr;
   const float* alpha = nullptr;
@@ -28,14 +29,20 @@ struct ConvArgs {
   bool use_k = false;
   bool relu = false;
   float* output = nullptr;
-  // Optional, from a PreparedConv2DFilter: the channel-lane filter layout (see
+  // Optional, from a prepared filter: the channel-lane filter layout (see
   // prepare_channel_lanes_filter_avx2); when set, the channel-lane driver skips the transpose.
   const std::uint32_t* lanes_filter = nullptr;
   const std::int32_t* lanes_tap_pop = nullptr;
-  // Optional, from a PreparedConv2DFilter: the channel-lane table tile's filter layout (see
-  // prepare_channel_table_filter_avx2), else the driver makes it per call.
+  // Optional, from a prepared filter: the channel-lane table tile's filter layout (see
+  // prepare_channel_table_filter_avx2), else the driver makes it per call. A prepared dense
+  // filter holds its 1x1 conv layouts; with the table layout, batches of 2 or more run as one
+  // 1 x batch image on the channel-lane driver, as no call transposes the filter.
   const std::uint8_t* nibble_filter = nullptr;
   const std::int32_t* nibble_tap_pop = nullptr;
+};
+
+struct ConvArgs : LayerOperands {
+  Conv2DShape shape;
   // Tests: the channel-lane driver runs the nibble-planar tile even where the table tile could.
   bool planar_tile = false;
 };
@@ -57,29 +64,13 @@ struct PreparedFilterData {
   ~PreparedFilterData();
 };
 
-struct DenseArgs {
+struct DenseArgs : LayerOperands {
   int batch = 0, in_features = 0, units = 0;
-  const float* input = nullptr;
-  const PackedWord* filter = nullptr;
-  const float* alpha = nullptr;
-  const float* bias = nullptr;
-  bool use_k = false;
-  bool relu = false;
-  float* output = nullptr;
-  // Optional, from a PreparedDenseFilter: its 1x1 conv filter layouts (as in ConvArgs). With
-  // the table layout, batches of 2 or more run as one 1 x batch image on the channel-lane
-  // driver, as no call transposes the filter.
-  const std::uint32_t* lanes_filter = nullptr;
-  const std::int32_t* lanes_tap_pop = nullptr;
-  const std::uint8_t* nibble_filter = nullptr;
-  const std::int32_t* nibble_tap_pop = nullptr;
 };
 
 // Copies the prepared filter layouts (lanes_filter, lanes_tap_pop, nibble_filter,
-// nibble_tap_pop) from `from` (PreparedFilterData, ConvArgs or DenseArgs) into `to` (ConvArgs
-// or DenseArgs).
-template <typename From, typename To>
-void copy_prepared_layouts(const From& from, To* to) {
+// nibble_tap_pop) from a PreparedFilterData into `to`.
+inline void copy_prepared_layouts(const PreparedFilterData& from, LayerOperands* to) {
   to->lanes_filter = from.lanes_filter;
   to->lanes_tap_pop = from.lanes_tap_pop;
   to->nibble_filter = from.nibble_filter;
