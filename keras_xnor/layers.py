@@ -627,7 +627,6 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
         )
 
 
-
 @_register
 class BinConv2D(_XnorMixin, BWNConv2D):
     """XNOR-Net convolution, eq. 11: ``I (*) W ~ (sign(I) (*) sign(W)) . K alpha (+ b)``.
