@@ -226,8 +226,6 @@ class BinConv2DOp : public OpKernel {
   tf_adapter::HeldTensorCache<PreparedConv2DFilter> filter_cache_;
 };
 
-std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }
-
 }  // namespace
 
 REGISTER_OP(kBinConv2DOp)
@@ -236,12 +234,12 @@ REGISTER_OP(kBinConv2DOp)
     .Input("alpha: float")
     .Input("bias: float")
     .Output("output: float")
-    .Attr(attr(kAttrStrides, "list(int)"))
-    .Attr(attr(kAttrPadding, "string"))
-    .Attr(attr(kAttrDilations, "list(int)"))
-    .Attr(attr(kAttrInChannels, "int"))
-    .Attr(attr(kAttrUseK, "bool"))
-    .Attr(attr(kAttrRelu, "bool"))
+    .Attr(tf_adapter::attr_spec(kAttrStrides, "list(int)"))
+    .Attr(tf_adapter::attr_spec(kAttrPadding, "string"))
+    .Attr(tf_adapter::attr_spec(kAttrDilations, "list(int)"))
+    .Attr(tf_adapter::attr_spec(kAttrInChannels, "int"))
+    .Attr(tf_adapter::attr_spec(kAttrUseK, "bool"))
+    .Attr(tf_adapter::attr_spec(kAttrRelu, "bool"))
     .SetShapeFn(bin_conv2d_shape)
     .Doc(R"doc(
 XNOR-Net binary convolution (eq. 11): out = dot(sign(input), filter) * alpha * K + bias,

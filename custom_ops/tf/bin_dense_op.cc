@@ -155,8 +155,6 @@ class BinDenseOp : public OpKernel {
   tf_adapter::HeldTensorCache<PreparedDenseFilter> filter_cache_;
 };
 
-std::string attr(const char* name, const char* type) { return std::string(name) + ": " + type; }
-
 }  // namespace
 
 REGISTER_OP(kBinDenseOp)
@@ -165,9 +163,9 @@ REGISTER_OP(kBinDenseOp)
     .Input("alpha: float")
     .Input("bias: float")
     .Output("output: float")
-    .Attr(attr(kAttrInChannels, "int"))
-    .Attr(attr(kAttrUseK, "bool"))
-    .Attr(attr(kAttrRelu, "bool"))
+    .Attr(tf_adapter::attr_spec(kAttrInChannels, "int"))
+    .Attr(tf_adapter::attr_spec(kAttrUseK, "bool"))
+    .Attr(tf_adapter::attr_spec(kAttrRelu, "bool"))
     .SetShapeFn(bin_dense_shape)
     .Doc(R"doc(
 XNOR-Net binary fully connected layer: out = dot(sign(input), filter) * alpha * K + bias,

@@ -127,6 +127,11 @@ inline ParallelFor parallel_for_from(tensorflow::OpKernelContext* context) {
   };
 }
 
+// An op attribute's declaration for REGISTER_OP: "name: type".
+inline std::string attr_spec(const char* name, const char* type) {
+  return absl::StrCat(name, ": ", type);
+}
+
 // "" when `values` is a list of two integers >= 1, else a message naming the attribute.
 inline std::string check_pair(const char* name, const std::vector<std::int32_t>& values) {
   if (values.size() != 2) {
