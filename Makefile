@@ -17,14 +17,14 @@ CPP_OBJ := build/cpp
 CORE_OBJS := $(patsubst %.cc,$(CPP_OBJ)/%.o,$(CORE_SRCS))
 TEST_BINS := $(patsubst custom_ops/core/tests/%.cc,$(CPP_OBJ)/tests/%,$(CORE_TESTS))
 
-.PHONY: demo test venv data ops cpp-test py-test bazel-test bench clean
+.PHONY: demo test venv data ops cpp-test cpp-sanitize-test sanitize-libs sanitize-test py-test bazel-test bench clean
 # Keep the core objects between runs (they are intermediates of the test binaries).
 .SECONDARY:
 
 demo: venv data ops
 	$(PY) -m keras_xnor.training.demo --output_dir=out/demo
 
-test: venv data ops cpp-test py-test bazel-test
+test: venv data ops cpp-test cpp-sanitize-test sanitize-test py-test bazel-test
 
 venv: $(VENV)/.installed
 
@@ -63,6 +63,57 @@ $(CPP_OBJ)/%.o: %.cc $(wildcard custom_ops/core/*.h)
 $(CPP_OBJ)/tests/%: custom_ops/core/tests/%.cc $(CORE_OBJS) $(wildcard custom_ops/core/*.h) $(wildcard custom_ops/core/tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $< $(CORE_OBJS) -o $@
+
+# The same C++ tests built with AddressSanitizer and UndefinedBehaviorSanitizer (-O1, any
+# finding fails the run), on the core objects of the sanitized libraries below.
+SAN_FLAGS := -std=c++17 -O1 -g -Wall -Wno-unused-function -I. -pthread -fno-omit-frame-pointer \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined -fPIC
+cpp-sanitize-test:
+	$(MAKE) -j2 --no-print-directory cpp-test CPP_OBJ=$(SAN_LIB)/obj CXXFLAGS="$(SAN_FLAGS)"
+
+# Both native libraries built with sanitizers, run by their pytest suites inside Python with
+# the sanitizer runtimes preloaded: the TFLite delegate (core and delegate under ASan and UBSan)
+# and the TF op library (its TF adapter under ASan only: TF's headers do not compile with
+# -fsanitize=undefined under this g++; the core objects are the delegate's). The memory-flat
+# delegate test is left out: ASan's quarantine holds freed memory. (--capture=sys: a finding
+# aborts the process, and its report goes to the real stderr, not to a pytest capture.)
+SAN_LIB := build/sanitize
+SAN_CORE_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(CORE_SRCS))
+SAN_DELEGATE_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(wildcard custom_ops/tflite/*.cc))
+SAN_TF_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(wildcard custom_ops/tf/*.cc))
+SAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
+SAN_TF_FLAGS := -std=c++17 -O1 -g -fPIC -fno-omit-frame-pointer -fsanitize=address -w -I.
+
+# TF's compile flags (with the version define the loader checks) and link flags, read once.
+$(SAN_LIB)/tf.flags: $(VENV)/.installed
+	@mkdir -p $(dir $@)
+	$(PY) -c "import tensorflow as tf; print('-DKERAS_XNOR_TF_VERSION=\"%s\"' % tf.__version__, \
+	  *tf.sysconfig.get_compile_flags()); print(*tf.sysconfig.get_link_flags())" > $@
+
+$(SAN_LIB)/obj/custom_ops/tf/%.o: custom_ops/tf/%.cc $(wildcard custom_ops/*/*.h) $(SAN_LIB)/tf.flags
+	@mkdir -p $(dir $@)
+	$(CXX) $(SAN_TF_FLAGS) $$(head -n 1 $(SAN_LIB)/tf.flags) -c $< -o $@
+
+$(SAN_LIB)/obj/%.o: %.cc $(wildcard custom_ops/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(SAN_FLAGS) $(if $(findstring _avx2.cc,$<),$(AVX2_FLAGS)) -c $< -o $@
+
+$(SAN_LIB)/_keras_xnor_delegate.so: $(SAN_CORE_OBJS) $(SAN_DELEGATE_OBJS)
+	$(CXX) -shared -fsanitize=address,undefined $^ -o $@ -pthread
+
+$(SAN_LIB)/_keras_xnor_ops.so: $(SAN_CORE_OBJS) $(SAN_TF_OBJS) $(SAN_LIB)/tf.flags
+	$(CXX) -shared -fsanitize=address,undefined $(filter %.o,$^) -o $@ -pthread \
+	  $$(tail -n 1 $(SAN_LIB)/tf.flags)
+
+sanitize-libs: $(SAN_LIB)/_keras_xnor_delegate.so $(SAN_LIB)/_keras_xnor_ops.so
+
+sanitize-test: venv
+	$(MAKE) -j2 --no-print-directory sanitize-libs
+	KERAS_XNOR_LIBRARY_DIR=$(SAN_LIB) LD_PRELOAD="$(SAN_PRELOAD)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_ops_threads.py \
+	  tests/test_tflite_delegate.py tests/test_tflite_export.py tests/test_tflite_contract.py \
+	  --deselect tests/test_tflite_delegate.py::test_create_invoke_destroy_cycles_keep_memory_flat
 
 py-test:
 	$(PY) -m pytest -q tests

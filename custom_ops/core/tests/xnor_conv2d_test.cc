@@ -650,7 +650,14 @@ int main(int argc, char** argv) {
   keras_xnor::testing::test_fixed_shapes(rng);
   keras_xnor::testing::test_random_sweep(rng, cases);
   keras_xnor::testing::test_dense(rng);
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer's allocator aborts on the test's petabyte requests instead of throwing
+  // std::bad_alloc (allocator_may_return_null does not cover operator new here), so the
+  // sanitizer build (make cpp-sanitize-test) leaves this one case to the normal build.
+  std::printf("xnor_conv2d_test: out-of-memory case skipped under AddressSanitizer\n");
+#else
   keras_xnor::testing::test_out_of_memory(rng);
+#endif
   keras_xnor::testing::test_counter_limits();
   keras_xnor::testing::test_pair_counter_extremes();
   return keras_xnor::testing::finish("xnor_conv2d_test");
