@@ -66,8 +66,9 @@ $(CPP_OBJ)/tests/%: custom_ops/core/tests/%.cc $(CORE_OBJS) $(wildcard custom_op
 
 # The same C++ tests built with AddressSanitizer and UndefinedBehaviorSanitizer (-O1, any
 # finding fails the run), on the core objects of the sanitized libraries below.
-SAN_FLAGS := -std=c++17 -O1 -g -Wall -Wno-unused-function -I. -pthread -fno-omit-frame-pointer \
-	-fsanitize=address,undefined -fno-sanitize-recover=undefined -fPIC
+SAN_BASE := -std=c++17 -O1 -g -fPIC -fno-omit-frame-pointer -I. -pthread
+SAN_FLAGS := $(SAN_BASE) -Wall -Wno-unused-function -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined
 cpp-sanitize-test:
 	$(MAKE) -j2 --no-print-directory cpp-test CPP_OBJ=$(SAN_LIB)/obj CXXFLAGS="$(SAN_FLAGS)"
 
@@ -82,7 +83,7 @@ SAN_CORE_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(CORE_SRCS))
 SAN_DELEGATE_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(wildcard custom_ops/tflite/*.cc))
 SAN_TF_OBJS := $(patsubst %.cc,$(SAN_LIB)/obj/%.o,$(wildcard custom_ops/tf/*.cc))
 SAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
-SAN_TF_FLAGS := -std=c++17 -O1 -g -fPIC -fno-omit-frame-pointer -fsanitize=address -w -I.
+SAN_TF_FLAGS := $(SAN_BASE) -w -fsanitize=address
 
 # TF's compile flags (with the version define the loader checks) and link flags, read once.
 $(SAN_LIB)/tf.flags: $(VENV)/.installed
