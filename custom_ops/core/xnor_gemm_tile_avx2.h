@@ -266,8 +266,9 @@ __attribute__((always_inline)) inline TilePops<NP> gemm_tile_runs_x16(
 //
 // The k sequence is a list of TableRuns (byte offsets from every pixel's base: begin, end);
 // flags bit 0: widen after this run (at least every 63 steps, as each step adds <= 4 to a
-// pixel's byte count), bit 1: the last run. Widening adds byte counts into uint16 sums in
-// `sums`: [pixel][2 vectors][2 halves] __m256i (32-byte aligned; the tile zeroes it first):
+// pixel's byte count), bit 1: the last run. Widening moves byte counts into uint16 sums in
+// `sums` (the first widening stores them, the later ones add; nothing is cleared before):
+// [pixel][2 vectors][2 halves] __m256i, 32-byte aligned:
 // sums[j][v][0] = bytes 0-7 and 16-23 of pixel j's counts for channels 32v .. 32v + 31 as
 // uint16 (vpunpcklbw), sums[j][v][1] = bytes 8-15 and 24-31 (vpunpckhbw). So channel 32v + c
 // of pixel j sits in sums[j][v][(c / 8) & 1], 16-bit lane 8 * (c / 16) + c % 8. The caller
@@ -290,7 +291,14 @@ struct TableRun {
   "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
   "vpaddw " OFF "+32(%[" S "]), %%ymm14, %%ymm14\n\t"          \
   "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+// The same, stored instead of added (a field's first widening: nothing to clear before it).
+#define KX_TBL_PUT(A, S, OFF)                                  \
+  "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
+  "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
+  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
 #define KX_TBL_WIDEN(A, OFF) KX_TBL_ADD(A, "sums", OFF) "vpxor %%" A ", %%" A ", %%" A "\n\t"
+#define KX_TBL_WIDEN_PUT(A, OFF) KX_TBL_PUT(A, "sums", OFF) "vpxor %%" A ", %%" A ", %%" A "\n\t"
 #define KX_TBL_ZERO(A) "vpxor %%" A ", %%" A ", %%" A "\n\t"
 #define KX_TBL_CLOBBERS                                                                     \
   "cc", "memory", "rax", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",     \
@@ -413,10 +421,14 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
 #define KX_PR_RECOVER(A, B) KX_PAIR_RECOVER(A, B, "ymm15")
 #define KX_PR_REC(L0, L1, H0, H1) KX_PR_RECOVER(L0, H0) KX_PR_RECOVER(L1, H1)
 // Slot j's recovered counters widened into the sums of pixels 2j, 2j + 1 (ymm15 zero).
-#define KX_PR_WIDEN(L0, L1, H0, H1, OP, OQ)                                      \
-  KX_TBL_WIDEN(L0, OP "+0") KX_TBL_WIDEN(L1, OP "+64")                           \
-  KX_TBL_WIDEN(H0, OQ "+0") KX_TBL_WIDEN(H1, OQ "+64")
+#define KX_PR_WIDEN_WITH(W, L0, L1, H0, H1, OP, OQ)                              \
+  W(L0, OP "+0") W(L1, OP "+64") W(H0, OQ "+0") W(H1, OQ "+64")
+#define KX_PR_WIDEN(...) KX_PR_WIDEN_WITH(KX_TBL_WIDEN, __VA_ARGS__)
+#define KX_PR_PUT(...) KX_PR_WIDEN_WITH(KX_TBL_WIDEN_PUT, __VA_ARGS__)
 #define KX_PR_W0 KX_PR_WIDEN("ymm0", "ymm1", "ymm2", "ymm3", "0", "128")
+#define KX_PR_P0 KX_PR_PUT("ymm0", "ymm1", "ymm2", "ymm3", "0", "128")
+#define KX_PR_P1 KX_PR_PUT("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
+#define KX_PR_P2 KX_PR_PUT("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
 #define KX_PR_W1 KX_PR_WIDEN("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
 #define KX_PR_W2 KX_PR_WIDEN("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
 // Bytes out: pixel 2j at 128j, 2j + 1 at 128j + 64.
@@ -426,20 +438,26 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
 #define KX_PR_B0 KX_PR_STORE("ymm0", "ymm1", "ymm2", "ymm3", "0", "64")
 #define KX_PR_B1 KX_PR_STORE("ymm4", "ymm5", "ymm6", "ymm7", "128", "192")
 #define KX_PR_B2 KX_PR_STORE("ymm8", "ymm9", "ymm10", "ymm11", "256", "320")
-// Zero slot j's counters (and, with sums, its two pixels' sums; ymm15 must be zero).
+// Zero slot j's counters.
 #define KX_PR_Z(L0, L1, H0, H1) KX_TBL_ZERO(L0) KX_TBL_ZERO(L1) KX_TBL_ZERO(H0) KX_TBL_ZERO(H1)
-#define KX_PR_CLR(O) "vmovdqa %%ymm15, " O "(%[sums])\n\t"
-#define KX_PR_CLR8(O) KX_PR_CLR(O "+0") KX_PR_CLR(O "+32") KX_PR_CLR(O "+64") KX_PR_CLR(O "+96") \
-  KX_PR_CLR(O "+128") KX_PR_CLR(O "+160") KX_PR_CLR(O "+192") KX_PR_CLR(O "+224")
 
 #define KX_PR_CH1(C) KX_PR_S0(C)
 #define KX_PR_CH2(C) KX_PR_S0(C) KX_PR_S1(C)
 #define KX_PR_CH3(C) KX_PR_S0(C) KX_PR_S1(C) KX_PR_S2(C)
 
-// uint16 sums: zero, runs (widen after flagged runs), done after the last.
-#define KX_PR_LOOP(CHUNKS, ZERO, WIDEN)                        \
-  "vpxor %%ymm15, %%ymm15, %%ymm15\n\t"                        \
+// uint16 sums: zero the counters; runs up to the first flagged one (widen after), whose
+// widening stores the sums (PUT: nothing is cleared in memory); done if that run was the last,
+// else the same loop again with widenings that add (WIDEN), done after the last run. The two
+// copies of the run loop each have their own local labels (2b finds the nearest).
+#define KX_PR_LOOP(CHUNKS, ZERO, PUT, WIDEN)                   \
   ZERO                                                         \
+  KX_PR_RUN(CHUNKS)                                            \
+  "testb $1, 16(%[run])\n\t"                                   \
+  "lea 24(%[run]), %[run]\n\t"                                 \
+  "jz 2b\n\t"                                                  \
+  PUT                                                          \
+  "testb $2, -8(%[run])\n\t"                                   \
+  "jnz 7f\n\t"                                                 \
   KX_PR_RUN(CHUNKS)                                            \
   "testb $1, 16(%[run])\n\t"                                   \
   "jz 3f\n\t"                                                  \
@@ -447,7 +465,8 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "3:\n\t"                                                     \
   "testb $2, 16(%[run])\n\t"                                   \
   "lea 24(%[run]), %[run]\n\t"                                 \
-  "jz 2b\n\t"
+  "jz 2b\n\t"                                                  \
+  "7:\n\t"
 // Byte counters (at most 63 steps in all): recover and store once at the end.
 #define KX_PR_LOOP_BYTES(CHUNKS, ZERO, STORE)                  \
   ZERO                                                         \
@@ -486,7 +505,7 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH3, KX_PR_Z3, KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_B0 KX_PR_B1 KX_PR_B2),
                 KX_PR_IN3);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH3, KX_PR_Z3 KX_PR_CLR8("0") KX_PR_CLR8("256") KX_PR_CLR8("512"),
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH3, KX_PR_Z3, KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_ZW KX_PR_P0 KX_PR_P1 KX_PR_P2,
                            KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_ZW KX_PR_W0 KX_PR_W1 KX_PR_W2),
                 KX_PR_IN3);
     }
@@ -494,7 +513,7 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
     if constexpr (kBytes) {
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH2, KX_PR_Z2, KX_PR_R0 KX_PR_R1 KX_PR_B0 KX_PR_B1), KX_PR_IN2);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH2, KX_PR_Z2 KX_PR_CLR8("0") KX_PR_CLR8("256"),
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH2, KX_PR_Z2, KX_PR_R0 KX_PR_R1 KX_PR_ZW KX_PR_P0 KX_PR_P1,
                            KX_PR_R0 KX_PR_R1 KX_PR_ZW KX_PR_W0 KX_PR_W1),
                 KX_PR_IN2);
     }
@@ -503,7 +522,8 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
     if constexpr (kBytes) {
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH1, KX_PR_Z1, KX_PR_R0 KX_PR_B0), KX_PR_IN1);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH1, KX_PR_Z1 KX_PR_CLR8("0"), KX_PR_R0 KX_PR_ZW KX_PR_W0), KX_PR_IN1);
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH1, KX_PR_Z1, KX_PR_R0 KX_PR_ZW KX_PR_P0, KX_PR_R0 KX_PR_ZW KX_PR_W0),
+                KX_PR_IN1);
     }
   }
 #undef KX_PR_IN1
@@ -561,13 +581,8 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
 #define KX_P2_C3 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_NEXT("4", "128", "160") KX_P2_SPLIT
 #define KX_P2_C2 KX_P2_FIRST KX_P2_NEXT("2", "64", "96") KX_P2_SPLIT
 #define KX_P2_C1 KX_P2_FIRST KX_P2_SPLIT
-// Counter A (recovered) into the uint16 sums at OFF of S (ymm15 zero): stored (the first
-// segment; the others add, KX_TBL_ADD).
-#define KX_P2_PUT(A, S, OFF)                                   \
-  "vpunpcklbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vmovdqa %%ymm14, " OFF "(%[" S "])\n\t"                     \
-  "vpunpckhbw %%ymm15, %%" A ", %%ymm14\n\t"                   \
-  "vmovdqa %%ymm14, " OFF "+32(%[" S "])\n\t"
+// Recovered counters into the uint16 sums (ymm15 zero): stored by the first segment
+// (KX_TBL_PUT), added by the others (KX_TBL_ADD).
 #define KX_P2_OUT(W)                                                                   \
   W("ymm0", "s0", "0") W("ymm1", "s0", "64") W("ymm4", "s0", "128") W("ymm5", "s0", "192") \
   W("ymm2", "s1", "0") W("ymm3", "s1", "64") W("ymm6", "s1", "128") W("ymm7", "s1", "192")
@@ -592,7 +607,7 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
                                                               __m256i* s1) {
   std::int64_t off, end, lim;
   if constexpr (kFirst) {
-    __asm__ volatile(KX_P2_TEXT(KX_P2_PUT)
+    __asm__ volatile(KX_P2_TEXT(KX_TBL_PUT)
                      : KX_PR_OUTS
                      : [p0] "r"(base), [bs] "r"(bstride), [tb] "r"(tables), [s0] "r"(s0), [s1] "r"(s1),
                        [msk] "r"(kPairRecoverMask)
@@ -607,7 +622,6 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 }
 #undef KX_P2_TEXT
 #undef KX_P2_OUT
-#undef KX_P2_PUT
 #undef KX_P2_C1
 #undef KX_P2_C2
 #undef KX_P2_C3
@@ -623,8 +637,6 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 #undef KX_PR_CH1
 #undef KX_PR_CH2
 #undef KX_PR_CH3
-#undef KX_PR_CLR
-#undef KX_PR_CLR8
 #undef KX_PR_Z
 #undef KX_PR_B0
 #undef KX_PR_B1
@@ -633,6 +645,11 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 #undef KX_PR_W0
 #undef KX_PR_W1
 #undef KX_PR_W2
+#undef KX_PR_P0
+#undef KX_PR_P1
+#undef KX_PR_P2
+#undef KX_PR_PUT
+#undef KX_PR_WIDEN_WITH
 #undef KX_PR_WIDEN
 #undef KX_PR_REC
 #undef KX_PR_RECOVER
@@ -649,6 +666,8 @@ __attribute__((always_inline)) inline void gemm_seg_pair_x128(const std::uint16_
 #undef KX_PR_FIRST
 
 #undef KX_TBL_WIDEN
+#undef KX_TBL_WIDEN_PUT
+#undef KX_TBL_PUT
 #undef KX_TBL_ADD
 #undef KX_TBL_ZERO
 #undef KX_TBL_CLOBBERS
