@@ -420,17 +420,18 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
   "vpsubb %%" T ", %%" B ", %%" B "\n\t"
 #define KX_PR_RECOVER(A, B) KX_PAIR_RECOVER(A, B, "ymm15")
 #define KX_PR_REC(L0, L1, H0, H1) KX_PR_RECOVER(L0, H0) KX_PR_RECOVER(L1, H1)
-// Slot j's recovered counters widened into the sums of pixels 2j, 2j + 1 (ymm15 zero).
+// Slot j's recovered counters widened into the sums of pixels 2j, 2j + 1 (ymm15 zero): added
+// (KX_PR_W*), or stored by the field's first widening (KX_PR_P*).
 #define KX_PR_WIDEN_WITH(W, L0, L1, H0, H1, OP, OQ)                              \
   W(L0, OP "+0") W(L1, OP "+64") W(H0, OQ "+0") W(H1, OQ "+64")
 #define KX_PR_WIDEN(...) KX_PR_WIDEN_WITH(KX_TBL_WIDEN, __VA_ARGS__)
 #define KX_PR_PUT(...) KX_PR_WIDEN_WITH(KX_TBL_WIDEN_PUT, __VA_ARGS__)
 #define KX_PR_W0 KX_PR_WIDEN("ymm0", "ymm1", "ymm2", "ymm3", "0", "128")
+#define KX_PR_W1 KX_PR_WIDEN("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
+#define KX_PR_W2 KX_PR_WIDEN("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
 #define KX_PR_P0 KX_PR_PUT("ymm0", "ymm1", "ymm2", "ymm3", "0", "128")
 #define KX_PR_P1 KX_PR_PUT("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
 #define KX_PR_P2 KX_PR_PUT("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
-#define KX_PR_W1 KX_PR_WIDEN("ymm4", "ymm5", "ymm6", "ymm7", "256", "384")
-#define KX_PR_W2 KX_PR_WIDEN("ymm8", "ymm9", "ymm10", "ymm11", "512", "640")
 // Bytes out: pixel 2j at 128j, 2j + 1 at 128j + 64.
 #define KX_PR_STORE(L0, L1, H0, H1, OP, OQ)                                      \
   "vmovdqa %%" L0 ", " OP "+0(%[sums])\n\t" "vmovdqa %%" L1 ", " OP "+32(%[sums])\n\t"  \
