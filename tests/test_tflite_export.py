@@ -197,6 +197,8 @@ def test_cli_round_trip(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # stdout is the CLI's own line only, not the converter's SavedModel listing
+    assert result.stdout.splitlines() == ["wrote %s (%d bytes)" % (out, os.path.getsize(out))]
     x = rng.standard_normal((2, 6, 6, 4)).astype(np.float32)
     got = _run(Interpreter(model_path=out), x)
     np.testing.assert_allclose(got, model(x, training=False).numpy(), rtol=1e-4, atol=1e-4)
@@ -205,6 +207,14 @@ def test_cli_round_trip(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         cli.run([str(tmp_path / "missing.keras"), out])
     assert exit_info.value.code != 0
+
+
+def test_convert_prints_nothing(capsys):
+    inp = keras.Input((5, 5, 3))
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3)(inp))
+    capsys.readouterr()
+    assert len(convert(model)) > 0
+    assert capsys.readouterr().out == ""
 
 
 def test_float16_float_layers_and_rank3_dense():

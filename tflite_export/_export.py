@@ -25,6 +25,9 @@ only consumer of a binary layer's output and the binary layer has no activation,
 exactly (up to float rounding), so the BN is dropped and its scale/shift go into alpha/bias.
 """
 
+import contextlib
+import io
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -486,8 +489,12 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
     if float_weights == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    # Under Keras 3 the converter writes the model out with an ExportArchive, which prints its
+    # endpoint listing ("Saved artifact at ...") to stdout; that temporary directory is none of
+    # the caller's business, so the listing is dropped. Logging (stderr) is left alone.
     try:
-        return converter.convert()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return converter.convert()
     except Exception as error:  # the converter's messages are long; keep ours first
         raise RuntimeError(
             "keras_xnor.tflite_export.convert: the TFLite converter failed: %s" % error
