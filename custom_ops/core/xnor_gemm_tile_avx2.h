@@ -446,23 +446,24 @@ alignas(32) inline constexpr std::uint8_t kPairRecoverMask[32] = {
 #define KX_PR_CH2(C) KX_PR_S0(C) KX_PR_S1(C)
 #define KX_PR_CH3(C) KX_PR_S0(C) KX_PR_S1(C) KX_PR_S2(C)
 
-// uint16 sums: zero the counters; runs up to the first flagged one (widen after), whose
-// widening stores the sums (PUT: nothing is cleared in memory); done if that run was the last,
-// else the same loop again with widenings that add (WIDEN), done after the last run. The two
-// copies of the run loop each have their own local labels (2b finds the nearest).
-#define KX_PR_LOOP(CHUNKS, ZERO, PUT, WIDEN)                   \
+// uint16 sums: zero the counters; runs up to the first flagged one, after which the counters
+// are recovered (RECOVER) and widened into the sums by storing them (PUT: nothing is cleared in
+// memory); done if that run was the last, else the same loop again with widenings that add
+// (WIDEN), done after the last run. The two copies of the run loop each have their own local
+// labels (2b finds the nearest).
+#define KX_PR_LOOP(CHUNKS, ZERO, RECOVER, PUT, WIDEN)          \
   ZERO                                                         \
   KX_PR_RUN(CHUNKS)                                            \
   "testb $1, 16(%[run])\n\t"                                   \
   "lea 24(%[run]), %[run]\n\t"                                 \
   "jz 2b\n\t"                                                  \
-  PUT                                                          \
+  RECOVER KX_PR_ZW PUT                                         \
   "testb $2, -8(%[run])\n\t"                                   \
   "jnz 7f\n\t"                                                 \
   KX_PR_RUN(CHUNKS)                                            \
   "testb $1, 16(%[run])\n\t"                                   \
   "jz 3f\n\t"                                                  \
-  WIDEN                                                        \
+  RECOVER KX_PR_ZW WIDEN                                       \
   "3:\n\t"                                                     \
   "testb $2, 16(%[run])\n\t"                                   \
   "lea 24(%[run]), %[run]\n\t"                                 \
@@ -506,16 +507,15 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH3, KX_PR_Z3, KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_B0 KX_PR_B1 KX_PR_B2),
                 KX_PR_IN3);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH3, KX_PR_Z3, KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_ZW KX_PR_P0 KX_PR_P1 KX_PR_P2,
-                           KX_PR_R0 KX_PR_R1 KX_PR_R2 KX_PR_ZW KX_PR_W0 KX_PR_W1 KX_PR_W2),
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH3, KX_PR_Z3, KX_PR_R0 KX_PR_R1 KX_PR_R2, KX_PR_P0 KX_PR_P1 KX_PR_P2,
+                           KX_PR_W0 KX_PR_W1 KX_PR_W2),
                 KX_PR_IN3);
     }
   } else if constexpr (NS == 2) {
     if constexpr (kBytes) {
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH2, KX_PR_Z2, KX_PR_R0 KX_PR_R1 KX_PR_B0 KX_PR_B1), KX_PR_IN2);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH2, KX_PR_Z2, KX_PR_R0 KX_PR_R1 KX_PR_ZW KX_PR_P0 KX_PR_P1,
-                           KX_PR_R0 KX_PR_R1 KX_PR_ZW KX_PR_W0 KX_PR_W1),
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH2, KX_PR_Z2, KX_PR_R0 KX_PR_R1, KX_PR_P0 KX_PR_P1, KX_PR_W0 KX_PR_W1),
                 KX_PR_IN2);
     }
   } else {
@@ -523,8 +523,7 @@ __attribute__((always_inline)) inline void gemm_tile_pair_x64(const std::uint16_
     if constexpr (kBytes) {
       KX_PR_ASM(KX_PR_LOOP_BYTES(KX_PR_CH1, KX_PR_Z1, KX_PR_R0 KX_PR_B0), KX_PR_IN1);
     } else {
-      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH1, KX_PR_Z1, KX_PR_R0 KX_PR_ZW KX_PR_P0, KX_PR_R0 KX_PR_ZW KX_PR_W0),
-                KX_PR_IN1);
+      KX_PR_ASM(KX_PR_LOOP(KX_PR_CH1, KX_PR_Z1, KX_PR_R0, KX_PR_P0, KX_PR_W0), KX_PR_IN1);
     }
   }
 #undef KX_PR_IN1
