@@ -123,6 +123,12 @@ def _conv_output_length(length, kernel, stride, dilation, padding):
     return (length - effective) // stride + 1 if length >= effective else 0
 
 
+# Compute dtypes the compiled ops serve. The ops compute in float32: a float16 / bfloat16
+# input (a mixed precision policy) is cast to float32, which keeps its sign and |x| exactly,
+# and the output is cast back to the compute dtype.
+_COMPILED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+
+
 def _on_cpu(tensor):
     device = getattr(tensor, "device", "") or ""
     if device:
@@ -163,6 +169,11 @@ class _QuantizedLayer(keras.layers.Layer):
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.binary_gradient = bool(binary_gradient)
 
+    # Whether reading the kernel inside call() gives the compute dtype under a mixed
+    # precision policy (Keras' autocasting). The XNOR layers read the float32 kernel and cast
+    # it themselves where they compute in the policy's dtype (see _XnorMixin).
+    _kernel_autocast = True
+
     def _add_kernel_and_bias(self, kernel_shape, outputs):
         self.kernel = self.add_weight(
             name="kernel",
@@ -171,6 +182,7 @@ class _QuantizedLayer(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
+            autocast=self._kernel_autocast,
         )
         if self.use_bias:
             self.bias = self.add_weight(
@@ -272,8 +284,12 @@ class _ScaledBinaryMixin:
         either way.
         """
         dot = dot or self._product
+        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
+            kernel = tf.cast(kernel, inputs.dtype)
         outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
-        outputs = outputs * alpha
+        if outputs.dtype != inputs.dtype:  # the compiled dot computes in float32
+            outputs = tf.cast(outputs, inputs.dtype)
+        outputs = outputs * tf.cast(alpha, outputs.dtype)
         if self.use_k:
             outputs = outputs * self._k_map(inputs)
         if bias is not None:
@@ -307,8 +323,11 @@ class _ScaledBinaryMixin:
 
         if self.implementation == "compiled":
             reasons = self._check_compiled_possible()
-            if inputs.dtype != tf.float32:
-                reasons.append("the compute dtype must be float32, got %s" % inputs.dtype.name)
+            if inputs.dtype not in _COMPILED_DTYPES:
+                reasons.append(
+                    "the compute dtype must be float32, float16 or bfloat16, got %s"
+                    % inputs.dtype.name
+                )
             if reasons:
                 raise ValueError(
                     "%s(implementation='compiled') is not possible: %s. Use "
@@ -326,7 +345,7 @@ class _ScaledBinaryMixin:
                 )
             return True
         return (
-            inputs.dtype == tf.float32
+            inputs.dtype in _COMPILED_DTYPES
             and not self._check_compiled_possible()
             and _on_cpu(inputs)
             and ops.compiled_ops_available()
@@ -363,7 +382,15 @@ class _XnorMixin:
     A subclass provides ``_compiled_dot(xb, wb)`` (the op computing the +-1 product; training)
     and ``_fused_op(x, kernel, alpha, bias, relu, simulation)`` (the op computing the whole
     layer but non-ReLU activations; inference).
+
+    Mixed precision (``keras.config.set_dtype_policy("mixed_bfloat16")`` or
+    ``"mixed_float16"``): the layer computes in the policy's dtype as any Keras layer does,
+    and the compiled ops serve it too (they compute in float32 and return the compute dtype).
+    The kernel is read in float32 (not autocast), so the fused op packs it once while it is
+    unchanged, as under float32; the simulation casts it to the compute dtype itself.
     """
+
+    _kernel_autocast = False
 
     def _init_implementation(self, implementation):
         self.implementation = _implementation(implementation, type(self).__name__)
@@ -638,12 +665,13 @@ class BinConv2D(_XnorMixin, BWNConv2D):
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, the dtype is float32 and the layer runs on CPU; otherwise the float simulation
-    (an ordinary conv of ±1 tensors, then the scales). Inference runs the fused op (dot, alpha,
-    K, bias, ReLU in one kernel). Training runs the op for the ±1 dot only and applies alpha,
-    K and the bias in TF; the dot's gradient is that of the float conv, which needs only its
-    inputs, so a training step costs the op plus the two backprop convs instead of the
-    simulation's three float convs. ``"simulation"`` and ``"compiled"`` force a path. Both
+    quantizers, the compute dtype is float32, float16 or bfloat16 (mixed precision: the op
+    computes in float32 and returns the compute dtype) and the layer runs on CPU; otherwise
+    the float simulation (an ordinary conv of ±1 tensors, then the scales). Inference runs
+    the fused op (dot, alpha, K, bias, ReLU in one kernel). Training runs the op for the ±1
+    dot only and applies alpha, K and the bias in TF; the dot's gradient is that of the float
+    conv, which needs only its inputs, so a training step costs the op plus the two backprop
+    convs instead of the simulation's three float convs. ``"simulation"`` and ``"compiled"`` force a path. Both
     paths give the same dot products bit for bit, the same outputs up to float rounding of the
     scales, and the same gradients. The op fuses ReLU only; other activations run after it.
 

@@ -16,6 +16,10 @@ The TFLite converter (``allow_custom_ops``) keeps these ops as custom ops whose
 custom_options are a FlexBuffer map of the op attributes; everything else becomes builtins.
 The layers say what they are (their class); nothing is recognised by graph shape.
 
+Mixed precision. A model built under a float16 / bfloat16 policy is exported in float32:
+every cloned float layer gets the float32 policy (a half-precision Conv2D or MatMul would
+otherwise reach the converter as an unresolvable custom op), and the twins compute in float32.
+
 BatchNorm folding. If a BatchNormalization (inference statistics, channel axis last) is the
 only consumer of a binary layer's output and the binary layer has no activation, then with
 ``s = gamma / sqrt(var + eps)``::
@@ -80,6 +84,16 @@ def _is_linear(activation):
     return activation is None or activation is keras.activations.linear
 
 
+def _half_precision(layer):
+    """Whether `layer` computes or keeps weights in float16 / bfloat16 (a mixed precision or
+    half policy). The export computes every float layer in float32 instead: TFLite's builtins
+    (and XNNPACK) run float32 graphs, and a half-precision Conv2D or MatMul would come out of
+    the converter as an unresolvable custom op."""
+    policy = getattr(layer, "dtype_policy", None)
+    dtypes = (getattr(policy, "compute_dtype", None), getattr(policy, "variable_dtype", None))
+    return any(d in ("float16", "bfloat16") for d in dtypes)
+
+
 def _exportable(layer):
     """Why a BinConv2D/BinDense cannot become a custom op ("" when it can)."""
     if not quantizers.is_sign_kind(layer.input_quantizer):
@@ -102,7 +116,7 @@ class _ExportBinConv2D(keras.layers.Layer):
     """Inference-only twin of a BinConv2D: KerasXnorBinConv2D with constant operands."""
 
     def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
-        super().__init__(name=source.name, **kwargs)
+        super().__init__(name=source.name, dtype="float32", **kwargs)
         self._filter = filter_words
         self._alpha = np.asarray(alpha, np.float32)
         self._bias = np.asarray(bias, np.float32)
@@ -140,7 +154,7 @@ class _ExportBinDense(keras.layers.Layer):
     """Inference-only twin of a BinDense: KerasXnorBinDense with constant operands."""
 
     def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
-        super().__init__(name=source.name, **kwargs)
+        super().__init__(name=source.name, dtype="float32", **kwargs)
         self._filter = filter_words
         self._alpha = np.asarray(alpha, np.float32)
         self._bias = np.asarray(bias, np.float32)
@@ -209,6 +223,7 @@ class _ExportBWNConv2D(_BakedBWNWeights, keras.layers.Conv2D):
             activation=source.activation,
             use_bias=source.bias is not None,
             name=source.name,
+            dtype="float32",
         )
         self._bake(source)
 
@@ -222,6 +237,7 @@ class _ExportBWNDense(_BakedBWNWeights, keras.layers.Dense):
             activation=source.activation,
             use_bias=source.bias is not None,
             name=source.name,
+            dtype="float32",
         )
         self._bake(source)
 
@@ -403,10 +419,11 @@ def export_model(model, fold_batch_norm=True):
         if bwn is not None:
             return bwn
         if id(layer) in folded:
-            return _FoldedAway(name=layer.name + "_folded")
+            return _FoldedAway(name=layer.name + "_folded", dtype="float32")
         config = layer.get_config()
-        clone = layer.__class__.from_config(config)
-        return clone
+        if _half_precision(layer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     # Layers cloned from their config start with fresh weights: copy the trained ones (names
