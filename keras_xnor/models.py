@@ -34,6 +34,9 @@ Ablation options, passed to every binary layer: ``kernel_scale`` ("mean_abs" = a
 eq. 6, "learned" = alpha a trainable per-filter weight, "none" = no alpha) and, for xnor,
 ``use_k`` (with or without the K map of eq. 11).
 
+Mixed precision: under a float16 / bfloat16 dtype policy the classifier (the last Dense and
+its softmax) is still float32, as Keras recommends for a model's outputs.
+
 Building is cheap (no data, no compilation), so the 224x224 networks can be built for
 export and benchmarks in seconds.
 """
@@ -304,7 +307,8 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
         x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = keras.layers.Dense(num_classes, activation=classifier_activation,
-                                 kernel_regularizer=b.regularizer, name="predictions")(x)
+                                 kernel_regularizer=b.regularizer, dtype="float32",
+                                 name="predictions")(x)
     return keras.Model(inputs, outputs, name=name or "%s_resnet18" % kind)
 
 

@@ -59,6 +59,24 @@ def test_one_epoch_on_a_fashion_mnist_subset_learns(tmp_path):
     assert epoch == 1 and path.endswith("epoch_001.keras")
 
 
+def test_mixed_precision_run_learns_and_resumes_with_its_policy(tmp_path):
+    out = str(tmp_path / "run")
+    common = dict(model="xnor_small", batch_size=64, max_train_examples=2048,
+                  max_test_examples=500, output_dir=out, verbose=0,
+                  dtype_policy="mixed_bfloat16")
+    first = trainer.train(epochs=1, **common)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    second = trainer.train(epochs=2, resume=True, **common)
+    assert second["resumed_from_epoch"] == 1 and second["optimizer_iterations"] == 64
+    assert second["test_accuracy"] > 0.55, (first["test_accuracy"], second["test_accuracy"])
+    model = keras.models.load_model(os.path.join(out, "model.keras"))
+    binary = [layer for layer in model.layers if isinstance(layer, keras_xnor.BinConv2D)]
+    assert binary and all(layer.dtype_policy.name == "mixed_bfloat16" for layer in binary)
+    assert all(layer.kernel.dtype == "float32" for layer in binary)
+    assert model.layers[-1].dtype_policy.name == "float32"  # the classifier
+    assert model.output.dtype == "float32"
+
+
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(trainer.ConfigError, match="--resume"):
@@ -72,6 +90,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     (dict(model="xnor_vgg"), "choose one of"),
     (dict(model="xnor_small", strategy="tpu"), "strategy"),
     (dict(model="xnor_small", epochs=0), "positive"),
+    (dict(model="xnor_small", dtype_policy="float64"), "dtype_policy"),
 ])
 def test_bad_settings_raise_config_errors(tmp_path, kwargs, message):
     with pytest.raises(trainer.ConfigError, match=message):

@@ -69,6 +69,8 @@ def define_flags():
     flags.DEFINE_bool("validate", True, "Evaluate on the test split after every epoch.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+    flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                      "Keras dtype policy of the model's layers (mixed precision).")
     flags.DEFINE_integer("verbose", 1, "0 = silent, 1 = progress bar, 2 = a line per epoch.")
     flags.DEFINE_integer("crash_after_epoch", None,
                          "Testing aid: exit abruptly after this epoch's checkpoint.")

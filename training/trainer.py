@@ -36,6 +36,7 @@ from keras_xnor import models
 from keras_xnor.training import datasets, recipes
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
 CRASH_EXIT_CODE = 75
@@ -71,6 +72,11 @@ class TrainConfig:
         validate: evaluate on the test split after every epoch (for the curves).
         seed: random seed (weights init, shuffling).
         jit_compile: XLA-compile the train step (off: the binary ops are custom ops).
+        dtype_policy: "float32", or a mixed precision policy for the new model's layers:
+            "mixed_float16" (GPUs; the optimizer gets Keras' loss scaling) or
+            "mixed_bfloat16". The latent weights and the classifier stay float32, and the
+            binary layers still run the compiled op on CPU. A resumed run keeps the policy
+            it was saved with.
         verbose: Keras progress output (1 = progress bar, 2 = one line per epoch, 0 = none).
         crash_after_epoch: testing aid: exit abruptly (code 75) right after the checkpoint
             of this epoch (1-based), as if the process had been killed.
@@ -101,6 +107,7 @@ class TrainConfig:
     validate: bool = True
     seed: int = 0
     jit_compile: bool = False
+    dtype_policy: str = "float32"
     verbose: object = 1
     crash_after_epoch: int = None
 
@@ -318,6 +325,9 @@ def _validate(config):
     if config.dataset not in datasets.DATASETS:
         raise ConfigError("unknown --dataset %r; choose one of: %s"
                          % (config.dataset, ", ".join(datasets.DATASETS)))
+    if config.dtype_policy not in DTYPE_POLICIES:
+        raise ConfigError("unknown --dtype_policy %r; choose one of: %s"
+                         % (config.dtype_policy, ", ".join(DTYPE_POLICIES)))
     if config.strategy not in STRATEGIES:
         raise ConfigError("unknown --strategy %r; choose one of: %s"
                          % (config.strategy, ", ".join(STRATEGIES)))
@@ -436,8 +446,13 @@ def train(config=None, distribute_strategy=None, **overrides):
             if config.resume:
                 print("--resume: no checkpoint in %s, starting from scratch."
                       % config.output_dir, flush=True)
-            model = models.get(config.model, **_model_kwargs(
-                config, info, recipe, strategy.num_replicas_in_sync))
+            previous_policy = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(config.dtype_policy)
+            try:  # the layers (and the model) take the global policy when they are made
+                model = models.get(config.model, **_model_kwargs(
+                    config, info, recipe, strategy.num_replicas_in_sync))
+            finally:
+                keras.config.set_dtype_policy(previous_policy)
             metrics = ["accuracy"]
             if info["num_classes"] > 10:
                 metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
