@@ -8,6 +8,11 @@ Training: model.fit with tf.function (Keras' jit_compile="auto" is off on CPU) f
 simulation's loss curve.
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -141,3 +146,35 @@ def test_auto_implementation_trains_even_when_xla_is_requested():
     history = model.fit(x, np.zeros((16, 4), np.float32), batch_size=8, verbose=0)
     assert model.jit_compile is False
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_saved_model_export_runs_the_ops_after_load_ops(tmp_path):
+    # model.export traces the inference graph, fused op and all; a fresh process registers
+    # the ops with load_ops() and then serves the SavedModel with the same outputs.
+    model = small_model("auto")
+    x = np.random.default_rng(2).standard_normal((3, 12, 12, 3)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    path = str(tmp_path / "served")
+    model.export(path, verbose=False)
+    np.save(str(tmp_path / "x.npy"), x)
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        from keras_xnor import ops
+        ops.load_ops()
+        served = tf.saved_model.load(sys.argv[1])
+        ops_in_graph = {op.type for f in served.serve.concrete_functions
+                        for op in f.graph.get_operations()}
+        ops_in_graph |= {n.op for f in served.serve.concrete_functions
+                         for d in f.graph.as_graph_def().library.function for n in d.node_def}
+        print("OPS", " ".join(sorted(t for t in ops_in_graph if t.startswith("KerasXnor"))))
+        np.save(sys.argv[3], served.serve(np.load(sys.argv[2])).numpy())
+    """)
+    out_path = str(tmp_path / "y.npy")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", script, path, str(tmp_path / "x.npy"),
+                             out_path], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "KerasXnorBinConv2D" in result.stdout and "KerasXnorBinDense" in result.stdout
+    np.testing.assert_array_equal(np.load(out_path), expected)
