@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from keras_xnor import constraints as xnor_constraints
-from keras_xnor import quantizers
+from keras_xnor import quantizers, spec
 
 __all__ = [
     "QuantConv2D",
@@ -665,7 +665,8 @@ class BinConv2D(_XnorMixin, BWNConv2D):
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, the compute dtype is float32, float16 or bfloat16 (mixed precision: the op
+    quantizers, the kernel is at most 11x11 (``spec.MAX_KERNEL_SIZE``; a larger one runs the
+    simulation), the compute dtype is float32, float16 or bfloat16 (mixed precision: the op
     computes in float32 and returns the compute dtype) and the layer runs on CPU; otherwise
     the float simulation (an ordinary conv of ±1 tensors, then the scales). Inference runs
     the fused op (dot, alpha, K, bias, ReLU in one kernel). Training runs the op for the ±1
@@ -743,6 +744,15 @@ class BinConv2D(_XnorMixin, BWNConv2D):
                 % self.groups
             )
         self._init_implementation(implementation)
+
+    def _check_compiled_possible(self):
+        reasons = super()._check_compiled_possible()
+        if max(self.kernel_size) > spec.MAX_KERNEL_SIZE:
+            reasons.append(
+                "the compiled conv serves kernels up to %dx%d, got kernel_size=%s"
+                % (spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, self.kernel_size)
+            )
+        return reasons
 
     def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
         from keras_xnor import ops  # noqa: PLC0415

@@ -36,6 +36,10 @@ PADDING_VALID = "VALID"
 
 SPEC_VERSION = 1
 
+# Kernel heights and widths the binary conv serves: 1 .. MAX_KERNEL_SIZE. The layers run a
+# larger kernel as the float simulation, and export it that way.
+MAX_KERNEL_SIZE = 11
+
 
 def packed_words(channels: int) -> int:
     """Number of 32-bit words that hold ``channels`` sign bits."""

@@ -584,6 +584,29 @@ def test_compiled_bin_dense_matches_simulation(shape, activation):
 
 
 @needs_ops
+@pytest.mark.parametrize("kernel_size", [13, (1, 12), (12, 3)])
+def test_kernels_above_the_core_limit_run_the_simulation(kernel_size, monkeypatch):
+    with pytest.raises(ValueError, match="kernels up to 11x11"):
+        keras_xnor.BinConv2D(3, kernel_size, implementation="compiled")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("op called")
+
+    x = np.random.RandomState(0).randn(2, 15, 14, 5).astype(np.float32)
+    auto = keras_xnor.BinConv2D(3, kernel_size, padding="same")
+    simulated = keras_xnor.BinConv2D(3, kernel_size, padding="same",
+                                     implementation="simulation")
+    auto.build(x.shape)
+    simulated.build(x.shape)
+    simulated.set_weights(auto.get_weights())
+    monkeypatch.setattr(keras_xnor.ops, "bin_conv2d", must_not_run)
+    monkeypatch.setattr(keras_xnor.ops, "binary_conv2d_dot", must_not_run)
+    np.testing.assert_array_equal(auto(x).numpy(), simulated(x).numpy())
+    np.testing.assert_array_equal(auto(x, training=True).numpy(), simulated(x).numpy())
+    assert auto.supports_jit  # no op, so XLA stays possible
+
+
+@needs_ops
 def test_auto_uses_compiled_op_on_cpu_and_disables_xla(monkeypatch):
     calls = []
     real = keras_xnor.ops.bin_conv2d

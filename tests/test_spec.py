@@ -26,6 +26,7 @@ TWINS = {
     "kPaddingSame": "PADDING_SAME",
     "kPaddingValid": "PADDING_VALID",
     "kSpecVersion": "SPEC_VERSION",
+    "kMaxKernelSize": "MAX_KERNEL_SIZE",
 }
 
 

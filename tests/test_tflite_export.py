@@ -307,3 +307,19 @@ def test_bwn_twins_keep_activation_learned_alpha_and_missing_bias():
     x = rng.standard_normal((2, 9, 9, 5)).astype(np.float32)
     np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
                                model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_above_the_core_limit_export_as_float_simulation():
+    # The binary conv serves kernels up to spec.MAX_KERNEL_SIZE; a larger BinConv2D runs (and
+    # exports) as its float simulation, with a warning, and the .tflite computes the same.
+    model = keras.Sequential([
+        keras.Input((20, 20, 6)),
+        keras_xnor.BinConv2D(5, 13, padding="same"),
+        keras_xnor.BinConv2D(4, 3),
+    ])
+    with pytest.warns(UserWarning, match=r"kernel_size \(13, 13\) is above the 11x11"):
+        data = convert(model)
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"]  # the 3x3 only
+    x = np.random.default_rng(12).standard_normal((2, 20, 20, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
+                               rtol=1e-5, atol=1e-5)

@@ -105,6 +105,9 @@ def _exportable(layer):
     data_format = getattr(layer, "data_format", "channels_last")
     if isinstance(layer, BinConv2D) and data_format != "channels_last":
         return "data_format is not channels_last"
+    if isinstance(layer, BinConv2D) and max(layer.kernel_size) > spec.MAX_KERNEL_SIZE:
+        return "kernel_size %s is above the %dx%d the binary conv serves" % (
+            tuple(layer.kernel_size), spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE)
     return ""
 
 

@@ -37,6 +37,10 @@ inline constexpr const char kPaddingValid[] = "VALID";
 
 inline constexpr int kSpecVersion = 1;
 
+// Kernel heights and widths the binary conv serves: 1 .. kMaxKernelSize. The layers run a
+// larger kernel as the float simulation, and export it that way.
+inline constexpr int kMaxKernelSize = 11;
+
 // One packed word as stored in tensors (TF and TFLite int32); kernels read it as uint32_t.
 using PackedWord = std::int32_t;
 

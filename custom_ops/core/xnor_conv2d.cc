@@ -49,8 +49,8 @@ std::string resolve_conv2d_shape(Conv2DShape* s) {
   if (!(err = check_range("input width", s->in_w, 1, kMaxExtent)).empty()) return err;
   if (!(err = check_range("input channels", s->in_c, 1, kMaxExtent)).empty()) return err;
   if (!(err = check_range("output channels (filters)", s->out_c, 1, kMaxExtent)).empty()) return err;
-  if (!(err = check_range("kernel height", s->k_h, 1, 11)).empty()) return err;
-  if (!(err = check_range("kernel width", s->k_w, 1, 11)).empty()) return err;
+  if (!(err = check_range("kernel height", s->k_h, 1, kMaxKernelSize)).empty()) return err;
+  if (!(err = check_range("kernel width", s->k_w, 1, kMaxKernelSize)).empty()) return err;
   if (!(err = check_range("stride height", s->stride_h, 1, kMaxExtent)).empty()) return err;
   if (!(err = check_range("stride width", s->stride_w, 1, kMaxExtent)).empty()) return err;
   if (!(err = check_range("dilation height", s->dilation_h, 1, kMaxExtent)).empty()) return err;

@@ -70,8 +70,8 @@ struct Conv2DShape {
 };
 
 // Validates the caller's fields and fills out_h/out_w/pad_top/pad_left. Returns "" when the
-// shape is valid, else a readable message (kernel 1..11, strides and dilations >= 1, sizes > 0,
-// output not empty).
+// shape is valid, else a readable message (kernel 1..kMaxKernelSize of spec.h, strides and
+// dilations >= 1, sizes > 0, output not empty).
 std::string resolve_conv2d_shape(Conv2DShape* shape);
 
 // Parses "SAME" / "VALID"; returns false for anything else.

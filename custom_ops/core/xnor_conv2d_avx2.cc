@@ -43,7 +43,7 @@ __m256 hsum8(const __m256* v) {
 }
 
 // One block of up to 16 output pixels, im2col'ed.
-constexpr int kMaxTaps = 11 * 11;
+constexpr int kMaxTaps = kMaxKernelSize * kMaxKernelSize;  // spec.h
 
 struct Block {
   std::int64_t first = 0;  // first output pixel (flattened n, oh, ow)

@@ -40,7 +40,7 @@ constexpr int kTableMinPixelsPerCall = 32;  // see conv2d_channel_lanes_avx2
 // 33 tasks, 16 against 17; measured 2-3% at 2 threads) at no cost at 1 thread.
 constexpr std::int64_t kTargetTasks = 64;
 
-constexpr int kMaxTaps = 11 * 11;
+constexpr int kMaxTaps = kMaxKernelSize * kMaxKernelSize;  // spec.h
 constexpr int kMaxClasses = 64;  // padding classes (see InputGeometry::dot_base)
 
 // A block of consecutive output pixels (flattened n, oh, ow): per pixel, the corner of its
@@ -1078,7 +1078,7 @@ bool conv2d_channel_lanes_avx2(const ConvArgs& a, const ParallelFor& parallel_fo
   }
   // Channels [64 b, 64 b + 64) of every padding-class row (each class's padded taps listed once).
   const auto make_class_rows = [&](int b) {
-    const std::int32_t* padded_rows[kMaxTaps];  // kernels are at most 11x11 (resolve_conv2d_shape)
+    const std::int32_t* padded_rows[kMaxTaps];  // kernels fit (resolve_conv2d_shape)
     for (int a_r = 0; a_r < class_rows; ++a_r) {
       for (int a_c = 0; a_c < class_cols; ++a_c) {
         const int rm = row_masks[a_r], cm = col_masks[a_c];

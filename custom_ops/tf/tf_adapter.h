@@ -159,16 +159,11 @@ inline std::string check_in_channels(std::int64_t in_channels) {
   return "";
 }
 
-// Kernel extents supported by the core.
-inline constexpr int kMinKernelSize = 1;
-inline constexpr int kMaxKernelSize = 11;
-
+// Kernel extents supported by the core (spec.h).
 inline std::string check_kernel_size(std::int64_t k_h, std::int64_t k_w) {
-  if (k_h < kMinKernelSize || k_h > kMaxKernelSize || k_w < kMinKernelSize ||
-      k_w > kMaxKernelSize) {
-    return "kernel size must be between " + std::to_string(kMinKernelSize) + " and " +
-           std::to_string(kMaxKernelSize) + " in both dimensions, got " + std::to_string(k_h) +
-           "x" + std::to_string(k_w);
+  if (k_h < 1 || k_h > kMaxKernelSize || k_w < 1 || k_w > kMaxKernelSize) {
+    return "kernel size must be between 1 and " + std::to_string(kMaxKernelSize) +
+           " in both dimensions, got " + std::to_string(k_h) + "x" + std::to_string(k_w);
   }
   return "";
 }
