@@ -672,9 +672,10 @@ class BinConv2D(_XnorMixin, BWNConv2D):
     the fused op (dot, alpha, K, bias, ReLU in one kernel). Training runs the op for the ±1
     dot only and applies alpha, K and the bias in TF; the dot's gradient is that of the float
     conv, which needs only its inputs, so a training step costs the op plus the two backprop
-    convs instead of the simulation's three float convs. ``"simulation"`` and ``"compiled"`` force a path. Both
-    paths give the same dot products bit for bit, the same outputs up to float rounding of the
-    scales, and the same gradients. The op fuses ReLU only; other activations run after it.
+    convs instead of the simulation's three float convs. ``"simulation"`` and ``"compiled"``
+    force a path. Both paths give the same dot products bit for bit, the same outputs up to
+    float rounding of the scales, and the same gradients. The op fuses ReLU only; other
+    activations run after it.
 
     Args:
         use_k: multiply by the K map (default True); False drops it (``K = 1``).
