@@ -317,7 +317,7 @@ def test_kernels_above_the_core_limit_export_as_float_simulation():
         keras_xnor.BinConv2D(5, 13, padding="same"),
         keras_xnor.BinConv2D(4, 3),
     ])
-    with pytest.warns(UserWarning, match=r"kernel_size \(13, 13\) is above the 11x11"):
+    with pytest.warns(UserWarning, match=r"kernels up to 11x11, got kernel_size=\(13, 13\)"):
         data = convert(model)
     assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"]  # the 3x3 only
     x = np.random.default_rng(12).standard_normal((2, 20, 20, 6)).astype(np.float32)

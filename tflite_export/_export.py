@@ -95,20 +95,10 @@ def _half_precision(layer):
 
 
 def _exportable(layer):
-    """Why a BinConv2D/BinDense cannot become a custom op ("" when it can)."""
-    if not quantizers.is_sign_kind(layer.input_quantizer):
-        return "its input_quantizer is not a sign quantizer"
-    if not quantizers.is_sign_kind(layer.kernel_quantizer):
-        return "its kernel_quantizer is not a sign quantizer"
-    if getattr(layer, "groups", 1) != 1:
-        return "groups != 1"
-    data_format = getattr(layer, "data_format", "channels_last")
-    if isinstance(layer, BinConv2D) and data_format != "channels_last":
-        return "data_format is not channels_last"
-    if isinstance(layer, BinConv2D) and max(layer.kernel_size) > spec.MAX_KERNEL_SIZE:
-        return "kernel_size %s is above the %dx%d the binary conv serves" % (
-            tuple(layer.kernel_size), spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE)
-    return ""
+    """Why a BinConv2D/BinDense cannot become a custom op ("" when it can): the reasons its
+    compiled path is not possible (quantizers, kernel size; the layers refuse groups and
+    channels_first when they are made), the same rule the layer follows in TF."""
+    return "; ".join(layer._check_compiled_possible())  # noqa: SLF001 (same project)
 
 
 # --------------------------------------------------------------------------------------------
