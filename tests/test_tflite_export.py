@@ -323,3 +323,49 @@ def test_kernels_above_the_core_limit_export_as_float_simulation():
     x = np.random.default_rng(12).standard_normal((2, 20, 20, 6)).astype(np.float32)
     np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def _floatx_model():
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(12, 3, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras_xnor.BinConv2D(16, 3, padding="same")(x)
+    x = keras_xnor.BWNConv2D(8, 3, strides=2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras_xnor.BinDense(10)(x)
+    return keras.Model(inp, keras.layers.Dense(4)(x))
+
+
+def test_float64_model_exports_in_float32():
+    # Under keras.config.set_floatx("float64") every layer computes in float64; the .tflite
+    # computes in float32 (its builtins would otherwise be unresolvable float64 custom ops)
+    # and takes a float32 input, with the same binary custom ops.
+    keras.config.set_floatx("float64")
+    try:
+        model = _floatx_model()
+        assert model.inputs[0].dtype == "float64"
+        data = convert(model, batch_size=2)
+    finally:
+        keras.config.set_floatx("float32")
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D", "KerasXnorBinDense"]
+    interpreter = Interpreter(model_content=data)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    x = np.random.default_rng(13).standard_normal((2, 8, 8, 3))
+    got = _run(interpreter, x.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_integer_input_keeps_its_dtype_with_a_fixed_batch():
+    # A uint8 image input (rescaled in the model) stays uint8 when convert() fixes the batch.
+    inp = keras.Input((6, 6, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras_xnor.BinConv2D(5, 3)(x)
+    model = keras.Model(inp, x)
+    data = convert(model, batch_size=3)
+    interpreter = Interpreter(model_content=data)
+    detail = interpreter.get_input_details()[0]
+    assert detail["dtype"] == np.uint8
+    assert list(detail["shape"]) == [3, 6, 6, 3]
+    x = np.random.default_rng(14).integers(0, 256, (3, 6, 6, 3)).astype(np.uint8)
+    np.testing.assert_allclose(_run(interpreter, x), model(x).numpy(), rtol=1e-5, atol=1e-5)

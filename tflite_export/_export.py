@@ -16,9 +16,11 @@ The TFLite converter (``allow_custom_ops``) keeps these ops as custom ops whose
 custom_options are a FlexBuffer map of the op attributes; everything else becomes builtins.
 The layers say what they are (their class); nothing is recognised by graph shape.
 
-Mixed precision. A model built under a float16 / bfloat16 policy is exported in float32:
-every cloned float layer gets the float32 policy (a half-precision Conv2D or MatMul would
-otherwise reach the converter as an unresolvable custom op), and the twins compute in float32.
+Precision. A model built under a float16 / bfloat16 policy (mixed precision) or with
+``keras.config.set_floatx("float64")`` is exported in float32: every cloned float layer gets
+the float32 policy (a half- or double-precision Conv2D or MatMul would otherwise reach the
+converter as an unresolvable custom op), float inputs become float32, and the twins compute
+in float32.
 
 BatchNorm folding. If a BatchNormalization (inference statistics, channel axis last) is the
 only consumer of a binary layer's output and the binary layer has no activation, then with
@@ -84,14 +86,18 @@ def _is_linear(activation):
     return activation is None or activation is keras.activations.linear
 
 
-def _half_precision(layer):
+_NOT_FLOAT32 = ("float16", "bfloat16", "float64")
+
+
+def _not_float32(layer):
     """Whether `layer` computes or keeps weights in float16 / bfloat16 (a mixed precision or
-    half policy). The export computes every float layer in float32 instead: TFLite's builtins
-    (and XNNPACK) run float32 graphs, and a half-precision Conv2D or MatMul would come out of
-    the converter as an unresolvable custom op."""
+    half policy) or float64 (``floatx`` float64). The export computes every float layer in
+    float32 instead: TFLite's builtins (and XNNPACK) run float32 graphs, and a half- or
+    double-precision Conv2D or MatMul would come out of the converter as an unresolvable
+    custom op."""
     policy = getattr(layer, "dtype_policy", None)
     dtypes = (getattr(policy, "compute_dtype", None), getattr(policy, "variable_dtype", None))
-    return any(d in ("float16", "bfloat16") for d in dtypes)
+    return any(d in _NOT_FLOAT32 for d in dtypes)
 
 
 def _exportable(layer):
@@ -414,7 +420,7 @@ def export_model(model, fold_batch_norm=True):
         if id(layer) in folded:
             return _FoldedAway(name=layer.name + "_folded", dtype="float32")
         config = layer.get_config()
-        if _half_precision(layer):
+        if _not_float32(layer):
             config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
@@ -487,8 +493,13 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
         shapes = [tuple(s) for s in input_shapes]
     else:
         shapes = [(batch_size,) + tuple(t.shape[1:]) for t in inputs]
-    if any(tuple(shape) != (None,) + tuple(t.shape[1:]) for shape, t in zip(shapes, inputs)):
-        new_inputs = [keras.Input(batch_shape=shape) for shape in shapes]
+    # Float inputs of a float16/bfloat16/float64 model are fed as float32, as the clone computes.
+    dtypes = ["float32" if t.dtype in _NOT_FLOAT32 else t.dtype for t in inputs]
+    if any(
+        tuple(shape) != (None,) + tuple(t.shape[1:]) or dtype != t.dtype
+        for shape, dtype, t in zip(shapes, dtypes, inputs)
+    ):
+        new_inputs = [keras.Input(batch_shape=s, dtype=d) for s, d in zip(shapes, dtypes)]
         outputs = clone(new_inputs[0] if len(new_inputs) == 1 else new_inputs)
         clone = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outputs)
     # from_keras_model freezes the float weights into constants (from_concrete_functions would
