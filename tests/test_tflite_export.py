@@ -369,3 +369,32 @@ def test_integer_input_keeps_its_dtype_with_a_fixed_batch():
     assert list(detail["shape"]) == [3, 6, 6, 3]
     x = np.random.default_rng(14).integers(0, 256, (3, 6, 6, 3)).astype(np.uint8)
     np.testing.assert_allclose(_run(interpreter, x), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("structure", ["list", "dict"])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_multi_input_models_keep_their_input_names(structure, batch_size):
+    # The signature's input keys are the model's input names (dict inputs: the keys), also
+    # when convert() rebuilds the inputs for a fixed batch; dict inputs, which TFLite's own
+    # converter cannot trace under Keras 3, convert too.
+    img = keras.Input((8, 8, 4), name="img")
+    feat = keras.Input((12,), name="feat")
+    x = keras.layers.Flatten()(keras_xnor.BinConv2D(8, 3)(img))
+    y = keras_xnor.BinDense(6)(feat)
+    logits = keras_xnor.BinDense(5)(keras.layers.Concatenate()([x, y]))
+    inputs = [img, feat] if structure == "list" else {"img": img, "feat": feat}
+    model = keras.Model(inputs, {"logits": logits, "aux": keras.layers.Dense(2)(y)})
+    rng = np.random.default_rng(15)
+    feed = {"img": rng.standard_normal((2, 8, 8, 4)).astype(np.float32),
+            "feat": rng.standard_normal((2, 12)).astype(np.float32)}
+    expected = model([feed["img"], feed["feat"]] if structure == "list" else feed)
+    data = convert(model, batch_size=batch_size)
+    assert sorted(op["name"] for op in custom_ops(data)) == [
+        "KerasXnorBinConv2D", "KerasXnorBinDense", "KerasXnorBinDense"]
+    interpreter = Interpreter(model_content=data)
+    signature = interpreter.get_signature_list()["serving_default"]
+    assert sorted(signature["inputs"]) == ["feat", "img"]
+    got = interpreter.get_signature_runner()(**feed)
+    assert sorted(got) == ["aux", "logits"]
+    for key in got:
+        np.testing.assert_allclose(got[key], expected[key].numpy(), rtol=1e-5, atol=1e-5)

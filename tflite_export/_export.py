@@ -468,7 +468,8 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
             its alpha/bias (module docstring).
         batch_size: fixed batch dimension for the inputs, or None for a dynamic batch
             (resize with ``interpreter.resize_tensor_input`` then ``allocate_tensors``).
-        input_shapes: optional list of full input shapes (with batch) overriding the model's.
+        input_shapes: optional list of full input shapes (with batch) overriding the model's,
+            in the order of ``model.inputs`` (for dict inputs: sorted by key).
         float_weights: "float32" (default) or "float16": store the weights of the float
             layers (first/last layers, projections) as float16, halving their size; they are
             computed in float32 at run time (XNNPACK). The packed binary weights are unchanged;
@@ -483,7 +484,13 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
             "convert(): float_weights must be 'float32' or 'float16', got %r" % (float_weights,)
         )
     clone = export_model(model, fold_batch_norm=fold_batch_norm)
-    inputs = tf.nest.flatten(clone.inputs)
+    # One tensor, a list, or a dict of inputs (a Sequential has one, and no `input` until called).
+    structure = clone.inputs if isinstance(clone, keras.Sequential) else clone.input
+    inputs = tf.nest.flatten(structure)  # (a dict's in sorted key order)
+    if isinstance(structure, dict) and len(structure) == len(inputs):
+        names = sorted(structure)  # the keys the caller feeds by
+    else:
+        names = [t.name for t in inputs]
     if input_shapes is not None:
         if len(input_shapes) != len(inputs):
             raise ValueError(
@@ -495,12 +502,19 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
         shapes = [(batch_size,) + tuple(t.shape[1:]) for t in inputs]
     # Float inputs of a float16/bfloat16/float64 model are fed as float32, as the clone computes.
     dtypes = ["float32" if t.dtype in _NOT_FLOAT32 else t.dtype for t in inputs]
-    if any(
+    # The converter cannot trace a Keras 3 model with dict inputs (it takes a tf_keras path
+    # and fails with "'NoneType' object is not callable"): such a model is wrapped in one
+    # with a list of inputs, named by the keys.
+    if isinstance(structure, dict) or any(
         tuple(shape) != (None,) + tuple(t.shape[1:]) or dtype != t.dtype
         for shape, dtype, t in zip(shapes, dtypes, inputs)
     ):
-        new_inputs = [keras.Input(batch_shape=s, dtype=d) for s, d in zip(shapes, dtypes)]
-        outputs = clone(new_inputs[0] if len(new_inputs) == 1 else new_inputs)
+        # The names are the .tflite signature's input keys.
+        new_inputs = [
+            keras.Input(batch_shape=s, dtype=d, name=n)
+            for s, d, n in zip(shapes, dtypes, names)
+        ]
+        outputs = clone(tf.nest.pack_sequence_as(structure, new_inputs))
         clone = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outputs)
     # from_keras_model freezes the float weights into constants (from_concrete_functions would
     # keep them as resource variables).
