@@ -21,6 +21,12 @@ For each layer (nested models are expanded) :func:`summary` reports, **per sampl
   operations per CPU instruction and one non-binary operation per output value. ``None`` for
   other layers.
 
+A layer that runs several times per sample (a shared layer, or a layer of a nested model
+that is called several times) has ``calls > 1``, and its ops count every run; its
+``output_shape`` is that of its first call. Where a layer's spatial size is not fixed (an
+input of shape ``(None, None, c)``), its ops cannot be counted: ``ops_known`` is False, its
+op counts are 0 (printed ``?``), and the model's ``speedup`` is None.
+
 Totals add the layers up; ``compression_ratio`` is the float32 size of all parameters divided
 by ``memory_bytes``, and the model ``speedup`` is
 ``(binary_ops + float_macs) / (binary_ops / 64 + scaling_ops + float_macs)``, the §4.1 model
@@ -64,6 +70,8 @@ class LayerSummary:
     float_macs: int
     scaling_ops: int
     speedup: Optional[float]
+    calls: int = 1
+    ops_known: bool = True
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -83,7 +91,8 @@ class ModelSummary:
     binary_ops: int
     float_macs: int
     scaling_ops: int
-    speedup: float
+    speedup: Optional[float]
+    ops_known: bool = True
 
     def __iter__(self):
         return iter(self.layers)
@@ -122,26 +131,6 @@ def _output_shape(layer):
         return None
 
 
-def _known_prod(dims):
-    if dims is None or any(d is None for d in dims):
-        return None
-    return math.prod(dims)
-
-
-def _leaf_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
-_CONV_TYPES = (xnor_layers.QuantConv2D, keras.layers.Conv2D)
-_DENSE_TYPES = (xnor_layers.QuantDense, keras.layers.Dense)
-
-
 def _input_shape(layer):
     try:
         return tuple(layer.input.shape)
@@ -149,35 +138,91 @@ def _input_shape(layer):
         return None
 
 
-def _other_float_macs(layer, shape):
-    """Multiply-accumulates of the float Keras layers that have them, else None."""
-    L = keras.layers
-    if shape is None:
+def _known_prod(dims):
+    if dims is None or any(d is None for d in dims):
         return None
-    positions = _known_prod(shape[1:-1])
-    if positions is None:
+    return math.prod(dims)
+
+
+def _first_shape(tensors):
+    tensors = keras.tree.flatten(tensors)
+    return tuple(tensors[0].shape) if tensors else None
+
+
+def _graph_calls(model):
+    """``{id(layer): [(input shape, output shape), ...]}``: one entry per call of each layer
+    in `model`'s own graph, found by walking back from the model's outputs (so calls of a
+    shared layer in other graphs do not count). None when the model has no symbolic graph
+    (a Sequential built without an Input, a subclassed model)."""
+    try:
+        stack = list(keras.tree.flatten(model.outputs))
+    except (AttributeError, ValueError, RuntimeError):
         return None
-    if isinstance(layer, (L.Conv1D, L.Conv3D)):
-        return positions * math.prod(layer.kernel.shape)
-    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        return positions * math.prod(layer.kernel.shape)
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        return positions * (
-            math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)
+    calls, seen = {}, set()
+    while stack:
+        history = getattr(stack.pop(), "_keras_history", None)
+        if history is None:
+            return None
+        operation, node_index = history[0], history[1]
+        if (id(operation), node_index) in seen:
+            continue
+        seen.add((id(operation), node_index))
+        node = operation._inbound_nodes[node_index]  # noqa: SLF001 (Keras keeps calls here)
+        calls.setdefault(id(operation), []).append(
+            (node_index, _first_shape(node.input_tensors), _first_shape(node.output_tensors))
         )
+        stack.extend(keras.tree.flatten(node.input_tensors))
+    return {key: [c[1:] for c in sorted(found)] for key, found in calls.items()}
+
+
+def _leaf_layers(model, repeat=1):
+    """(layer, [(input shape, output shape) per call], runs of its graph per sample) for every
+    layer, nested models expanded. A shared layer has one entry per call; the layers of a
+    nested model called n times run n times as often as the model around it."""
+    graph = _graph_calls(model)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        calls = (graph or {}).get(id(layer)) or [(_input_shape(layer), _output_shape(layer))]
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer, repeat * len(calls))
+        else:
+            yield layer, calls, repeat
+
+
+_CONV_TYPES = (xnor_layers.QuantConv2D, keras.layers.Conv2D)
+_DENSE_TYPES = (xnor_layers.QuantDense, keras.layers.Dense)
+
+
+def _other_mac_layer(layer):
+    """Multiply-accumulates per output position of a float Keras layer that has them (and
+    whether they are counted per input position, as for transposed convs), else None."""
+    L = keras.layers
+    if isinstance(layer, (L.Conv1D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        return math.prod(layer.kernel.shape), False
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        return math.prod(layer.depthwise_kernel.shape) + math.prod(
+            layer.pointwise_kernel.shape), False
     if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
-        in_positions = _known_prod((_input_shape(layer) or (None, None))[1:-1])
-        return None if in_positions is None else in_positions * math.prod(layer.kernel.shape)
+        return math.prod(layer.kernel.shape), True
     return None
 
 
-def _layer_summary(layer):
-    shape = _output_shape(layer)
+def _sum_calls(per_call, calls, repeat):
+    """Sum of per_call(input shape, output shape) over the calls, times repeat; None if any
+    call's count is unknown (a spatial size that is not fixed)."""
+    counts = [per_call(*call) for call in calls]
+    if any(c is None for c in counts):
+        return None
+    return repeat * sum(counts)
+
+
+def _layer_summary(layer, calls, repeat):
     weights = list(layer.weights)
     row = dict(
         name=layer.name,
         type=type(layer).__name__,
-        output_shape=shape,
+        output_shape=calls[0][1],
         input_bits=None,
         weight_bits=None,
         binary_params=0,
@@ -187,19 +232,29 @@ def _layer_summary(layer):
         float_macs=0,
         scaling_ops=0,
         speedup=None,
+        calls=repeat * len(calls),
+        ops_known=True,
     )
     if not layer.built:
         return row
     if not isinstance(layer, _CONV_TYPES + _DENSE_TYPES):
-        macs = _other_float_macs(layer, shape)
-        if macs is not None:
-            row.update(input_bits=FLOAT_BITS, weight_bits=FLOAT_BITS, float_macs=macs)
+        other = _other_mac_layer(layer)
+        if other is not None:
+            per_position, per_input = other
+
+            def macs(in_shape, out_shape):
+                shape = in_shape if per_input else out_shape
+                positions = _known_prod(None if shape is None else shape[1:-1])
+                return None if positions is None else positions * per_position
+
+            total = _sum_calls(macs, calls, repeat)
+            row.update(input_bits=FLOAT_BITS, weight_bits=FLOAT_BITS, float_macs=total or 0,
+                       ops_known=total is not None)
         return row
 
     kernel = layer.kernel
     kernel_shape = tuple(kernel.shape)
     fan_in = math.prod(kernel_shape[:-1])  # c_in/groups * kh * kw, or in_features
-    outputs = kernel_shape[-1]
     input_bits = quantizers.precision(getattr(layer, "input_quantizer", None), FLOAT_BITS)
     weight_bits = quantizers.precision(getattr(layer, "kernel_quantizer", None), FLOAT_BITS)
     row["input_bits"], row["weight_bits"] = input_bits, weight_bits
@@ -209,20 +264,19 @@ def _layer_summary(layer):
         if getattr(layer, "kernel_scale", None) == "mean_abs" or isinstance(
             getattr(layer, "kernel_quantizer", None), quantizers.MeanAbsSign
         ):
-            row["scale_params"] = outputs
-
-    if shape is None:
-        return row
-    output_values = _known_prod(shape[1:])
-    if output_values is None:
-        return row
-    macs = output_values * fan_in
-    if input_bits == 1 and weight_bits == 1:
-        row["binary_ops"] = macs
-        row["scaling_ops"] = output_values
-        row["speedup"] = xnor_speedup(fan_in, 1)
+            row["scale_params"] = kernel_shape[-1]
+    xnor = input_bits == 1 and weight_bits == 1
+    if xnor:
+        row["speedup"] = xnor_speedup(fan_in, 1)  # depends on the kernel only
+    outputs = _sum_calls(
+        lambda _, shape: _known_prod(None if shape is None else shape[1:]), calls, repeat
+    )
+    if outputs is None:
+        row["ops_known"] = False
+    elif xnor:
+        row.update(binary_ops=outputs * fan_in, scaling_ops=outputs)
     else:
-        row["float_macs"] = macs
+        row["float_macs"] = outputs * fan_in
     return row
 
 
@@ -233,8 +287,8 @@ def _build(model):
             "keras.Input, or call model.build(input_shape) / call it on data)."
         )
     rows = []
-    for layer in _leaf_layers(model):
-        row = _layer_summary(layer)
+    for layer, calls, repeat in _leaf_layers(model):
+        row = _layer_summary(layer, calls, repeat)
         row["memory_bytes"] = row["binary_params"] / 8.0 + 4.0 * (
             row["float_params"] + row["scale_params"]
         )
@@ -244,6 +298,11 @@ def _build(model):
     float32_memory = 4.0 * (total("binary_params") + total("float_params"))
     binary_ops, float_macs, scaling = total("binary_ops"), total("float_macs"), total("scaling_ops")
     cost = binary_ops / 64.0 + scaling + float_macs
+    ops_known = all(r.ops_known for r in rows)
+    if not ops_known:
+        speedup = None
+    else:
+        speedup = (binary_ops + float_macs) / cost if cost else 1.0
     return ModelSummary(
         layers=rows,
         binary_params=total("binary_params"),
@@ -255,7 +314,8 @@ def _build(model):
         binary_ops=binary_ops,
         float_macs=float_macs,
         scaling_ops=scaling,
-        speedup=(binary_ops + float_macs) / cost if cost else 1.0,
+        speedup=speedup,
+        ops_known=ops_known,
     )
 
 
@@ -282,23 +342,26 @@ def _format(s):
     for r in s.layers:
         lines.append(
             (
-                "%s (%s)" % (r.name, r.type),
+                "%s (%s)%s" % (r.name, r.type, " x%d" % r.calls if r.calls != 1 else ""),
                 str(r.output_shape) if r.output_shape is not None else "?",
                 "-" if r.input_bits is None else str(r.input_bits),
                 "-" if r.weight_bits is None else str(r.weight_bits),
                 _human(r.binary_params),
                 _human(r.float_params + r.scale_params),
                 _bytes(r.memory_bytes),
-                _human(r.binary_ops),
-                _human(r.float_macs),
+                _human(r.binary_ops) if r.ops_known else "?",
+                _human(r.float_macs) if r.ops_known else "?",
                 "-" if r.speedup is None else "%.1fx" % r.speedup,
             )
         )
+    def total_ops(n):  # the known part, and "+?" for the unknown one
+        return _human(n) if s.ops_known else ("%s+?" % _human(n) if n else "?")
+
     lines.append(
         (
             "Total", "", "", "", _human(s.binary_params), _human(s.float_params + s.scale_params),
-            _bytes(s.memory_bytes), _human(s.binary_ops), _human(s.float_macs),
-            "%.1fx" % s.speedup,
+            _bytes(s.memory_bytes), total_ops(s.binary_ops), total_ops(s.float_macs),
+            "?" if s.speedup is None else "%.1fx" % s.speedup,
         )
     )
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
@@ -315,6 +378,12 @@ def _format(s):
         "§4.1, S = 64cN_W/(cN_W+64)." % (_bytes(s.memory_bytes), _bytes(s.float32_memory_bytes),
                                          s.compression_ratio)
     )
+    if any(r.calls != 1 for r in s.layers):
+        out.append("xN: the layer runs N times per sample (shared layer or nested model); "
+                   "its ops count every run.")
+    if not s.ops_known:
+        out.append("?: ops unknown, the layer's spatial size is not fixed (build the model on "
+                   "an input with fixed height and width to count them).")
     return "\n".join(out)
 
 

@@ -105,3 +105,44 @@ def test_summary_counts_float_macs_of_other_keras_conv_layers():
     assert s["tr"].float_macs == 6 * 6 * (3 * 3 * 2 * 4)  # per input position
     assert s["c1"].float_macs == 168 * (2 * 2 * 3)
     assert s.speedup == 1.0 and s.compression_ratio == 1.0
+
+
+def test_summary_counts_every_call_of_shared_layers_and_nested_models():
+    # Ops are per sample: a layer called twice runs twice, and so does every layer of a
+    # nested model called twice. Calls of the layers in other graphs do not count.
+    shared = keras_xnor.BinConv2D(4, 3, name="shared")
+    block = keras.Sequential([keras.Input((4, 4, 4)), keras_xnor.BinConv2D(4, 1, name="inner")],
+                             name="block")
+    a, b = keras.Input((6, 6, 4)), keras.Input((6, 6, 4))
+    merged = keras.layers.Add(name="add")([block(shared(a)), block(shared(b))])
+    model = keras.Model([a, b], merged)
+    keras.Model(a, shared(a))  # another graph using the layer: not part of `model`
+    lines = []
+    s = keras_xnor.summary(model, print_fn=lines.append)
+    assert [r.name for r in s] == ["shared", "inner", "add"]
+    assert s["shared"].calls == 2 and s["inner"].calls == 2 and s["add"].calls == 1
+    # shared: 4x4x4 outputs of 4*9 MACs per call; inner (1x1 on 4x4x4): 4x4x4 outputs of 4.
+    assert s["shared"].binary_ops == 2 * 64 * 36 and s["shared"].scaling_ops == 2 * 64
+    assert s["inner"].binary_ops == 2 * 64 * 4
+    assert s["shared"].output_shape == (None, 4, 4, 4)
+    assert s["shared"].binary_params == 4 * 9 * 4  # weights count once
+    assert s.binary_ops == 2 * 64 * 36 + 2 * 64 * 4 and s.ops_known
+    assert "shared (BinConv2D) x2" in lines[0] and "runs N times" in lines[0]
+
+
+def test_summary_marks_ops_of_unfixed_spatial_sizes_unknown():
+    inputs = keras.Input((None, None, 3))
+    x = keras_xnor.BinConv2D(4, 3, name="xnor")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras_xnor.BinDense(5, name="fc")(x))
+    lines = []
+    s = keras_xnor.summary(model, print_fn=lines.append)
+    xnor = s["xnor"]
+    assert not xnor.ops_known and xnor.binary_ops == 0
+    assert xnor.speedup == pytest.approx(64 * 27 / (27 + 64))  # the kernel's, still known
+    assert s["gap"].ops_known and s["fc"].ops_known and s["fc"].binary_ops == 4 * 5
+    assert not s.ops_known and s.speedup is None and s.binary_ops == 20
+    table = lines[0].splitlines()
+    assert table[2].split()[-3:-1] == ["?", "?"]  # the conv's binary ops and float MACs
+    assert "20+?" in table[-3] and table[-3].rstrip().endswith("?")
+    assert "spatial size is not fixed" in lines[0]
