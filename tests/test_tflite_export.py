@@ -398,3 +398,68 @@ def test_multi_input_models_keep_their_input_names(structure, batch_size):
     assert sorted(got) == ["aux", "logits"]
     for key in got:
         np.testing.assert_allclose(got[key], expected[key].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _larq_style_model():
+    # Quantized layers with sign input quantizers: they say they are XNOR through their
+    # quantizers. q5 has a float kernel: not binary, stays a float conv of +-1 inputs.
+    inp = keras.Input((9, 9, 8))
+    x = keras_xnor.QuantConv2D(16, 3, padding="same", input_quantizer="ste_sign",
+                               kernel_quantizer="ste_sign", name="q1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)  # folded into q1
+    x = keras_xnor.QuantConv2D(16, 3, padding="same", groups=4, input_quantizer="approx_sign",
+                               kernel_quantizer="mean_abs_sign", activation="relu",
+                               name="q2")(x)
+    x = keras_xnor.BWNConv2D(12, 3, strides=2, input_quantizer="ste_sign",
+                             kernel_scale="learned", name="q3")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras_xnor.QuantDense(10, input_quantizer="ste_sign", kernel_quantizer="mean_abs_sign",
+                              name="q4")(x)
+    x = keras.layers.Reshape((1, 1, 10))(x)
+    x = keras_xnor.QuantConv2D(3, 1, input_quantizer="ste_sign", kernel_quantizer=None,
+                               name="q5")(x)
+    model = keras.Model(inp, x)
+    rng = np.random.default_rng(16)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-1, 1, w.shape) for w in layer.get_weights()])
+    _randomize_batch_norms(model, rng)
+    return model
+
+
+def test_quantized_layers_with_sign_inputs_export_as_xnor_ops():
+    model = _larq_style_model()
+    data = convert(model)
+    # q1, q2 (4 groups: an op each), q3; q4 the dense. The BN is folded away.
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"] * 6 + [
+        "KerasXnorBinDense"]
+    builtins = builtin_op_names(data)
+    assert {"SPLIT", "CONCATENATION", "CONV_2D"} <= set(builtins)  # groups; q5 stays float
+    assert builtins.count("CONV_2D") == 1
+    x = np.random.default_rng(17).standard_normal((3, 9, 9, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # The integer part is exact: with unit scales and no bias the outputs are the +-1 dots
+    # (here of a grouped conv: 4 ops over 10 input channels each).
+    inp = keras.Input((7, 7, 40))
+    y = keras_xnor.QuantConv2D(8, 3, padding="same", groups=4, input_quantizer="ste_sign",
+                               kernel_quantizer="ste_sign", use_bias=False)(inp)
+    integer = keras.Model(inp, y)
+    x = np.random.default_rng(18).standard_normal((2, 7, 7, 40)).astype(np.float32)
+    x[0, 1, 1, :5] = 0.0  # sign(0) = +1
+    np.testing.assert_array_equal(
+        _run(Interpreter(model_content=convert(integer)), x), integer(x).numpy())
+
+
+def test_quantized_binary_layers_beyond_the_core_warn_and_export_as_simulation():
+    model = keras.Sequential([
+        keras.Input((16, 16, 4)),
+        keras_xnor.QuantConv2D(6, 13, padding="same", input_quantizer="ste_sign",
+                               kernel_quantizer="ste_sign", name="big"),
+    ])
+    with pytest.warns(UserWarning, match=r"big \(the binary conv serves kernels up to 11x11"):
+        data = convert(model)
+    assert custom_ops(data) == []
+    x = np.random.default_rng(19).standard_normal((1, 16, 16, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
+                               rtol=1e-5, atol=1e-5)

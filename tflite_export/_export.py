@@ -1,15 +1,18 @@
 """Keras model -> .tflite with bitpacked binary layers (custom ops) and float builtins.
 
-How it works. The model is cloned (``keras.models.clone_model``) and every XNOR layer
-(:class:`keras_xnor.BinConv2D` / :class:`keras_xnor.BinDense` with sign quantizers) is replaced by
-an export twin that calls the raw ``KerasXnorBinConv2D`` / ``KerasXnorBinDense`` TF op with
-**constant** operands computed once in numpy:
+How it works. The model is cloned (``keras.models.clone_model``) and every XNOR layer is
+replaced by an export twin that calls the raw ``KerasXnorBinConv2D`` / ``KerasXnorBinDense`` TF
+op with **constant** operands computed once in numpy. XNOR layers: :class:`keras_xnor.BinConv2D`
+/ :class:`keras_xnor.BinDense` with sign quantizers, and any quantized conv / dense
+(``QuantConv2D``, ``QuantDense``, the BWN layers) with a sign input quantizer and a sign or
+``mean_abs_sign`` kernel quantizer (no K map; a grouped conv becomes one op per group):
 
 * ``filter``: ``sign(W)`` packed to int32 words, OHWI for conv / ``[units, words]`` for dense,
   32 channels per word, channel ``c`` in bit ``c % 32`` of word ``c // 32``, set bit = -1,
   ``sign(0) = +1``, padding bits 0 (``keras_xnor.spec``). 1 bit per weight instead of 32.
 * ``alpha``: the layer's own per-filter scale (``layer.get_alpha()``: eq. 6 ``mean|W|``, the
-  learned weight, or ones).
+  learned weight, or ones; ones for a QuantConv2D / QuantDense), times ``mean|W|`` when the
+  kernel quantizer is ``mean_abs_sign``.
 * ``bias``: the layer's bias (zeros without one).
 
 The TFLite converter (``allow_custom_ops``) keeps these ops as custom ops whose
@@ -39,7 +42,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_xnor import ops, quantizers, spec
-from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense
+from keras_xnor.layers import (
+    BinConv2D,
+    BinDense,
+    BWNConv2D,
+    BWNDense,
+    QuantConv2D,
+    QuantDense,
+)
 
 def _raw_ops():
     """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
@@ -100,11 +110,51 @@ def _not_float32(layer):
     return any(d in _NOT_FLOAT32 for d in dtypes)
 
 
+def _binary_kernel(quantizer):
+    """Whether a kernel quantizer gives ``scale * sign(W)`` with one scale per filter."""
+    return quantizers.is_sign_kind(quantizer) or isinstance(quantizer, quantizers.MeanAbsSign)
+
+
+def _xnor_layer(layer):
+    """Whether `layer` multiplies binary inputs by binary weights, so that the exporter should
+    make it a bitpacked custom op: every BinConv2D / BinDense, and any quantized conv / dense
+    (QuantConv2D, BWNConv2D, ...) with a sign input quantizer and a sign or mean_abs_sign
+    kernel quantizer. The layers say this through their quantizers; nothing is recognised
+    by graph shape."""
+    if isinstance(layer, (BinConv2D, BinDense)):
+        return True
+    return (
+        isinstance(layer, (QuantConv2D, QuantDense))
+        and quantizers.is_sign_kind(layer.input_quantizer)
+        and _binary_kernel(layer.kernel_quantizer)
+    )
+
+
 def _exportable(layer):
-    """Why a BinConv2D/BinDense cannot become a custom op ("" when it can): the reasons its
-    compiled path is not possible (quantizers, kernel size; the layers refuse groups and
-    channels_first when they are made), the same rule the layer follows in TF."""
-    return "; ".join(layer._check_compiled_possible())  # noqa: SLF001 (same project)
+    """Why an XNOR layer (:func:`_xnor_layer`) cannot become the custom op ("" when it can).
+
+    BinConv2D / BinDense: the reasons their compiled path is not possible (quantizers, kernel
+    size; they refuse groups and channels_first when they are made), the rule the layer
+    follows in TF. Other quantized layers: the kernel size (a grouped conv becomes one op per
+    group, which is exact: these layers have no K map)."""
+    if isinstance(layer, (BinConv2D, BinDense)):
+        return "; ".join(layer._check_compiled_possible())  # noqa: SLF001 (same project)
+    if isinstance(layer, QuantConv2D) and max(layer.kernel_size) > spec.MAX_KERNEL_SIZE:
+        return "the binary conv serves kernels up to %dx%d, got kernel_size=%s" % (
+            spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, layer.kernel_size)
+    return ""
+
+
+def _xnor_alpha(layer):
+    """Per-filter scale of an XNOR layer's ``sign(I) * sign(W)``: the layer's alpha (BWN /
+    XNOR layers: eq. 6, learned or ones) times ``mean|W|`` if its kernel quantizer is
+    mean_abs_sign."""
+    kernel = tf.convert_to_tensor(layer.kernel)
+    get_alpha = getattr(layer, "get_alpha", None)
+    alpha = np.ones(kernel.shape[-1]) if get_alpha is None else np.asarray(get_alpha(), np.float64)
+    if isinstance(layer.kernel_quantizer, quantizers.MeanAbsSign):
+        alpha = alpha * np.asarray(quantizers.mean_abs(kernel), np.float64)
+    return alpha.reshape(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,37 +162,49 @@ def _exportable(layer):
 
 
 class _ExportBinConv2D(keras.layers.Layer):
-    """Inference-only twin of a BinConv2D: KerasXnorBinConv2D with constant operands."""
+    """Inference-only twin of an XNOR conv (BinConv2D, or a QuantConv2D / BWNConv2D with a sign
+    input quantizer): KerasXnorBinConv2D with constant operands.
+
+    A grouped conv (QuantConv2D with ``groups > 1``, no K map) becomes one op per group on
+    its slice of the input channels, concatenated: the same sums as the grouped conv.
+    ``filter_words`` is then a list with one packed filter per group.
+    """
 
     def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
         super().__init__(name=source.name, dtype="float32", **kwargs)
-        self._filter = filter_words
-        self._alpha = np.asarray(alpha, np.float32)
-        self._bias = np.asarray(bias, np.float32)
+        self._groups = int(getattr(source, "groups", 1))
+        self._filters_words = filter_words if self._groups > 1 else [filter_words]
+        self._alphas = np.split(np.asarray(alpha, np.float32), self._groups)
+        self._biases = np.split(np.asarray(bias, np.float32), self._groups)
         self._relu = relu
         self._activation = activation
         self._strides = [int(s) for s in source.strides]
         self._dilations = [int(d) for d in source.dilation_rate]
         self._padding = source.padding.upper()
-        self._use_k = bool(source.use_k)
-        self._in_channels = int(source.kernel.shape[2])
-        self._filters = int(source.filters)
-        self._kernel_size = tuple(int(k) for k in source.kernel_size)
+        self._use_k = bool(getattr(source, "use_k", False))
+        self._in_channels = int(source.kernel.shape[2])  # per group
         self._source_output_shape = source.compute_output_shape
 
     def call(self, inputs, mask=None):  # noqa: ARG002 (functional graphs may pass one)
-        outputs = _raw_ops().keras_xnor_bin_conv2d(
-            tf.cast(inputs, tf.float32),
-            tf.constant(self._filter),
-            tf.constant(self._alpha),
-            tf.constant(self._bias),
-            strides=self._strides,
-            padding=self._padding,
-            dilations=self._dilations,
-            in_channels=self._in_channels,
-            use_k=self._use_k,
-            relu=self._relu,
-        )
+        x = tf.cast(inputs, tf.float32)
+        parts = [x] if self._groups == 1 else tf.split(x, self._groups, axis=-1)
+        outputs = [
+            _raw_ops().keras_xnor_bin_conv2d(
+                part,
+                tf.constant(words),
+                tf.constant(alpha),
+                tf.constant(bias),
+                strides=self._strides,
+                padding=self._padding,
+                dilations=self._dilations,
+                in_channels=self._in_channels,
+                use_k=self._use_k,
+                relu=self._relu,
+            )
+            for part, words, alpha, bias in zip(parts, self._filters_words, self._alphas,
+                                                self._biases)
+        ]
+        outputs = outputs[0] if self._groups == 1 else tf.concat(outputs, axis=-1)
         return outputs if self._activation is None else self._activation(outputs)
 
     def compute_output_shape(self, input_shape):
@@ -150,7 +212,8 @@ class _ExportBinConv2D(keras.layers.Layer):
 
 
 class _ExportBinDense(keras.layers.Layer):
-    """Inference-only twin of a BinDense: KerasXnorBinDense with constant operands."""
+    """Inference-only twin of an XNOR dense layer (BinDense, or a QuantDense / BWNDense with a
+    sign input quantizer): KerasXnorBinDense with constant operands."""
 
     def __init__(self, source, filter_words, alpha, bias, relu, activation, **kwargs):
         super().__init__(name=source.name, dtype="float32", **kwargs)
@@ -159,7 +222,7 @@ class _ExportBinDense(keras.layers.Layer):
         self._bias = np.asarray(bias, np.float32)
         self._relu = relu
         self._activation = activation
-        self._use_k = bool(source.use_k)
+        self._use_k = bool(getattr(source, "use_k", False))
         self._in_features = int(source.kernel.shape[0])
         self._units = int(source.units)
 
@@ -320,7 +383,7 @@ def _fold_plan(model):
             return {}
     plan = {}
     for layer in layers:
-        if not isinstance(layer, (BinConv2D, BinDense)) or _exportable(layer):
+        if not _xnor_layer(layer) or _exportable(layer):
             continue
         if not _is_linear(layer.activation) or len(sites[id(layer)]) != 1:
             continue
@@ -356,9 +419,9 @@ def _bn_scale_shift(bn):
 
 
 def _make_twin(layer, bn):
-    """The export twin of a BinConv2D / BinDense, with `bn` (or None) folded in."""
+    """The export twin of an XNOR layer (:func:`_xnor_layer`), with `bn` (or None) folded in."""
     kernel = np.asarray(layer.kernel, np.float32)
-    alpha = np.asarray(layer.get_alpha(), np.float64).reshape(-1)
+    alpha = _xnor_alpha(layer)
     units = kernel.shape[-1]
     bias = np.zeros(units) if layer.bias is None else np.asarray(layer.bias, np.float64)
     if bn is not None:
@@ -367,9 +430,13 @@ def _make_twin(layer, bn):
         bias = bias * scale + shift
     relu = _is_relu(layer.activation)
     activation = None if (relu or _is_linear(layer.activation)) else layer.activation
-    if isinstance(layer, BinConv2D):
+    if isinstance(layer, QuantConv2D):
         ohwi = np.transpose(kernel, (3, 0, 1, 2))  # HWIO -> OHWI, packed along I
-        return _ExportBinConv2D(layer, pack_signs(ohwi), alpha, bias, relu, activation)
+        if layer.groups > 1:  # one filter per group: its slice of the output channels
+            words = [pack_signs(part) for part in np.split(ohwi, layer.groups)]
+        else:
+            words = pack_signs(ohwi)
+        return _ExportBinConv2D(layer, words, alpha, bias, relu, activation)
     return _ExportBinDense(layer, pack_signs(kernel.T), alpha, bias, relu, activation)
 
 
@@ -408,7 +475,7 @@ def export_model(model, fold_batch_norm=True):
     problems = []
 
     def clone_layer(layer):
-        if isinstance(layer, (BinConv2D, BinDense)):
+        if _xnor_layer(layer):
             reason = _exportable(layer)
             if reason:
                 problems.append("%s (%s)" % (layer.name, reason))
@@ -456,7 +523,8 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
             float_weights="float32"):
     """Converts a Keras model to a .tflite flatbuffer with bitpacked binary layers.
 
-    Binary layers (``BinConv2D``, ``BinDense`` with sign quantizers) become the custom ops
+    Binary layers (``BinConv2D``, ``BinDense`` with sign quantizers; quantized conv / dense
+    layers with a sign input and a sign or mean_abs_sign kernel quantizer) become the custom ops
     ``KerasXnorBinConv2D`` / ``KerasXnorBinDense`` with int32-packed constant weights (about 32x
     smaller than float); all other layers become TFLite builtins (run by XNNPACK). Run the
     result with :class:`keras_xnor.tflite_export.Interpreter`, which loads the keras-xnor
