@@ -129,6 +129,13 @@ def _conv_output_length(length, kernel, stride, dilation, padding):
 _COMPILED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
+def _in_xla_context():
+    """Whether the code being traced will be compiled by XLA (``tf.function(jit_compile=True)``),
+    which has no kernel for the custom ops."""
+    enclosing = getattr(tf.__internal__, "get_enclosing_xla_context", None)
+    return enclosing is not None and enclosing() is not None
+
+
 def _on_cpu(tensor):
     device = getattr(tensor, "device", "") or ""
     if device:
@@ -328,6 +335,8 @@ class _ScaledBinaryMixin:
                     "the compute dtype must be float32, float16 or bfloat16, got %s"
                     % inputs.dtype.name
                 )
+            if _in_xla_context():
+                reasons.append("XLA (jit_compile=True) has no kernel for the custom op")
             if reasons:
                 raise ValueError(
                     "%s(implementation='compiled') is not possible: %s. Use "
@@ -348,6 +357,7 @@ class _ScaledBinaryMixin:
             inputs.dtype in _COMPILED_DTYPES
             and not self._check_compiled_possible()
             and _on_cpu(inputs)
+            and not _in_xla_context()
             and ops.compiled_ops_available()
         )
 
@@ -667,9 +677,10 @@ class BinConv2D(_XnorMixin, BWNConv2D):
     (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
     quantizers, the kernel is at most 11x11 (``spec.MAX_KERNEL_SIZE``; a larger one runs the
     simulation), the compute dtype is float32, float16 or bfloat16 (mixed precision: the op
-    computes in float32 and returns the compute dtype) and the layer runs on CPU; otherwise
-    the float simulation (an ordinary conv of ±1 tensors, then the scales). Inference runs
-    the fused op (dot, alpha, K, bias, ReLU in one kernel). Training runs the op for the ±1
+    computes in float32 and returns the compute dtype) and the layer runs on CPU outside XLA
+    (``tf.function(jit_compile=True)`` has no kernel for the op); otherwise the float
+    simulation (an ordinary conv of ±1 tensors, then the scales). Inference runs the fused
+    op (dot, alpha, K, bias, ReLU in one kernel). Training runs the op for the ±1
     dot only and applies alpha, K and the bias in TF; the dot's gradient is that of the float
     conv, which needs only its inputs, so a training step costs the op plus the two backprop
     convs instead of the simulation's three float convs. ``"simulation"`` and ``"compiled"``

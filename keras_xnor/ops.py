@@ -36,7 +36,8 @@ What this module offers:
 Threads: the kernels run on TensorFlow's intra-op thread pool
 (``tf.config.threading.set_intra_op_parallelism_threads``, fixed when TF starts); results are
 identical for any thread count. XLA: the ops have no XLA kernel, so layers that run them opt
-their model out of ``jit_compile`` (Keras' ``jit_compile="auto"`` is off on CPU anyway).
+their model out of ``jit_compile`` (Keras' ``jit_compile="auto"`` is off on CPU anyway), and
+inside a ``tf.function(jit_compile=True)`` the layers' ``"auto"`` path traces the simulation.
 """
 
 import ctypes

@@ -148,6 +148,26 @@ def test_auto_implementation_trains_even_when_xla_is_requested():
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_auto_layers_run_the_simulation_inside_xla_functions():
+    # A user's tf.function(jit_compile=True) around the model: the auto layers trace the
+    # simulation there (XLA has no kernel for the op), and it computes what the op does.
+    model = small_model("auto")
+    x = np.random.default_rng(3).standard_normal((4, 12, 12, 3)).astype(np.float32)
+    xla = tf.function(lambda inputs: model(inputs), jit_compile=True)
+    np.testing.assert_allclose(xla(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    @tf.function(jit_compile=True)
+    def train_gradients(inputs):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(inputs, training=True) ** 2)
+        return tape.gradient(loss, model.trainable_weights)
+
+    assert all(np.all(np.isfinite(g.numpy())) for g in train_gradients(x))
+    forced = small_model("compiled")
+    with pytest.raises(ValueError, match=r"compiled'\) is not possible: XLA"):
+        tf.function(lambda inputs: forced(inputs), jit_compile=True)(x)
+
+
 def test_saved_model_export_runs_the_ops_after_load_ops(tmp_path):
     # model.export traces the inference graph, fused op and all; a fresh process registers
     # the ops with load_ops() and then serves the SavedModel with the same outputs.
