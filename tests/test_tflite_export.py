@@ -463,3 +463,58 @@ def test_quantized_binary_layers_beyond_the_core_warn_and_export_as_simulation()
     x = np.random.default_rng(19).standard_normal((1, 16, 16, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+class _ScaleByArray(keras.layers.Layer):
+    """A user layer whose __init__ takes an array: Keras cannot make its config."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.w * self.factor
+
+
+def test_layers_that_cannot_be_rebuilt_from_their_config_are_exported_as_they_are():
+    # A Lambda of a Python lambda (refused by Keras' safe mode) and a custom layer without a
+    # usable config: the export uses the layers themselves, and the model keeps working.
+    inp = keras.Input((6, 6, 8))
+    x = _ScaleByArray(np.full(8, 0.5, np.float32), name="scale")(inp)
+    x = keras.layers.Lambda(lambda t: t - 0.1, name="shift")(x)
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3, name="xnor")(x))
+    model.get_layer("scale").w.assign(np.linspace(-1.0, 1.0, 8))
+    x = np.random.default_rng(20).standard_normal((2, 6, 6, 8)).astype(np.float32)
+    expected = model(x).numpy()
+    data = convert(model)
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"]
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), expected,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model(x).numpy(), expected)
+    assert keras_xnor.summary(model, print_fn=None)["xnor"].calls == 1
+
+
+def test_a_half_precision_layer_that_cannot_be_rebuilt_in_float32_is_a_clear_error():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        inp = keras.Input((6, 6, 8))
+        scaled = _ScaleByArray(np.full(8, 2.0, np.float32), name="scale")(inp)
+        model = keras.Model(inp, keras_xnor.BinConv2D(4, 3)(scaled))
+        with pytest.raises(ValueError, match=r"computes in mixed_bfloat16 and cannot be rebuilt"):
+            convert(model)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_a_model_the_converter_cannot_write_out_reports_why():
+    # TFLite's converter hides why a Keras 3 model could not be written as a SavedModel
+    # ("'NoneType' object is not callable"); convert() names the cause (here a layer name that
+    # is not a valid TF scope name).
+    inp = keras.Input((6, 6, 8))
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3, name="_bad name")(inp))
+    with pytest.raises(RuntimeError, match=r"(?s)could not write the model out as a "
+                                           r"SavedModel \(ValueError: .*not a valid"):
+        convert(model)

@@ -35,21 +35,16 @@ exactly (up to float rounding), so the BN is dropped and its scale/shift go into
 """
 
 import contextlib
+import functools
 import io
+import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_xnor import ops, quantizers, spec
-from keras_xnor.layers import (
-    BinConv2D,
-    BinDense,
-    BWNConv2D,
-    BWNDense,
-    QuantConv2D,
-    QuantDense,
-)
+from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense, QuantConv2D, QuantDense
 
 def _raw_ops():
     """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
@@ -453,8 +448,9 @@ def export_model(model, fold_batch_norm=True):
             layer's alpha/bias (see the module docstring).
 
     Returns:
-        A new Keras model sharing no state with `model`; binary layers are replaced by export
-        twins, folded BatchNorm layers by a pass-through.
+        A new Keras model; binary layers are replaced by export twins, folded BatchNorm layers
+        by a pass-through, and the other layers by copies made from their configs (a layer that
+        cannot be rebuilt from its config, such as a Lambda of a Python lambda, is shared).
     """
     if not isinstance(model, keras.Model):
         raise TypeError("convert() expects a keras.Model, got %r" % type(model).__name__)
@@ -486,10 +482,24 @@ def export_model(model, fold_batch_norm=True):
             return bwn
         if id(layer) in folded:
             return _FoldedAway(name=layer.name + "_folded", dtype="float32")
-        config = layer.get_config()
-        if _not_float32(layer):
-            config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
+        try:
+            config = layer.get_config()
+            if _not_float32(layer):
+                config["dtype"] = "float32"
+            return layer.__class__.from_config(config)
+        except Exception as error:  # noqa: BLE001 (whatever the layer's own code raises)
+            if _not_float32(layer):
+                raise ValueError(
+                    "convert(): layer %r (%s) computes in %s and cannot be rebuilt in float32 "
+                    "from its config (%s: %s); give it a get_config() that from_config() "
+                    "accepts, or build the model under the float32 policy."
+                    % (layer.name, type(layer).__name__, layer.dtype_policy.name,
+                       type(error).__name__, str(error).strip().splitlines()[0])
+                ) from error
+            # Not rebuildable from its config (a Lambda of a Python lambda, refused by Keras'
+            # safe mode; a custom layer without get_config): the clone calls the layer itself.
+            # Its weights are left as they are; the call adds a node to its call history.
+            return layer
 
     clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     # Layers cloned from their config start with fresh weights: copy the trained ones (names
@@ -599,6 +609,34 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
         with contextlib.redirect_stdout(io.StringIO()):
             return converter.convert()
     except Exception as error:  # the converter's messages are long; keep ours first
+        cause = _saved_model_error(clone) if "'NoneType' object is not callable" in str(
+            error) else None
+        if cause is not None:
+            raise RuntimeError(
+                "keras_xnor.tflite_export.convert: the TFLite converter failed: it could not "
+                "write the model out as a SavedModel (%s: %s)" % (type(cause).__name__, cause)
+            ) from cause
         raise RuntimeError(
             "keras_xnor.tflite_export.convert: the TFLite converter failed: %s" % error
         ) from error
+
+
+def _saved_model_error(model):
+    """The error TFLite's converter swallows when it cannot write a Keras 3 model out as a
+    SavedModel (an ExportArchive of its inference call), or None if that works.
+
+    The converter then falls back to a tf_keras path, which fails with "'NoneType' object is
+    not callable" and hides the cause; this repeats the write to show it.
+    """
+    signature = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                             [signature] if len(signature) > 1 else signature)
+        with tempfile.TemporaryDirectory() as directory, \
+                contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(directory)
+    except Exception as error:  # noqa: BLE001 (reported to the caller as the cause)
+        return error
+    return None
