@@ -148,7 +148,10 @@ def _on_cpu(tensor):
 
 
 class _QuantizedLayer(keras.layers.Layer):
-    """Common state of the quantized layers: quantizers, bias, activation, binary gradient."""
+    """Common state of the quantized layers (quantizers, bias, activation, binary gradient)
+    and the choice of execution path: the compiled ops serve a layer whose input and kernel
+    quantizers are both signs (``_check_compiled_possible``; a subclass provides
+    ``_compiled_dot`` and ``_fused_op``)."""
 
     def _init_common(
         self,
@@ -221,99 +224,17 @@ class _QuantizedLayer(keras.layers.Layer):
     def _activate(self, outputs):
         return outputs if self.activation is None else self.activation(outputs)
 
-    def _product(self, x, kernel):
-        """The float product of (quantized) inputs and kernel: a convolution or a matmul."""
-        raise NotImplementedError
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        outputs = self._product(self._quantize_input(x), self._quantize_kernel(kernel))
-        if self.bias is not None:
-            outputs = outputs + self._bias_tensor()
-        return self._activate(outputs)
-
-    def _common_config(self):
-        return {
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            "input_quantizer": quantizers.serialize(self.input_quantizer),
-            "kernel_quantizer": quantizers.serialize(self.kernel_quantizer),
-            "binary_gradient": self.binary_gradient,
-        }
-
-
-class _ScaledBinaryMixin:
-    """Kernel scale ``alpha``, the pure-TF forward (BWN / XNOR layers) and the compiled-op
-    dispatch (XNOR layers). A subclass provides ``_product`` and ``_k_map``.
-    """
-
-    def _add_alpha(self, outputs):
-        if self.kernel_scale != "learned":
-            self.alpha = None
-            return
-        kernel = self.kernel
-
-        def initial_alpha(shape, dtype=None):
-            # Start the learned scale where eq. 6 would put it.
-            return tf.cast(tf.reshape(quantizers.mean_abs(kernel), shape), dtype or "float32")
-
-        self.alpha = self.add_weight(
-            name="alpha", shape=(outputs,), initializer=initial_alpha, trainable=True
-        )
-
-    def get_alpha(self):
-        """The per-filter scale ``alpha`` used in the forward pass, shape ``[filters]``.
-
-        ``"mean_abs"``: ``mean|W|`` of the current latent kernel (eq. 6); ``"learned"``: the
-        layer's ``alpha`` weight; ``"none"``: ones.
-        """
-        kernel = tf.convert_to_tensor(self.kernel)
-        if self.kernel_scale == "mean_abs":
-            return quantizers.mean_abs(kernel)
-        if self.kernel_scale == "learned":
-            return tf.convert_to_tensor(self.alpha)
-        return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
-
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
-        """Pure-TF forward: ``(q_i(I) * q_k(W)) * alpha [* K] [+ b] [relu]``, ``*`` the layer's
-        product (convolution or matmul) and ``K`` its scale map (:meth:`_k_map`).
-
-        ``dot`` replaces the float product of the two +-1 tensors (the training path passes
-        the compiled dot, ``_compiled_dot`` of BinConv2D / BinDense); the rest is the same
-        either way.
-        """
-        dot = dot or self._product
-        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
-            kernel = tf.cast(kernel, inputs.dtype)
-        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
-        if outputs.dtype != inputs.dtype:  # the compiled dot computes in float32
-            outputs = tf.cast(outputs, inputs.dtype)
-        outputs = outputs * tf.cast(alpha, outputs.dtype)
-        if self.use_k:
-            outputs = outputs * self._k_map(inputs)
-        if bias is not None:
-            outputs = outputs + bias
-        if relu:
-            outputs = tf.nn.relu(outputs)
-        return outputs
-
-    def call(self, inputs):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        return self._activate(self._simulate(x, kernel, self.get_alpha(), self._bias_tensor()))
-
-    def get_config(self):
-        config = super().get_config()
-        config["kernel_scale"] = self.kernel_scale
-        return config
+    def _init_implementation(self, implementation):
+        self.implementation = _implementation(implementation, type(self).__name__)
+        if self.implementation == "compiled":
+            reasons = self._check_compiled_possible()
+            if reasons:
+                raise ValueError(
+                    "%s(implementation='compiled') is not possible: %s. Use "
+                    "implementation='auto' or 'simulation'."
+                    % (type(self).__name__, "; ".join(reasons))
+                )
+        self._disable_jit_if_compiled()
 
     def _check_compiled_possible(self):
         reasons = []
@@ -377,6 +298,118 @@ class _ScaledBinaryMixin:
     def _relu_fused(self):
         return self.activation is keras.activations.relu
 
+    def _product(self, x, kernel):
+        """The float product of (quantized) inputs and kernel: a convolution or a matmul."""
+        raise NotImplementedError
+
+    def call(self, inputs, training=None):
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        bias = self._bias_tensor()
+
+        def forward(i, k, a, b):  # the float simulation; alpha is 1 here
+            del a
+            outputs = self._product(self._quantize_input(i), self._quantize_kernel(k))
+            return outputs if b is None else outputs + b
+
+        if not self._use_compiled(x):
+            return self._activate(forward(x, kernel, None, bias))
+        if training:  # the op computes the +-1 product, TF the rest (as in the simulation)
+            outputs = self._compiled_dot(self._quantize_input(x), self._quantize_kernel(kernel))
+            outputs = tf.cast(outputs, x.dtype)
+            return self._activate(outputs if bias is None else outputs + bias)
+        # Inference: the fused op with unit scales (the kernel packed once while unchanged).
+        relu = self._relu_fused()
+        ones = tf.ones(kernel.shape[-1:], tf.float32)
+        outputs = self._fused_op(x, kernel, ones, bias, relu, forward)
+        return outputs if relu else self._activate(outputs)
+
+    def _common_config(self):
+        return {
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "input_quantizer": quantizers.serialize(self.input_quantizer),
+            "kernel_quantizer": quantizers.serialize(self.kernel_quantizer),
+            "binary_gradient": self.binary_gradient,
+            "implementation": self.implementation,
+        }
+
+
+class _ScaledBinaryMixin:
+    """Kernel scale ``alpha`` and the pure-TF forward of the BWN / XNOR layers. A subclass
+    provides ``_product`` and ``_k_map``.
+    """
+
+    def _add_alpha(self, outputs):
+        if self.kernel_scale != "learned":
+            self.alpha = None
+            return
+        kernel = self.kernel
+
+        def initial_alpha(shape, dtype=None):
+            # Start the learned scale where eq. 6 would put it.
+            return tf.cast(tf.reshape(quantizers.mean_abs(kernel), shape), dtype or "float32")
+
+        self.alpha = self.add_weight(
+            name="alpha", shape=(outputs,), initializer=initial_alpha, trainable=True
+        )
+
+    def get_alpha(self):
+        """The per-filter scale ``alpha`` used in the forward pass, shape ``[filters]``.
+
+        ``"mean_abs"``: ``mean|W|`` of the current latent kernel (eq. 6); ``"learned"``: the
+        layer's ``alpha`` weight; ``"none"``: ones.
+        """
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self.kernel_scale == "mean_abs":
+            return quantizers.mean_abs(kernel)
+        if self.kernel_scale == "learned":
+            return tf.convert_to_tensor(self.alpha)
+        return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
+
+    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
+        """Pure-TF forward: ``(q_i(I) * q_k(W)) * alpha [* K] [+ b] [relu]``, ``*`` the layer's
+        product (convolution or matmul) and ``K`` its scale map (:meth:`_k_map`).
+
+        ``dot`` replaces the float product of the two +-1 tensors (the compiled paths pass
+        the compiled dot, ``_compiled_dot`` of the conv / dense layer); the rest is the same
+        either way.
+        """
+        dot = dot or self._product
+        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
+            kernel = tf.cast(kernel, inputs.dtype)
+        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
+        if outputs.dtype != inputs.dtype:  # the compiled dot computes in float32
+            outputs = tf.cast(outputs, inputs.dtype)
+        outputs = outputs * tf.cast(alpha, outputs.dtype)
+        if self.use_k:
+            outputs = outputs * self._k_map(inputs)
+        if bias is not None:
+            outputs = outputs + bias
+        if relu:
+            outputs = tf.nn.relu(outputs)
+        return outputs
+
+    def call(self, inputs, training=None):
+        del training  # the same path either way: the +-1 product by the op where possible
+        x = self._prepare_input(inputs)
+        kernel = tf.convert_to_tensor(self.kernel)
+        dot = self._compiled_dot if self._use_compiled(x) else None
+        return self._activate(
+            self._simulate(x, kernel, self.get_alpha(), self._bias_tensor(), dot=dot)
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_scale"] = self.kernel_scale
+        return config
 
 def _register(cls):
     return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
@@ -401,18 +434,6 @@ class _XnorMixin:
     """
 
     _kernel_autocast = False
-
-    def _init_implementation(self, implementation):
-        self.implementation = _implementation(implementation, type(self).__name__)
-        if self.implementation == "compiled":
-            reasons = self._check_compiled_possible()
-            if reasons:
-                raise ValueError(
-                    "%s(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'."
-                    % (type(self).__name__, "; ".join(reasons))
-                )
-        self._disable_jit_if_compiled()
 
     def call(self, inputs, training=None):
         x = self._prepare_input(inputs)
@@ -463,6 +484,11 @@ class QuantConv2D(_QuantizedLayer):
         binary_gradient: binarize the gradient w.r.t. the layer input in the backward pass,
             ``sign(g) * max|g|`` with the max per sample (XNOR-Net §3.2,
             :func:`keras_xnor.quantizers.binary_gradient`).
+        implementation: "auto" (default), "simulation" or "compiled". With sign quantizers
+            on both the input and the kernel (``ste_sign``, ``approx_sign``), ``groups=1`` and
+            a kernel of at most 11x11, the ±1 product runs on the compiled XNOR op on CPU, as
+            in :class:`BinConv2D` (same results; otherwise, and with "simulation", the float
+            conv of the quantized tensors).
         **kwargs: keras.layers.Layer arguments (name, dtype, trainable, ...).
     """
 
@@ -487,6 +513,7 @@ class QuantConv2D(_QuantizedLayer):
         input_quantizer=None,
         kernel_quantizer=None,
         binary_gradient=False,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -522,6 +549,8 @@ class QuantConv2D(_QuantizedLayer):
             binary_gradient,
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.use_k = False
+        self._init_implementation(implementation)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -564,6 +593,45 @@ class QuantConv2D(_QuantizedLayer):
                 % (type(self).__name__, (height, width), self.kernel_size, self.dilation_rate)
             )
         return (batch, out[0], out[1], self.filters)
+
+    def _check_compiled_possible(self):
+        reasons = super()._check_compiled_possible()
+        if self.groups != 1:
+            reasons.append("the compiled conv has no groups, got groups=%d" % self.groups)
+        if max(self.kernel_size) > spec.MAX_KERNEL_SIZE:
+            reasons.append(
+                "the compiled conv serves kernels up to %dx%d, got kernel_size=%s"
+                % (spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, self.kernel_size)
+            )
+        return reasons
+
+    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        return ops.bin_conv2d(
+            x,
+            kernel,
+            alpha,
+            bias,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_k=self.use_k,
+            relu=relu,
+            simulation=simulation,
+        )
+
+    def _compiled_dot(self, xb, wb):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        return ops.binary_conv2d_dot(
+            xb,
+            wb,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            convolution=self._product,
+        )
 
     def _product(self, x, kernel):
         return tf.nn.convolution(
@@ -628,6 +696,7 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
         kernel_quantizer="ste_sign",
         binary_gradient=False,
         kernel_scale="mean_abs",
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(
@@ -650,6 +719,7 @@ class BWNConv2D(_ScaledBinaryMixin, QuantConv2D):
             input_quantizer=input_quantizer,
             kernel_quantizer=kernel_quantizer,
             binary_gradient=binary_gradient,
+            implementation=implementation,
             **kwargs,
         )
         self.kernel_scale = _kernel_scale(kernel_scale, type(self).__name__)
@@ -757,43 +827,6 @@ class BinConv2D(_XnorMixin, BWNConv2D):
             )
         self._init_implementation(implementation)
 
-    def _check_compiled_possible(self):
-        reasons = super()._check_compiled_possible()
-        if max(self.kernel_size) > spec.MAX_KERNEL_SIZE:
-            reasons.append(
-                "the compiled conv serves kernels up to %dx%d, got kernel_size=%s"
-                % (spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, self.kernel_size)
-            )
-        return reasons
-
-    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
-        from keras_xnor import ops  # noqa: PLC0415
-
-        return ops.bin_conv2d(
-            x,
-            kernel,
-            alpha,
-            bias,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            use_k=self.use_k,
-            relu=relu,
-            simulation=simulation,
-        )
-
-    def _compiled_dot(self, xb, wb):
-        from keras_xnor import ops  # noqa: PLC0415
-
-        return ops.binary_conv2d_dot(
-            xb,
-            wb,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            convolution=self._product,
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # Fully connected
@@ -810,7 +843,8 @@ class QuantDense(_QuantizedLayer):
         units: number of outputs (> 0).
         activation, use_bias, *_initializer, *_regularizer, *_constraint: as in Dense.
         input_quantizer, kernel_quantizer: quantizers or None.
-        binary_gradient: see :class:`QuantConv2D`.
+        binary_gradient, implementation: see :class:`QuantConv2D` (the compiled op serves
+            sign quantizers on both operands).
         **kwargs: keras.layers.Layer arguments.
     """
 
@@ -829,6 +863,7 @@ class QuantDense(_QuantizedLayer):
         input_quantizer=None,
         kernel_quantizer=None,
         binary_gradient=False,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -847,6 +882,8 @@ class QuantDense(_QuantizedLayer):
             binary_gradient,
         )
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.use_k = False
+        self._init_implementation(implementation)
 
     def build(self, input_shape):
         features = input_shape[-1]
@@ -864,6 +901,26 @@ class QuantDense(_QuantizedLayer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
+
+    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        flat = x if x.shape.rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
+        outputs = ops.bin_dense(
+            flat, kernel, alpha, bias, use_k=self.use_k, relu=relu, simulation=simulation
+        )
+        if x.shape.rank != 2:
+            outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self.units]], axis=0))
+        return outputs
+
+    def _compiled_dot(self, xb, wb):
+        from keras_xnor import ops  # noqa: PLC0415
+
+        flat = xb if xb.shape.rank == 2 else tf.reshape(xb, [-1, tf.shape(xb)[-1]])
+        outputs = ops.binary_dense_dot(flat, wb, matmul=tf.matmul)
+        if xb.shape.rank == 2:
+            return outputs
+        return tf.reshape(outputs, tf.concat([tf.shape(xb)[:-1], [self.units]], axis=0))
 
     def _product(self, x, kernel):
         if x.shape.rank == 2:
@@ -903,6 +960,7 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
         kernel_quantizer="ste_sign",
         binary_gradient=False,
         kernel_scale="mean_abs",
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(
@@ -919,6 +977,7 @@ class BWNDense(_ScaledBinaryMixin, QuantDense):
             input_quantizer=input_quantizer,
             kernel_quantizer=kernel_quantizer,
             binary_gradient=binary_gradient,
+            implementation=implementation,
             **kwargs,
         )
         self.kernel_scale = _kernel_scale(kernel_scale, type(self).__name__)
@@ -986,26 +1045,6 @@ class BinDense(_XnorMixin, BWNDense):
         )
         self.use_k = bool(use_k)
         self._init_implementation(implementation)
-
-    def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
-        from keras_xnor import ops  # noqa: PLC0415
-
-        flat = x if x.shape.rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
-        outputs = ops.bin_dense(
-            flat, kernel, alpha, bias, use_k=self.use_k, relu=relu, simulation=simulation
-        )
-        if x.shape.rank != 2:
-            outputs = tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], [self.units]], axis=0))
-        return outputs
-
-    def _compiled_dot(self, xb, wb):
-        from keras_xnor import ops  # noqa: PLC0415
-
-        flat = xb if xb.shape.rank == 2 else tf.reshape(xb, [-1, tf.shape(xb)[-1]])
-        outputs = ops.binary_dense_dot(flat, wb, matmul=tf.matmul)
-        if xb.shape.rank == 2:
-            return outputs
-        return tf.reshape(outputs, tf.concat([tf.shape(xb)[:-1], [self.units]], axis=0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,6 +102,70 @@ def test_bin_dense_layer_compiled_equals_simulation(input_shape, kwargs, trainin
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
+# Quantized layers whose quantizers are both signs compute a +-1 product too: they run the
+# ops (the fused op for inference, the dot op for training) with unit / BWN scales, no K.
+SIGNS = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+QUANT_CASES = [
+    (keras_xnor.QuantConv2D, (2, 11, 10, 33), dict(filters=8, kernel_size=3, padding="same",
+                                                  **SIGNS)),
+    (keras_xnor.QuantConv2D, (1, 12, 9, 70),
+     dict(filters=5, kernel_size=(5, 3), strides=2, activation="relu", use_bias=False,
+          input_quantizer="approx_sign", kernel_quantizer="ste_sign")),
+    (keras_xnor.QuantConv2D, (2, 9, 9, 6), dict(filters=7, kernel_size=3, dilation_rate=2,
+                                               padding="same", activation="tanh", **SIGNS)),
+    (keras_xnor.BWNConv2D, (2, 10, 10, 40), dict(filters=6, kernel_size=3, padding="same",
+                                                kernel_scale="learned",
+                                                input_quantizer="ste_sign")),
+    (keras_xnor.QuantDense, (3, 70), dict(units=9, **SIGNS)),
+    (keras_xnor.QuantDense, (2, 4, 33), dict(units=4, activation="relu", **SIGNS)),
+    (keras_xnor.BWNDense, (3, 50), dict(units=5, input_quantizer="ste_sign")),
+]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cls, shape, kwargs", QUANT_CASES)
+def test_quantized_layers_with_sign_quantizers_run_the_ops(cls, shape, kwargs, training):
+    compiled, simulated = twin_layers(cls, shape, **kwargs)
+    x = input_batch(shape)
+    assert cls(**kwargs)._use_compiled(x)  # what "auto" picks on CPU
+    y_c, g_c = run(compiled, x, training)
+    y_s, g_s = run(simulated, x, training)
+    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_conv_integer_path_is_bit_exact():
+    shape = (2, 9, 7, 45)
+    compiled, simulated = twin_layers(keras_xnor.QuantConv2D, shape, filters=9, kernel_size=3,
+                                      padding="same", use_bias=False, **SIGNS)
+    x = input_batch(shape, seed=6)
+    np.testing.assert_array_equal(compiled(x).numpy(), simulated(x).numpy())
+    np.testing.assert_array_equal(compiled(x, training=True).numpy(), simulated(x).numpy())
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda **k: keras_xnor.QuantConv2D(4, 3, input_quantizer="ste_sign", **k),
+     "kernel_quantizer must be a sign quantizer"),
+    (lambda **k: keras_xnor.QuantConv2D(4, 3, groups=2, **SIGNS, **k), "no groups"),
+    (lambda **k: keras_xnor.QuantConv2D(4, 13, **SIGNS, **k), "kernels up to 11x11"),
+    (lambda **k: keras_xnor.QuantDense(4, kernel_quantizer="mean_abs_sign",
+                                       input_quantizer="ste_sign", **k),
+     "kernel_quantizer must be a sign quantizer"),
+    (lambda **k: keras_xnor.BWNDense(4, **k), "input_quantizer must be a sign quantizer"),
+])
+def test_quantized_layers_the_ops_cannot_serve_run_the_simulation(make, reason):
+    layer = make()
+    assert layer.implementation == "auto" and reason in "; ".join(
+        layer._check_compiled_possible())
+    with pytest.raises(ValueError, match=r"compiled'\) is not possible: .*" + reason):
+        make(implementation="compiled")
+    shape = (2, 16, 16, 4) if isinstance(layer, keras_xnor.QuantConv2D) else (2, 4)
+    x = input_batch(shape)
+    assert not layer._use_compiled(x)
+    assert layer(x).shape[0] == 2
+
+
 def small_model(implementation):
     keras.utils.set_random_seed(3)
     return keras.Sequential([
