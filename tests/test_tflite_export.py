@@ -509,12 +509,31 @@ def test_a_half_precision_layer_that_cannot_be_rebuilt_in_float32_is_a_clear_err
         keras.config.set_dtype_policy("float32")
 
 
+class _NoInferenceTrace(keras.layers.Layer):
+    """A user layer that cannot be traced for inference (``training=False``)."""
+
+    def call(self, inputs, training=None):
+        if training is False:
+            raise ValueError("this layer has no inference mode")
+        return inputs
+
+
 def test_a_model_the_converter_cannot_write_out_reports_why():
     # TFLite's converter hides why a Keras 3 model could not be written as a SavedModel
-    # ("'NoneType' object is not callable"); convert() names the cause (here a layer name that
-    # is not a valid TF scope name).
+    # ("'NoneType' object is not callable"); convert() names the cause.
     inp = keras.Input((6, 6, 8))
-    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3, name="_bad name")(inp))
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3)(_NoInferenceTrace(name="fussy")(inp)))
     with pytest.raises(RuntimeError, match=r"(?s)could not write the model out as a "
-                                           r"SavedModel \(ValueError: .*not a valid"):
+                                           r"SavedModel \(ValueError: .*no inference mode"):
         convert(model)
+
+
+def test_layer_names_tensorflow_refuses_are_a_clear_error():
+    inp = keras.Input((6, 6, 8))
+    x = keras_xnor.BinConv2D(4, 3, name="_conv one")(inp)
+    model = keras.Model(inp, keras.layers.Flatten(name="ok.flat")(x))
+    with pytest.raises(ValueError, match=r"cannot export layers named '_conv one': .* Rename"):
+        convert(model)
+    # Refused before any conversion starts, so nothing is left behind for the next model.
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3, name="conv_one")(inp))
+    assert [op["name"] for op in custom_ops(convert(model))] == ["KerasXnorBinConv2D"]

@@ -37,6 +37,7 @@ exactly (up to float rounding), so the BN is dropped and its scale/shift go into
 import contextlib
 import functools
 import io
+import re
 import tempfile
 
 import keras
@@ -92,6 +93,9 @@ def _is_linear(activation):
 
 
 _NOT_FLOAT32 = ("float16", "bfloat16", "float64")
+
+# TensorFlow's rule for a root name scope (tensorflow/python/framework/ops.py).
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 def _not_float32(layer):
@@ -465,6 +469,16 @@ def export_model(model, fold_batch_norm=True):
             "convert(): %s is a subclassed model; export needs a Sequential or Functional "
             "model (its layer graph is what tells which BatchNorm can be folded). Rebuild it "
             "with the functional API." % type(model).__name__
+        )
+    # TF names the variables (and the SavedModel the converter writes) after the layers; a name
+    # it refuses fails deep inside the converter and leaves Keras' name-scope stack behind.
+    bad_names = [layer.name for layer in _all_layers(model)
+                 if not _SCOPE_NAME.match(layer.name)]
+    if bad_names:
+        raise ValueError(
+            "convert(): TensorFlow cannot export layers named %s: a layer name must start with a "
+            "letter, digit or '.', and contain only letters, digits and _ . \\ / > -. Rename "
+            "them (the name= argument of the layer)." % ", ".join(repr(n) for n in bad_names)
         )
     plan = _fold_plan(model) if fold_batch_norm else {}
     folded = {id(bn) for bn in plan.values()}
