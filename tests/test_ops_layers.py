@@ -53,6 +53,15 @@ def run(layer, x, training):
     return y, tape.gradient(loss, [x] + layer.trainable_weights)
 
 
+def assert_twins_agree(compiled, simulated, x, training):
+    """Outputs and gradients (input, weights) of the two paths agree."""
+    y_c, g_c = run(compiled, x, training)
+    y_s, g_s = run(simulated, x, training)
+    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_s):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
 CONV_CASES = [
     dict(filters=8, kernel_size=3, padding="same"),
     dict(filters=5, kernel_size=(5, 3), strides=2, padding="valid", use_bias=False),
@@ -71,11 +80,7 @@ def test_bin_conv2d_layer_compiled_equals_simulation(kwargs, channels, training)
     shape = (2, 11, 10, channels)
     compiled, simulated = twin_layers(keras_xnor.BinConv2D, shape, **kwargs)
     x = input_batch(shape)
-    y_c, g_c = run(compiled, x, training)
-    y_s, g_s = run(simulated, x, training)
-    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_c, g_s):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    assert_twins_agree(compiled, simulated, x, training)
 
 
 def test_bin_conv2d_layer_integer_path_is_bit_exact():
@@ -95,11 +100,7 @@ def test_bin_conv2d_layer_integer_path_is_bit_exact():
 def test_bin_dense_layer_compiled_equals_simulation(input_shape, kwargs, training):
     compiled, simulated = twin_layers(keras_xnor.BinDense, input_shape, **kwargs)
     x = input_batch(input_shape)
-    y_c, g_c = run(compiled, x, training)
-    y_s, g_s = run(simulated, x, training)
-    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_c, g_s):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    assert_twins_agree(compiled, simulated, x, training)
 
 
 # Quantized layers whose quantizers are both signs compute a +-1 product too: they run the
@@ -128,11 +129,7 @@ def test_quantized_layers_with_sign_quantizers_run_the_ops(cls, shape, kwargs, t
     compiled, simulated = twin_layers(cls, shape, **kwargs)
     x = input_batch(shape)
     assert cls(**kwargs)._use_compiled(x)  # what "auto" picks on CPU
-    y_c, g_c = run(compiled, x, training)
-    y_s, g_s = run(simulated, x, training)
-    np.testing.assert_allclose(y_c.numpy(), y_s.numpy(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_c, g_s):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    assert_twins_agree(compiled, simulated, x, training)
 
 
 def test_quantized_conv_integer_path_is_bit_exact():
