@@ -598,12 +598,14 @@ class QuantConv2D(_QuantizedLayer):
         reasons = super()._check_compiled_possible()
         if self.groups != 1:
             reasons.append("the compiled conv has no groups, got groups=%d" % self.groups)
-        if max(self.kernel_size) > spec.MAX_KERNEL_SIZE:
-            reasons.append(
-                "the compiled conv serves kernels up to %dx%d, got kernel_size=%s"
-                % (spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, self.kernel_size)
-            )
-        return reasons
+        return reasons + self._kernel_size_problems()
+
+    def _kernel_size_problems(self):
+        """[] when the compiled conv serves this kernel size (and the exporter's op too)."""
+        if max(self.kernel_size) <= spec.MAX_KERNEL_SIZE:
+            return []
+        return ["the compiled conv serves kernels up to %dx%d, got kernel_size=%s"
+                % (spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, self.kernel_size)]
 
     def _fused_op(self, x, kernel, alpha, bias, relu, simulation):
         from keras_xnor import ops  # noqa: PLC0415

@@ -457,7 +457,7 @@ def test_quantized_binary_layers_beyond_the_core_warn_and_export_as_simulation()
         keras_xnor.QuantConv2D(6, 13, padding="same", input_quantizer="ste_sign",
                                kernel_quantizer="ste_sign", name="big"),
     ])
-    with pytest.warns(UserWarning, match=r"big \(the binary conv serves kernels up to 11x11"):
+    with pytest.warns(UserWarning, match=r"big \(the compiled conv serves kernels up to 11x11"):
         data = convert(model)
     assert custom_ops(data) == []
     x = np.random.default_rng(19).standard_normal((1, 16, 16, 4)).astype(np.float32)

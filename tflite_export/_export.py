@@ -138,9 +138,8 @@ def _exportable(layer):
     group, which is exact: these layers have no K map)."""
     if isinstance(layer, (BinConv2D, BinDense)):
         return "; ".join(layer._check_compiled_possible())  # noqa: SLF001 (same project)
-    if isinstance(layer, QuantConv2D) and max(layer.kernel_size) > spec.MAX_KERNEL_SIZE:
-        return "the binary conv serves kernels up to %dx%d, got kernel_size=%s" % (
-            spec.MAX_KERNEL_SIZE, spec.MAX_KERNEL_SIZE, layer.kernel_size)
+    if isinstance(layer, QuantConv2D):
+        return "; ".join(layer._kernel_size_problems())  # noqa: SLF001 (same project)
     return ""
 
 
