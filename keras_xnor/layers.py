@@ -227,14 +227,17 @@ class _QuantizedLayer(keras.layers.Layer):
     def _init_implementation(self, implementation):
         self.implementation = _implementation(implementation, type(self).__name__)
         if self.implementation == "compiled":
-            reasons = self._check_compiled_possible()
-            if reasons:
-                raise ValueError(
-                    "%s(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'."
-                    % (type(self).__name__, "; ".join(reasons))
-                )
+            self._refuse_compiled(self._check_compiled_possible())
         self._disable_jit_if_compiled()
+
+    def _refuse_compiled(self, reasons):
+        """Raises the ValueError of implementation='compiled' if there are reasons against it."""
+        if reasons:
+            raise ValueError(
+                "%s(implementation='compiled') is not possible: %s. Use "
+                "implementation='auto' or 'simulation'."
+                % (type(self).__name__, "; ".join(reasons))
+            )
 
     def _check_compiled_possible(self):
         reasons = []
@@ -258,12 +261,7 @@ class _QuantizedLayer(keras.layers.Layer):
                 )
             if _in_xla_context():
                 reasons.append("XLA (jit_compile=True) has no kernel for the custom op")
-            if reasons:
-                raise ValueError(
-                    "%s(implementation='compiled') is not possible: %s. Use "
-                    "implementation='auto' or 'simulation'."
-                    % (type(self).__name__, "; ".join(reasons))
-                )
+            self._refuse_compiled(reasons)
             if not ops.compiled_ops_available():
                 load = getattr(ops, "load_ops", None)
                 if load is not None:
