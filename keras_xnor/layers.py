@@ -22,6 +22,8 @@ padded with zeros with the fixed divisor ``kh * kw``. The compiled XNOR kernels 
 same rule, so both paths give the same dot products bit for bit (see ``keras_xnor.spec``).
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -460,6 +462,27 @@ class _XnorMixin:
         return config
 
 
+def _grouped_convolution(convolution, groups, x, kernel):
+    """A grouped ``convolution(x, kernel)`` (``kernel`` HWIO with I = C / groups) whose
+    gradient works on CPU: TF computes the grouped conv in one op there but has no CPU kernel
+    for its gradient ("Gradients for grouped convolutions are not supported on CPU"), so the
+    gradient is that of the per-group convolutions on the channel slices, concatenated (the
+    same sums). Keras' own Conv2D avoids the gap by compiling grouped convs with XLA."""
+
+    @tf.custom_gradient
+    def grouped(x, kernel):
+        def grad(dy):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                parts = zip(tf.split(x, groups, axis=-1), tf.split(kernel, groups, axis=-1))
+                y = tf.concat([convolution(xg, kg) for xg, kg in parts], axis=-1)
+            return tape.gradient(y, [x, kernel], output_gradients=dy)
+
+        return convolution(x, kernel), grad
+
+    return grouped(x, kernel)
+
+
 @_register
 class QuantConv2D(_QuantizedLayer):
     """2-D convolution with quantized input and kernel: ``q_i(I) (*) q_k(W) + b``.
@@ -634,13 +657,15 @@ class QuantConv2D(_QuantizedLayer):
         )
 
     def _product(self, x, kernel):
-        return tf.nn.convolution(
-            x,
-            kernel,
+        convolution = functools.partial(
+            tf.nn.convolution,
             strides=self.strides,
             padding=self.padding.upper(),
             dilations=self.dilation_rate,
         )
+        if self.groups == 1:
+            return convolution(x, kernel)
+        return _grouped_convolution(convolution, self.groups, x, kernel)
 
     def get_config(self):
         config = super().get_config()

@@ -163,6 +163,30 @@ def test_grouped_quant_and_bwn_conv2d():
     np.testing.assert_allclose(bwn(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(groups=2),
+    dict(groups=3, strides=2, padding="same"),
+    dict(groups=6, dilation_rate=2, padding="same"),
+])
+def test_grouped_quant_conv2d_trains_on_cpu_as_keras_conv2d(kwargs):
+    # TF has no CPU kernel for the gradient of a grouped conv; the layer must still train.
+    x = tf.constant(np.random.RandomState(1).randn(2, 9, 9, 6).astype(np.float32))
+    ours = keras_xnor.QuantConv2D(12, 3, **kwargs)
+    ref = keras.layers.Conv2D(12, 3, **kwargs)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    _randomize(ours, 7)
+    ref.set_weights(ours.get_weights())
+    grads = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) ** 2)
+        grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_quant_conv2d_with_quantizers():
     x = np.random.RandomState(0).randn(2, 6, 6, 3).astype(np.float32)
     layer = keras_xnor.QuantConv2D(
