@@ -149,11 +149,28 @@ def _on_cpu(tensor):
 # Shared pieces (small helpers rather than a class per mode)
 
 
+def _times(alpha, scale):
+    """``alpha * scale`` where either may be None (1), in ``alpha``'s dtype."""
+    if alpha is None or scale is None:
+        return scale if alpha is None else alpha
+    return alpha * tf.cast(scale, alpha.dtype)
+
+
 class _QuantizedLayer(keras.layers.Layer):
     """Common state of the quantized layers (quantizers, bias, activation, binary gradient)
-    and the choice of execution path: the compiled ops serve a layer whose input and kernel
-    quantizers are both signs (``_check_compiled_possible``; a subclass provides
-    ``_compiled_dot`` and ``_fused_op``)."""
+    and their forward pass, on one of two execution paths.
+
+    The compiled ops serve a layer whose input quantizer is a sign and whose kernel quantizer
+    is a sign or ``mean_abs_sign`` (``_check_compiled_possible``): the ±1 product runs on the
+    op, the per-filter scales (the layer's alpha, a ``mean_abs_sign`` kernel's ``mean|W|``),
+    K, the bias and ReLU after it. Training runs the op for the ±1 dot only (``_compiled_dot``)
+    and the rest in TF; inference runs the fused op (``_fused_op``), which computes the whole
+    layer but non-ReLU activations. A subclass provides both, and ``_product``.
+
+    Mixed precision (``keras.config.set_dtype_policy("mixed_bfloat16")`` or
+    ``"mixed_float16"``): the layer computes in the policy's dtype as any Keras layer does,
+    and the compiled ops serve it too (they compute in float32 and return the compute dtype).
+    """
 
     def _init_common(
         self,
@@ -181,11 +198,6 @@ class _QuantizedLayer(keras.layers.Layer):
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.binary_gradient = bool(binary_gradient)
 
-    # Whether reading the kernel inside call() gives the compute dtype under a mixed
-    # precision policy (Keras' autocasting). The XNOR layers read the float32 kernel and cast
-    # it themselves where they compute in the policy's dtype (see _XnorMixin).
-    _kernel_autocast = True
-
     def _add_kernel_and_bias(self, kernel_shape, outputs):
         self.kernel = self.add_weight(
             name="kernel",
@@ -194,7 +206,10 @@ class _QuantizedLayer(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
-            autocast=self._kernel_autocast,
+            # Mixed precision: the kernel is read in float32 (not autocast), so the fused op
+            # packs it once while it is unchanged, as under float32; the simulation casts it
+            # to the compute dtype itself (_simulate).
+            autocast=False,
         )
         if self.use_bias:
             self.bias = self.add_weight(
@@ -245,8 +260,11 @@ class _QuantizedLayer(keras.layers.Layer):
         reasons = []
         if not quantizers.is_sign_kind(self.input_quantizer):
             reasons.append("input_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
-        if not quantizers.is_sign_kind(self.kernel_quantizer):
-            reasons.append("kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign)")
+        if not quantizers.is_scaled_sign(self.kernel_quantizer):
+            reasons.append(
+                "kernel_quantizer must be a sign quantizer (ste_sign/approx_sign/sign) or "
+                "mean_abs_sign"
+            )
         return reasons
 
     def _use_compiled(self, inputs):
@@ -302,26 +320,92 @@ class _QuantizedLayer(keras.layers.Layer):
         """The float product of (quantized) inputs and kernel: a convolution or a matmul."""
         raise NotImplementedError
 
+    def _layer_alpha(self):
+        """The layer's own per-filter scale, or None: the quantized layers have none (the BWN
+        and XNOR layers override this with their ``get_alpha()``)."""
+        return None
+
+    def _alpha_kind(self):
+        """What :meth:`_layer_alpha` is: "mean_abs" (eq. 6), "learned" or "none" (1)."""
+        return "none"
+
+    def _kernel_signs_and_scale(self, kernel):
+        """The quantized kernel as ``(signs, scale)`` with ``q_k(W) = signs * scale``: for a
+        ``mean_abs_sign`` kernel quantizer its ±1 part and ``mean|W|`` per filter (so the ±1
+        part can run on the op and the scale after it), otherwise ``(q_k(W), None)``."""
+        quantizer = self.kernel_quantizer
+        if isinstance(quantizer, quantizers.MeanAbsSign):
+            return quantizer.signs(kernel), quantizers.mean_abs(kernel)
+        return self._quantize_kernel(kernel), None
+
+    def _finish(self, inputs, product, scale, bias, relu=False):
+        """``product * scale [* K] [+ bias] [ReLU]`` in the inputs' dtype (eq. 11's output
+        stage; ``scale`` None is 1, and K is the layer's scale map when ``use_k``)."""
+        outputs = product
+        if outputs.dtype != inputs.dtype:  # the compiled dot computes in float32
+            outputs = tf.cast(outputs, inputs.dtype)
+        if scale is not None:
+            outputs = outputs * tf.cast(scale, outputs.dtype)
+        if self.use_k:
+            outputs = outputs * self._k_map(inputs)
+        if bias is not None:
+            outputs = outputs + bias
+        if relu:
+            outputs = tf.nn.relu(outputs)
+        return outputs
+
+    def _simulate(self, inputs, kernel, bias, relu=False, dot=None):
+        """Pure-TF forward: ``(q_i(I) * q_k(W)) * alpha [* K] [+ b] [relu]``, ``*`` the layer's
+        product (convolution or matmul), ``alpha`` :meth:`_layer_alpha` and ``K`` the scale
+        map (:meth:`_k_map`, when ``use_k``).
+
+        ``dot`` replaces the float product of the two ±1 tensors (the compiled paths pass
+        ``_compiled_dot``); a ``mean_abs_sign`` kernel's ``mean|W|`` then multiplies its
+        output instead of the kernel. The rest is the same either way.
+        """
+        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
+            kernel = tf.cast(kernel, inputs.dtype)
+        alpha = self._layer_alpha()
+        x = self._quantize_input(inputs)
+        if dot is None:
+            return self._finish(inputs, self._product(x, self._quantize_kernel(kernel)), alpha,
+                                bias, relu)
+        signs, scale = self._kernel_signs_and_scale(kernel)
+        return self._finish(inputs, dot(x, signs), _times(alpha, scale), bias, relu)
+
+    def _fused_scale(self, kernel):
+        """The per-filter scale the fused op applies to the ±1 dot: the layer's alpha times the
+        kernel quantizer's scale, ones when there is neither, and None when it is exactly
+        ``mean|W|`` (the op that packs the kernel then provides it, read once while the kernel
+        is unchanged, instead of a reduction at every call)."""
+        kind = self._alpha_kind()
+        signs_scaled = isinstance(self.kernel_quantizer, quantizers.MeanAbsSign)
+        if kind != "learned" and (kind == "mean_abs") != signs_scaled:  # mean|W| exactly
+            return None
+        _, scale = self._kernel_signs_and_scale(kernel)
+        alpha = _times(self._layer_alpha(), scale)
+        return tf.ones(kernel.shape[-1:], tf.float32) if alpha is None else alpha
+
     def call(self, inputs, training=None):
         x = self._prepare_input(inputs)
         kernel = tf.convert_to_tensor(self.kernel)
         bias = self._bias_tensor()
-
-        def forward(i, k, a, b):  # the float simulation; alpha is 1 here
-            del a
-            outputs = self._product(self._quantize_input(i), self._quantize_kernel(k))
-            return outputs if b is None else outputs + b
-
         if not self._use_compiled(x):
-            return self._activate(forward(x, kernel, None, bias))
-        if training:  # the op computes the +-1 product, TF the rest (as in the simulation)
-            outputs = self._compiled_dot(self._quantize_input(x), self._quantize_kernel(kernel))
-            outputs = tf.cast(outputs, x.dtype)
-            return self._activate(outputs if bias is None else outputs + bias)
-        # Inference: the fused op with unit scales (the kernel packed once while unchanged).
+            return self._activate(self._simulate(x, kernel, bias))
+        if training:  # the op computes the ±1 product, TF the rest (as in the simulation)
+            return self._activate(self._simulate(x, kernel, bias, dot=self._compiled_dot))
+        # Inference: the fused op computes the whole layer but non-ReLU activations, with the
+        # kernel packed once while it is unchanged; its gradient is the simulation's, written
+        # here with the scale the op applies.
         relu = self._relu_fused()
-        ones = tf.ones(kernel.shape[-1:], tf.float32)
-        outputs = self._fused_op(x, kernel, ones, bias, relu, forward)
+
+        def simulation(i, k, a, b):
+            if k.dtype != i.dtype:
+                k = tf.cast(k, i.dtype)
+            signs, _ = self._kernel_signs_and_scale(k)
+            return self._finish(i, self._product(self._quantize_input(i), signs), a, b, relu)
+
+        outputs = self._fused_op(x, kernel, self._fused_scale(kernel), bias, relu, simulation)
         return outputs if relu else self._activate(outputs)
 
     def _common_config(self):
@@ -374,42 +458,17 @@ class _ScaledBinaryMixin:
             return tf.convert_to_tensor(self.alpha)
         return tf.ones(kernel.shape[-1:], dtype=kernel.dtype)
 
-    def _simulate(self, inputs, kernel, alpha, bias, relu=False, dot=None):
-        """Pure-TF forward: ``(q_i(I) * q_k(W)) * alpha [* K] [+ b] [relu]``, ``*`` the layer's
-        product (convolution or matmul) and ``K`` its scale map (:meth:`_k_map`).
+    def _layer_alpha(self):
+        return self.get_alpha()
 
-        ``dot`` replaces the float product of the two +-1 tensors (the compiled paths pass
-        the compiled dot, ``_compiled_dot`` of the conv / dense layer); the rest is the same
-        either way.
-        """
-        dot = dot or self._product
-        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
-            kernel = tf.cast(kernel, inputs.dtype)
-        outputs = dot(self._quantize_input(inputs), self._quantize_kernel(kernel))
-        if outputs.dtype != inputs.dtype:  # the compiled dot computes in float32
-            outputs = tf.cast(outputs, inputs.dtype)
-        outputs = outputs * tf.cast(alpha, outputs.dtype)
-        if self.use_k:
-            outputs = outputs * self._k_map(inputs)
-        if bias is not None:
-            outputs = outputs + bias
-        if relu:
-            outputs = tf.nn.relu(outputs)
-        return outputs
-
-    def call(self, inputs, training=None):
-        del training  # the same path either way: the +-1 product by the op where possible
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        dot = self._compiled_dot if self._use_compiled(x) else None
-        return self._activate(
-            self._simulate(x, kernel, self.get_alpha(), self._bias_tensor(), dot=dot)
-        )
+    def _alpha_kind(self):
+        return self.kernel_scale
 
     def get_config(self):
         config = super().get_config()
         config["kernel_scale"] = self.kernel_scale
         return config
+
 
 def _register(cls):
     return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
@@ -420,41 +479,7 @@ def _register(cls):
 
 
 class _XnorMixin:
-    """Execution-path choice shared by the XNOR layers (BinConv2D, BinDense).
-
-    A subclass provides ``_compiled_dot(xb, wb)`` (the op computing the +-1 product; training)
-    and ``_fused_op(x, kernel, alpha, bias, relu, simulation)`` (the op computing the whole
-    layer but non-ReLU activations; inference).
-
-    Mixed precision (``keras.config.set_dtype_policy("mixed_bfloat16")`` or
-    ``"mixed_float16"``): the layer computes in the policy's dtype as any Keras layer does,
-    and the compiled ops serve it too (they compute in float32 and return the compute dtype).
-    The kernel is read in float32 (not autocast), so the fused op packs it once while it is
-    unchanged, as under float32; the simulation casts it to the compute dtype itself.
-    """
-
-    _kernel_autocast = False
-
-    def call(self, inputs, training=None):
-        x = self._prepare_input(inputs)
-        kernel = tf.convert_to_tensor(self.kernel)
-        bias = self._bias_tensor()
-        if not self._use_compiled(x):
-            return self._activate(self._simulate(x, kernel, self.get_alpha(), bias))
-        if training:
-            return self._activate(
-                self._simulate(x, kernel, self.get_alpha(), bias, dot=self._compiled_dot)
-            )
-        relu = self._relu_fused()
-
-        def simulation(i, k, a, b):
-            return self._simulate(i, k, a, b, relu=relu)
-
-        # Eq. 6's alpha = mean|W| comes from the op that packs W (None here), which reads the
-        # weights once while they are unchanged instead of reducing them at every call.
-        alpha = None if self.kernel_scale == "mean_abs" else self.get_alpha()
-        outputs = self._fused_op(x, kernel, alpha, bias, relu, simulation)
-        return outputs if relu else self._activate(outputs)
+    """What the XNOR layers (BinConv2D, BinDense) add to the BWN layers' config: ``use_k``."""
 
     def get_config(self):
         config = super().get_config()
@@ -505,11 +530,12 @@ class QuantConv2D(_QuantizedLayer):
         binary_gradient: binarize the gradient w.r.t. the layer input in the backward pass,
             ``sign(g) * max|g|`` with the max per sample (XNOR-Net §3.2,
             :func:`keras_xnor.quantizers.binary_gradient`).
-        implementation: "auto" (default), "simulation" or "compiled". With sign quantizers
-            on both the input and the kernel (``ste_sign``, ``approx_sign``), ``groups=1`` and
-            a kernel of at most 11x11, the ±1 product runs on the compiled XNOR op on CPU, as
-            in :class:`BinConv2D` (same results; otherwise, and with "simulation", the float
-            conv of the quantized tensors).
+        implementation: "auto" (default), "simulation" or "compiled". With a sign input
+            quantizer (``ste_sign``, ``approx_sign``), a sign or ``mean_abs_sign`` kernel
+            quantizer, ``groups=1`` and a kernel of at most 11x11, the ±1 product runs on the
+            compiled XNOR op on CPU, as in :class:`BinConv2D` (``mean|W|`` multiplies the op's
+            output). Same results; otherwise, and with "simulation", the float conv of the
+            quantized tensors.
         **kwargs: keras.layers.Layer arguments (name, dtype, trainable, ...).
     """
 
@@ -769,8 +795,9 @@ class BinConv2D(_XnorMixin, BWNConv2D):
     order B-A-C-P); a :class:`BinaryActivation` in front would make ``K == 1``.
 
     Execution: ``implementation="auto"`` runs the compiled XNOR + popcount op
-    (``keras_xnor.ops.bin_conv2d``) when the op library is available, both quantizers are sign
-    quantizers, the kernel is at most 11x11 (``spec.MAX_KERNEL_SIZE``; a larger one runs the
+    (``keras_xnor.ops.bin_conv2d``) when the op library is available, the input quantizer is
+    a sign quantizer and the kernel quantizer a sign or ``mean_abs_sign`` (its ``mean|W|``
+    joins alpha), the kernel is at most 11x11 (``spec.MAX_KERNEL_SIZE``; a larger one runs the
     simulation), the compute dtype is float32, float16 or bfloat16 (mixed precision: the op
     computes in float32 and returns the compute dtype) and the layer runs on CPU outside XLA
     (``tf.function(jit_compile=True)`` has no kernel for the op); otherwise the float
@@ -869,7 +896,7 @@ class QuantDense(_QuantizedLayer):
         activation, use_bias, *_initializer, *_regularizer, *_constraint: as in Dense.
         input_quantizer, kernel_quantizer: quantizers or None.
         binary_gradient, implementation: see :class:`QuantConv2D` (the compiled op serves
-            sign quantizers on both operands).
+            a sign input quantizer with a sign or ``mean_abs_sign`` kernel quantizer).
         **kwargs: keras.layers.Layer arguments.
     """
 

@@ -45,6 +45,7 @@ __all__ = [
     "serialize",
     "deserialize",
     "is_sign_kind",
+    "is_scaled_sign",
     "precision",
     "KERNEL_SCALES",
 ]
@@ -316,7 +317,11 @@ class MeanAbsSign(Quantizer):
         self.clip_value = None if clip_value is None else float(clip_value)
 
     def __call__(self, x):
-        return mean_abs(x) * ste_sign(x, clip_value=self.clip_value)
+        return mean_abs(x) * self.signs(x)
+
+    def signs(self, x):
+        """The ±1 part ``ste_sign(x)`` (the output is ``mean_abs(x) * signs(x)``)."""
+        return ste_sign(x, clip_value=self.clip_value)
 
     def get_config(self):
         return {"clip_value": self.clip_value}
@@ -395,6 +400,13 @@ def deserialize(config):
 def is_sign_kind(quantizer):
     """True when ``quantizer``'s forward pass is exactly ``sign`` (as in the XNOR kernels)."""
     return bool(getattr(quantizer, "sign_kind", False))
+
+
+def is_scaled_sign(quantizer):
+    """True when ``quantizer(W)`` is ``sign(W)`` times one scale per output filter: the sign
+    kind (scale 1) and :class:`MeanAbsSign` (``mean|W|``). Such a kernel quantizer runs on
+    the XNOR ops, its scale multiplying their output."""
+    return is_sign_kind(quantizer) or isinstance(quantizer, MeanAbsSign)
 
 
 def precision(quantizer, default=32):

@@ -58,6 +58,11 @@ CASES = [
      dict(filters=33, kernel_size=3, strides=2, activation="relu", kernel_scale="learned")),
     (keras_xnor.BinDense, (5, 130), dict(units=17)),
     (keras_xnor.BinDense, (3, 2, 40), dict(units=6, activation="relu", use_k=False)),
+    (keras_xnor.QuantConv2D, (2, 8, 7, 21), dict(filters=5, kernel_size=3, padding="same",
+                                                input_quantizer="ste_sign",
+                                                kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.BWNDense, (3, 50), dict(units=9, kernel_scale="learned",
+                                        input_quantizer="ste_sign")),
 ]
 
 
@@ -118,8 +123,15 @@ def test_training_dot_equals_the_simulation_and_gradients_agree(policy):
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
-def test_weights_are_packed_once(policy):
-    model = keras.Sequential([keras.Input((6, 6, 40)), keras_xnor.BinConv2D(8, 3)])
+@pytest.mark.parametrize("make", [
+    lambda: keras_xnor.BinConv2D(8, 3),
+    # The quantized layers read their kernel in float32 too (an autocast one would be a new
+    # tensor at every call, packed again).
+    lambda: keras_xnor.QuantConv2D(8, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+    lambda: keras_xnor.BWNConv2D(8, 3, input_quantizer="ste_sign"),
+])
+def test_weights_are_packed_once(policy, make):
+    model = keras.Sequential([keras.Input((6, 6, 40)), make()])
     x = np.random.default_rng(4).standard_normal((2, 6, 6, 40)).astype(np.float32)
     start = packs()
     for _ in range(3):

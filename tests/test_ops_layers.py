@@ -120,6 +120,25 @@ QUANT_CASES = [
     (keras_xnor.QuantDense, (3, 70), dict(units=9, **SIGNS)),
     (keras_xnor.QuantDense, (2, 4, 33), dict(units=4, activation="relu", **SIGNS)),
     (keras_xnor.BWNDense, (3, 50), dict(units=5, input_quantizer="ste_sign")),
+    # mean_abs_sign kernels: the op computes the +-1 product, mean|W| multiplies its output
+    # (times the layer's own alpha for the BWN / XNOR layers).
+    (keras_xnor.QuantConv2D, (2, 10, 9, 37), dict(filters=6, kernel_size=3, padding="same",
+                                                 input_quantizer="ste_sign",
+                                                 kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.QuantConv2D, (1, 11, 11, 20),
+     dict(filters=4, kernel_size=5, strides=2, activation="relu", input_quantizer="ste_sign",
+          kernel_quantizer=keras_xnor.quantizers.MeanAbsSign(clip_value=None))),
+    (keras_xnor.QuantDense, (2, 3, 45), dict(units=7, input_quantizer="ste_sign",
+                                             kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.BWNConv2D, (2, 8, 8, 12), dict(filters=5, kernel_size=3, kernel_scale="learned",
+                                              input_quantizer="ste_sign",
+                                              kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.BWNDense, (3, 40), dict(units=6, kernel_scale="none", input_quantizer="ste_sign",
+                                        kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.BinConv2D, (2, 9, 9, 33), dict(filters=8, kernel_size=3, padding="same",
+                                              kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.BinDense, (2, 50), dict(units=6, kernel_scale="learned",
+                                        kernel_quantizer="mean_abs_sign")),
 ]
 
 
@@ -146,7 +165,7 @@ def test_quantized_conv_integer_path_is_bit_exact():
      "kernel_quantizer must be a sign quantizer"),
     (lambda **k: keras_xnor.QuantConv2D(4, 3, groups=2, **SIGNS, **k), "no groups"),
     (lambda **k: keras_xnor.QuantConv2D(4, 13, **SIGNS, **k), "kernels up to 11x11"),
-    (lambda **k: keras_xnor.QuantDense(4, kernel_quantizer="mean_abs_sign",
+    (lambda **k: keras_xnor.QuantDense(4, kernel_quantizer=tf.tanh,
                                        input_quantizer="ste_sign", **k),
      "kernel_quantizer must be a sign quantizer"),
     (lambda **k: keras_xnor.BWNDense(4, **k), "input_quantizer must be a sign quantizer"),

@@ -145,6 +145,10 @@ def test_get_resolves_names_functions_dicts_and_callables():
     assert quantizers.is_sign_kind(quantizers.get("approx_sign"))
     assert not quantizers.is_sign_kind(quantizers.get("mean_abs_sign"))
     assert not quantizers.is_sign_kind(None)
+    # mean_abs_sign is a sign times a per-filter scale: it runs on the XNOR ops too.
+    assert quantizers.is_scaled_sign(quantizers.get("mean_abs_sign"))
+    assert quantizers.is_scaled_sign(quantizers.get("ste_sign"))
+    assert not quantizers.is_scaled_sign(fn) and not quantizers.is_scaled_sign(None)
 
 
 def test_get_unknown_name_lists_valid_names():

@@ -8,6 +8,7 @@ inputs resized after allocation. The integer path (no scales, no bias) is compar
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -449,6 +450,28 @@ def test_quantized_layers_with_sign_inputs_export_as_xnor_ops():
     x[0, 1, 1, :5] = 0.0  # sign(0) = +1
     np.testing.assert_array_equal(
         _run(Interpreter(model_content=convert(integer)), x), integer(x).numpy())
+
+
+def test_xnor_layers_with_mean_abs_sign_kernels_export_as_xnor_ops():
+    # eq. 11 with W ~ mean|W| sign(W) inside the product: the op's alpha is the layer's alpha
+    # times mean|W| (here eq. 6's mean|W| twice, and a learned alpha).
+    model = keras.Sequential([
+        keras.Input((8, 8, 20)),
+        keras_xnor.BinConv2D(12, 3, padding="same", kernel_quantizer="mean_abs_sign"),
+        keras.layers.Flatten(),
+        keras_xnor.BinDense(5, kernel_scale="learned", kernel_quantizer="mean_abs_sign"),
+    ])
+    rng = np.random.default_rng(20)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-1, 1, w.shape) for w in layer.get_weights()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing falls back to the simulation
+        data = convert(model)
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D", "KerasXnorBinDense"]
+    x = rng.standard_normal((2, 8, 8, 20)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_quantized_binary_layers_beyond_the_core_warn_and_export_as_simulation():

@@ -109,11 +109,6 @@ def _not_float32(layer):
     return any(d in _NOT_FLOAT32 for d in dtypes)
 
 
-def _binary_kernel(quantizer):
-    """Whether a kernel quantizer gives ``scale * sign(W)`` with one scale per filter."""
-    return quantizers.is_sign_kind(quantizer) or isinstance(quantizer, quantizers.MeanAbsSign)
-
-
 def _xnor_layer(layer):
     """Whether `layer` multiplies binary inputs by binary weights, so that the exporter should
     make it a bitpacked custom op: every BinConv2D / BinDense, and any quantized conv / dense
@@ -125,7 +120,7 @@ def _xnor_layer(layer):
     return (
         isinstance(layer, (QuantConv2D, QuantDense))
         and quantizers.is_sign_kind(layer.input_quantizer)
-        and _binary_kernel(layer.kernel_quantizer)
+        and quantizers.is_scaled_sign(layer.kernel_quantizer)
     )
 
 
