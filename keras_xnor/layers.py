@@ -532,10 +532,10 @@ class QuantConv2D(_QuantizedLayer):
             :func:`keras_xnor.quantizers.binary_gradient`).
         implementation: "auto" (default), "simulation" or "compiled". With a sign input
             quantizer (``ste_sign``, ``approx_sign``), a sign or ``mean_abs_sign`` kernel
-            quantizer, ``groups=1`` and a kernel of at most 11x11, the ±1 product runs on the
-            compiled XNOR op on CPU, as in :class:`BinConv2D` (``mean|W|`` multiplies the op's
-            output). Same results; otherwise, and with "simulation", the float conv of the
-            quantized tensors.
+            quantizer and a kernel of at most 11x11, the ±1 product runs on the compiled XNOR
+            op on CPU, as in :class:`BinConv2D` (one op per group when ``groups > 1``;
+            ``mean|W|`` multiplies the op's output). Same results; otherwise, and with
+            "simulation", the float conv of the quantized tensors.
         **kwargs: keras.layers.Layer arguments (name, dtype, trainable, ...).
     """
 
@@ -642,10 +642,7 @@ class QuantConv2D(_QuantizedLayer):
         return (batch, out[0], out[1], self.filters)
 
     def _check_compiled_possible(self):
-        reasons = super()._check_compiled_possible()
-        if self.groups != 1:
-            reasons.append("the compiled conv has no groups, got groups=%d" % self.groups)
-        return reasons + self._kernel_size_problems()
+        return super()._check_compiled_possible() + self._kernel_size_problems()
 
     def _kernel_size_problems(self):
         """[] when the compiled conv serves this kernel size (and the exporter's op too)."""
@@ -668,6 +665,7 @@ class QuantConv2D(_QuantizedLayer):
             use_k=self.use_k,
             relu=relu,
             simulation=simulation,
+            groups=self.groups,
         )
 
     def _compiled_dot(self, xb, wb):
@@ -680,6 +678,7 @@ class QuantConv2D(_QuantizedLayer):
             padding=self.padding,
             dilation_rate=self.dilation_rate,
             convolution=self._product,
+            groups=self.groups,
         )
 
     def _product(self, x, kernel):

@@ -41,6 +41,7 @@ inside a ``tf.function(jit_compile=True)`` the layers' ``"auto"`` path traces th
 """
 
 import ctypes
+import functools
 import glob
 import os
 import threading
@@ -425,7 +426,8 @@ def bin_dense_reference(inputs, filter, alpha, bias, *, in_channels, use_k, relu
 
 
 def bin_conv2d(
-    inputs, kernel, alpha, bias, *, strides, padding, dilation_rate, use_k, relu, simulation
+    inputs, kernel, alpha, bias, *, strides, padding, dilation_rate, use_k, relu, simulation,
+    groups=1,
 ):
     """XNOR convolution (eq. 11) with the compiled op, differentiated like ``simulation``.
 
@@ -449,34 +451,61 @@ def bin_conv2d(
         use_k, relu: bool.
         simulation: callable ``(inputs, kernel, alpha, bias) -> NHWC`` computing the same
             function in pure TF (``bias`` may be None).
+        groups: channel groups, as in ``keras.layers.Conv2D`` (``kernel`` is then
+            ``[KH, KW, C / groups, O]``): one op per group on its slice of the input channels
+            and of the filters, concatenated. Needs ``use_k`` False (K averages over all
+            input channels).
 
     Returns:
         The op's output ``[N, OH, OW, O]``.
     """
     ops = load_ops()
-    strides = _pair(strides, "strides")
-    dilations = _pair(dilation_rate, "dilation_rate")
-    padding = _padding(padding)
     kernel = tf.convert_to_tensor(kernel)
     if kernel.shape.rank != 4 or kernel.shape[2] is None:
         raise ValueError(
             "bin_conv2d: kernel must be HWIO with a known input-channel axis, got shape %s"
             % kernel.shape
         )
-    attrs = {
-        spec.ATTR_STRIDES: list(strides),
-        spec.ATTR_PADDING: padding,
-        spec.ATTR_DILATIONS: list(dilations),
-        spec.ATTR_IN_CHANNELS: int(kernel.shape[2]),
+    if groups != 1 and use_k:
+        raise ValueError("bin_conv2d: groups=%d needs use_k=False (K averages |I| over all "
+                         "input channels)" % groups)
+    attrs = _conv_attrs(strides, padding, dilation_rate, int(kernel.shape[2]), use_k, relu)
+
+    def forward(x, k, a, b):
+        packed, mean_abs = ops.keras_xnor_pack_filter(k)  # OHWI; once while k is unchanged
+        a = mean_abs if a is None else a
+        conv = functools.partial(ops.keras_xnor_bin_conv2d, **attrs)
+        return _per_group(conv, groups, x, packed, a, b)
+
+    return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
+
+
+def _conv_attrs(strides, padding, dilation_rate, in_channels, use_k, relu):
+    return {
+        spec.ATTR_STRIDES: list(_pair(strides, "strides")),
+        spec.ATTR_PADDING: _padding(padding),
+        spec.ATTR_DILATIONS: list(_pair(dilation_rate, "dilation_rate")),
+        spec.ATTR_IN_CHANNELS: in_channels,
         spec.ATTR_USE_K: bool(use_k),
         spec.ATTR_RELU: bool(relu),
     }
 
-    def forward(x, k, a, b):
-        packed, mean_abs = ops.keras_xnor_pack_filter(k)  # OHWI; once while k is unchanged
-        return ops.keras_xnor_bin_conv2d(x, packed, mean_abs if a is None else a, b, **attrs)
 
-    return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
+def _per_group(conv, groups, x, packed, *per_filter):
+    """``conv(x, packed, *per_filter)`` of a grouped convolution: the input channels of ``x``
+    and the filters (rows of the packed OHWI filter, entries of each per-filter vector) split
+    into ``groups`` equal parts, one ``conv`` per part, outputs concatenated on channels.
+    The filter is packed once while unchanged, but each group's part is a new tensor at every
+    call (TF's split copies here), so the conv op re-lays it out for its kernels per call
+    (O(filter size)) instead of keeping one prepared copy as it does for ``groups=1``."""
+    if groups == 1:
+        return conv(x, packed, *per_filter)
+    parts = zip(
+        tf.split(x, groups, axis=-1),
+        tf.split(packed, groups, axis=0),
+        *(tf.split(v, groups, axis=0) for v in per_filter),
+    )
+    return tf.concat([conv(*part) for part in parts], axis=-1)
 
 
 def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
@@ -513,7 +542,7 @@ def bin_dense(inputs, kernel, alpha, bias, *, use_k, relu, simulation):
     return _with_simulated_gradient(forward, simulation, inputs, kernel, alpha, bias)
 
 
-def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution):
+def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution, groups=1):
     """``sign(xb) (*) sign(wb)`` by the compiled op, differentiated as ``convolution(xb, wb)``.
 
     The training path of the layers. ``xb`` and ``wb`` are the quantizers' outputs (exactly +-1,
@@ -529,25 +558,21 @@ def binary_conv2d_dot(xb, wb, *, strides, padding, dilation_rate, convolution):
         xb: float32 NHWC +-1 input. wb: float32 HWIO +-1 kernel.
         strides, dilation_rate: 2 ints; padding: "same"/"valid".
         convolution: callable ``(xb, wb) -> NHWC``, the layer's float conv (for the gradient).
+        groups: channel groups (``wb`` is ``[KH, KW, C / groups, O]``), as in
+            :func:`bin_conv2d`.
     """
     ops = load_ops()
     wb = tf.convert_to_tensor(wb)
     if wb.shape.rank != 4 or wb.shape[2] is None or wb.shape[3] is None:
         raise ValueError("binary_conv2d_dot: wb must be HWIO with known I and O, got %s" % wb.shape)
-    attrs = {
-        spec.ATTR_STRIDES: list(_pair(strides, "strides")),
-        spec.ATTR_PADDING: _padding(padding),
-        spec.ATTR_DILATIONS: list(_pair(dilation_rate, "dilation_rate")),
-        spec.ATTR_IN_CHANNELS: int(wb.shape[2]),
-        spec.ATTR_USE_K: False,
-        spec.ATTR_RELU: False,
-    }
+    attrs = _conv_attrs(strides, padding, dilation_rate, int(wb.shape[2]), False, False)
     ones = tf.ones([wb.shape[3]], tf.float32)
     zeros = tf.zeros([wb.shape[3]], tf.float32)
 
     def dot(x, w):
         packed, _ = ops.keras_xnor_pack_filter(w, cache=False)  # OHWI; w is new at every step
-        return ops.keras_xnor_bin_conv2d(x, packed, ones, zeros, **attrs)
+        conv = functools.partial(ops.keras_xnor_bin_conv2d, **attrs)
+        return _per_group(conv, groups, x, packed, ones, zeros)
 
     return _with_linear_gradient(dot, convolution, xb, wb)
 

@@ -21,6 +21,9 @@ import tensorflow as tf
 import keras_xnor
 from keras_xnor import ops
 
+# A helper of a neighbouring test module (tests/ is on sys.path under pytest).
+from test_ops_weight_cache import packs  # noqa: E402
+
 pytestmark = pytest.mark.skipif(
     not ops.compiled_ops_available(), reason="compiled ops not built (run `make ops`)"
 )
@@ -139,6 +142,17 @@ QUANT_CASES = [
                                               kernel_quantizer="mean_abs_sign")),
     (keras_xnor.BinDense, (2, 50), dict(units=6, kernel_scale="learned",
                                         kernel_quantizer="mean_abs_sign")),
+    # Grouped convs: one op per group (its input channels, its filters), concatenated.
+    (keras_xnor.QuantConv2D, (2, 9, 8, 40), dict(filters=8, kernel_size=3, padding="same",
+                                                groups=4, **SIGNS)),
+    (keras_xnor.QuantConv2D, (1, 12, 11, 66),
+     dict(filters=6, kernel_size=(3, 5), strides=2, groups=3, activation="relu",
+          input_quantizer="approx_sign", kernel_quantizer="mean_abs_sign")),
+    (keras_xnor.QuantConv2D, (2, 9, 9, 12), dict(filters=12, kernel_size=3, dilation_rate=2,
+                                                groups=12, use_bias=False, **SIGNS)),
+    (keras_xnor.BWNConv2D, (2, 8, 8, 70), dict(filters=10, kernel_size=1, groups=2,
+                                              kernel_scale="learned",
+                                              input_quantizer="ste_sign")),
 ]
 
 
@@ -151,19 +165,36 @@ def test_quantized_layers_with_sign_quantizers_run_the_ops(cls, shape, kwargs, t
     assert_twins_agree(compiled, simulated, x, training)
 
 
-def test_quantized_conv_integer_path_is_bit_exact():
-    shape = (2, 9, 7, 45)
+@pytest.mark.parametrize("groups", [1, 3])
+def test_quantized_conv_integer_path_is_bit_exact(groups):
+    shape = (2, 9, 7, 45 * groups)
     compiled, simulated = twin_layers(keras_xnor.QuantConv2D, shape, filters=9, kernel_size=3,
-                                      padding="same", use_bias=False, **SIGNS)
+                                      padding="same", use_bias=False, groups=groups, **SIGNS)
     x = input_batch(shape, seed=6)
     np.testing.assert_array_equal(compiled(x).numpy(), simulated(x).numpy())
     np.testing.assert_array_equal(compiled(x, training=True).numpy(), simulated(x).numpy())
 
 
+def test_grouped_conv_packs_unchanged_weights_once():
+    model = keras.Sequential([keras.Input((6, 6, 40)),
+                              keras_xnor.QuantConv2D(8, 3, groups=4, **SIGNS)])
+    x = np.random.default_rng(7).standard_normal((2, 6, 6, 40)).astype(np.float32)
+    start = packs()
+    for _ in range(3):
+        model.predict(x, verbose=0)
+    assert packs() - start == 1  # one filter for the four group ops
+
+
+def test_grouped_bin_conv2d_refuses_the_k_map():
+    with pytest.raises(ValueError, match="groups=2 needs use_k=False"):
+        ops.bin_conv2d(tf.zeros([1, 5, 5, 4]), tf.zeros([3, 3, 2, 4]), None, None, strides=1,
+                       padding="same", dilation_rate=1, use_k=True, relu=False,
+                       simulation=None, groups=2)
+
+
 @pytest.mark.parametrize("make, reason", [
     (lambda **k: keras_xnor.QuantConv2D(4, 3, input_quantizer="ste_sign", **k),
      "kernel_quantizer must be a sign quantizer"),
-    (lambda **k: keras_xnor.QuantConv2D(4, 3, groups=2, **SIGNS, **k), "no groups"),
     (lambda **k: keras_xnor.QuantConv2D(4, 13, **SIGNS, **k), "kernels up to 11x11"),
     (lambda **k: keras_xnor.QuantDense(4, kernel_quantizer=tf.tanh,
                                        input_quantizer="ste_sign", **k),
