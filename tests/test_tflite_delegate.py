@@ -132,6 +132,20 @@ def test_interpreter_validates_num_threads(model_file):
         load_delegate(kernel="fastest")
 
 
+def test_interpreter_takes_bytes_like_model_content(two_conv_model):
+    # LiteRT itself takes only bytes; a flatbuffers Builder gives a bytearray.
+    model, data = two_conv_model
+    x = np.random.default_rng(3).standard_normal((1, 6, 6, 8)).astype(np.float32)
+    expected = model(x).numpy()
+    for content in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        np.testing.assert_allclose(_run(Interpreter(model_content=content), x), expected,
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="give it as model_path"):
+        Interpreter(model_content="model.tflite")
+    with pytest.raises(TypeError, match="got list"):
+        Interpreter(model_content=[1, 2, 3])
+
+
 def test_kernel_paths_agree(two_conv_model):
     _, data = two_conv_model
     x = np.random.default_rng(2).standard_normal((2, 6, 6, 8)).astype(np.float32)

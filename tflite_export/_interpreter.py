@@ -72,6 +72,23 @@ def _explain(error):
     return None
 
 
+def _as_bytes(model_content):
+    """``model_content`` as bytes: LiteRT takes only bytes, and says so in terms of its C++
+    binding. A bytearray (what a flatbuffers Builder returns), memoryview or uint8 array of
+    the flatbuffer is copied to bytes; anything else is a TypeError that says what to give."""
+    if isinstance(model_content, bytes):
+        return model_content
+    if isinstance(model_content, (bytearray, memoryview)) or (
+        hasattr(model_content, "dtype") and getattr(model_content.dtype, "itemsize", 0) == 1
+    ):
+        return bytes(memoryview(model_content).cast("B"))
+    hint = " (a file path? give it as model_path)" if isinstance(model_content, str) else ""
+    raise TypeError(
+        "Interpreter: model_content must be the .tflite flatbuffer as bytes (or a bytearray, "
+        "memoryview or uint8 array of it), got %s%s" % (type(model_content).__name__, hint)
+    )
+
+
 class Interpreter(_litert.Interpreter):
     """``ai_edge_litert.interpreter.Interpreter`` with the keras-xnor delegate loaded.
 
@@ -80,7 +97,8 @@ class Interpreter(_litert.Interpreter):
 
     Args:
         model_path: path of a .tflite file (or give model_content).
-        model_content: the .tflite flatbuffer as bytes.
+        model_content: the .tflite flatbuffer as bytes (a bytearray, memoryview or uint8
+            numpy array of it is copied to bytes).
         num_threads: threads for both the builtins (XNNPACK) and the delegate.
         experimental_delegates: further LiteRT delegates, applied after ours.
         delegate_kernel: the delegate's "kernel" option ("auto", "reference", ...).
@@ -90,6 +108,7 @@ class Interpreter(_litert.Interpreter):
         **kwargs: other ``ai_edge_litert.interpreter.Interpreter`` arguments.
 
     Raises:
+        TypeError: model_content is not bytes-like.
         ValueError: unreadable/corrupt model file, or invalid options.
         RuntimeError: the model needs the delegate and use_delegate is False, or the delegate
             library is not built.
@@ -114,6 +133,9 @@ class Interpreter(_litert.Interpreter):
             raise ValueError("Interpreter: give exactly one of model_path and model_content")
         if model_path is not None and not os.path.isfile(model_path):
             raise ValueError("Interpreter: model file %r does not exist" % (model_path,))
+        if model_content is not None:
+            model_content = _as_bytes(model_content)
+            self._keras_xnor_model_content = model_content  # the interpreter reads it later
         delegates = list(experimental_delegates or [])
         if use_delegate:
             self._keras_xnor_delegate = load_delegate(
