@@ -363,7 +363,7 @@ class _QuantizedLayer(keras.layers.Layer):
         ``_compiled_dot``); a ``mean_abs_sign`` kernel's ``mean|W|`` then multiplies its
         output instead of the kernel. The rest is the same either way.
         """
-        if kernel.dtype != inputs.dtype:  # the XNOR layers' float32 kernel, mixed precision
+        if kernel.dtype != inputs.dtype:  # the float32 kernel under mixed precision
             kernel = tf.cast(kernel, inputs.dtype)
         alpha = self._layer_alpha()
         x = self._quantize_input(inputs)
@@ -427,8 +427,8 @@ class _QuantizedLayer(keras.layers.Layer):
 
 
 class _ScaledBinaryMixin:
-    """Kernel scale ``alpha`` and the pure-TF forward of the BWN / XNOR layers. A subclass
-    provides ``_product`` and ``_k_map``.
+    """Kernel scale ``alpha`` of the BWN / XNOR layers (the forward pass is
+    ``_QuantizedLayer``'s, with this alpha). A subclass provides ``_k_map``.
     """
 
     def _add_alpha(self, outputs):
