@@ -295,6 +295,7 @@ class _QuantizedLayer(keras.layers.Layer):
         return (
             inputs.dtype in _COMPILED_DTYPES
             and not self._check_compiled_possible()
+            and not self._auto_prefers_simulation()
             and _on_cpu(inputs)
             and not _in_xla_context()
             and ops.compiled_ops_available()
@@ -305,6 +306,8 @@ class _QuantizedLayer(keras.layers.Layer):
         # this layer will run it (forced, or auto on a CPU-only machine with the library).
         if self.implementation == "simulation" or self._check_compiled_possible():
             return
+        if self.implementation == "auto" and self._auto_prefers_simulation():
+            return
         # list_physical_devices does not initialize the TF runtime (device configuration such
         # as memory growth must stay possible after building a model).
         if self.implementation == "compiled" or not tf.config.list_physical_devices("GPU"):
@@ -312,6 +315,11 @@ class _QuantizedLayer(keras.layers.Layer):
 
             if self.implementation == "compiled" or ops.compiled_ops_available():
                 self.supports_jit = False
+
+    def _auto_prefers_simulation(self):
+        """Whether "auto" runs the simulation though the ops could serve the layer, because
+        they would be slower (a subclass says when)."""
+        return False
 
     def _relu_fused(self):
         return self.activation is keras.activations.relu
@@ -487,6 +495,14 @@ class _XnorMixin:
         return config
 
 
+# "auto" runs a grouped conv on the ops up to this many groups. Each group is an op call of
+# its own, and past a few dozen TF's per-call cost outweighs the gain: measured 2026-11-24
+# (Zen 1, 2 threads, batch 1, inference), the op path against the one grouped float conv was
+# 1.5x faster with 64 groups of 1 channel (64@56), 1.26x with 64 groups of 4 (256@14), 0.66x
+# with 256 groups (256@14) and 0.41x with 512 (512@7).
+_MAX_AUTO_GROUPS = 64
+
+
 def _grouped_convolution(convolution, groups, x, kernel):
     """A grouped ``convolution(x, kernel)`` (``kernel`` HWIO with I = C / groups) whose
     gradient works on CPU: TF computes the grouped conv in one op there but has no CPU kernel
@@ -533,9 +549,10 @@ class QuantConv2D(_QuantizedLayer):
         implementation: "auto" (default), "simulation" or "compiled". With a sign input
             quantizer (``ste_sign``, ``approx_sign``), a sign or ``mean_abs_sign`` kernel
             quantizer and a kernel of at most 11x11, the ±1 product runs on the compiled XNOR
-            op on CPU, as in :class:`BinConv2D` (one op per group when ``groups > 1``;
-            ``mean|W|`` multiplies the op's output). Same results; otherwise, and with
-            "simulation", the float conv of the quantized tensors.
+            op on CPU, as in :class:`BinConv2D` (one op per group when ``groups > 1``,
+            which "auto" does up to 64 groups, beyond which the per-op cost makes the float
+            conv faster; ``mean|W|`` multiplies the op's output). Same results; otherwise,
+            and with "simulation", the float conv of the quantized tensors.
         **kwargs: keras.layers.Layer arguments (name, dtype, trainable, ...).
     """
 
@@ -643,6 +660,9 @@ class QuantConv2D(_QuantizedLayer):
 
     def _check_compiled_possible(self):
         return super()._check_compiled_possible() + self._kernel_size_problems()
+
+    def _auto_prefers_simulation(self):
+        return self.groups > _MAX_AUTO_GROUPS
 
     def _kernel_size_problems(self):
         """[] when the compiled conv serves this kernel size (and the exporter's op too)."""

@@ -185,6 +185,20 @@ def test_grouped_conv_packs_unchanged_weights_once():
     assert packs() - start == 1  # one filter for the four group ops
 
 
+def test_auto_runs_the_simulation_for_very_many_groups():
+    # Hundreds of per-group op calls are slower than TF's one grouped float conv; "compiled"
+    # still runs them.
+    shape = (1, 6, 6, 128)
+    x = input_batch(shape)
+    assert keras_xnor.QuantConv2D(128, 3, groups=64, **SIGNS)._use_compiled(x)
+    many = keras_xnor.QuantConv2D(128, 3, groups=128, **SIGNS)
+    assert not many._use_compiled(x)
+    compiled, simulated = twin_layers(keras_xnor.QuantConv2D, shape, filters=128, kernel_size=3,
+                                      padding="same", groups=128, **SIGNS)
+    assert compiled._use_compiled(x)
+    assert_twins_agree(compiled, simulated, x, training=False)
+
+
 def test_grouped_bin_conv2d_refuses_the_k_map():
     with pytest.raises(ValueError, match="groups=2 needs use_k=False"):
         ops.bin_conv2d(tf.zeros([1, 5, 5, 4]), tf.zeros([3, 3, 2, 4]), None, None, strides=1,
