@@ -405,7 +405,7 @@ def _larq_style_model():
     # Quantized layers with sign input quantizers: they say they are XNOR through their
     # quantizers. q5 has a float kernel: not binary, stays a float conv of +-1 inputs.
     inp = keras.Input((9, 9, 8))
-    x = keras_xnor.QuantConv2D(16, 3, padding="same", input_quantizer="ste_sign",
+    x = keras_xnor.QuantConv2D(64, 3, padding="same", input_quantizer="ste_sign",
                                kernel_quantizer="ste_sign", name="q1")(inp)
     x = keras.layers.BatchNormalization(name="bn1")(x)  # folded into q1
     x = keras_xnor.QuantConv2D(16, 3, padding="same", groups=4, input_quantizer="approx_sign",
@@ -441,15 +441,37 @@ def test_quantized_layers_with_sign_inputs_export_as_xnor_ops():
     np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
                                rtol=1e-5, atol=1e-5)
     # The integer part is exact: with unit scales and no bias the outputs are the +-1 dots
-    # (here of a grouped conv: 4 ops over 10 input channels each).
-    inp = keras.Input((7, 7, 40))
+    # (here of a grouped conv: 4 ops over 17 input channels each).
+    inp = keras.Input((7, 7, 68))
     y = keras_xnor.QuantConv2D(8, 3, padding="same", groups=4, input_quantizer="ste_sign",
                                kernel_quantizer="ste_sign", use_bias=False)(inp)
     integer = keras.Model(inp, y)
-    x = np.random.default_rng(18).standard_normal((2, 7, 7, 40)).astype(np.float32)
+    integer_data = convert(integer)
+    assert [op["name"] for op in custom_ops(integer_data)] == ["KerasXnorBinConv2D"] * 4
+    x = np.random.default_rng(18).standard_normal((2, 7, 7, 68)).astype(np.float32)
     x[0, 1, 1, :5] = 0.0  # sign(0) = +1
     np.testing.assert_array_equal(
-        _run(Interpreter(model_content=convert(integer)), x), integer(x).numpy())
+        _run(Interpreter(model_content=integer_data), x), integer(x).numpy())
+
+
+def test_grouped_binary_convs_with_few_channels_per_group_export_as_float():
+    # Under 16 input channels per group the float grouped conv is faster than one op per
+    # group: such a layer is exported as its simulation, silently (a choice, not a failure).
+    # (The first layer's outputs are integers, so the second binarizes the same values.)
+    model = keras.Sequential([
+        keras.Input((8, 8, 32)),
+        keras_xnor.QuantConv2D(32, 3, padding="same", groups=4, input_quantizer="ste_sign",
+                               kernel_quantizer="ste_sign", name="small_groups"),
+        keras_xnor.QuantConv2D(32, 3, padding="same", groups=2, input_quantizer="ste_sign",
+                               kernel_quantizer="mean_abs_sign", name="wide_groups"),
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = convert(model)
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"] * 2  # wide only
+    x = np.random.default_rng(21).standard_normal((2, 8, 8, 32)).astype(np.float32)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x), model(x).numpy(),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_xnor_layers_with_mean_abs_sign_kernels_export_as_xnor_ops():

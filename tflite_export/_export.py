@@ -5,7 +5,8 @@ replaced by an export twin that calls the raw ``KerasXnorBinConv2D`` / ``KerasXn
 op with **constant** operands computed once in numpy. XNOR layers: :class:`keras_xnor.BinConv2D`
 / :class:`keras_xnor.BinDense` with sign quantizers, and any quantized conv / dense
 (``QuantConv2D``, ``QuantDense``, the BWN layers) with a sign input quantizer and a sign or
-``mean_abs_sign`` kernel quantizer (no K map; a grouped conv becomes one op per group):
+``mean_abs_sign`` kernel quantizer (no K map; a grouped conv becomes one op per group, if
+it has at least 16 input channels per group; with fewer the float grouped conv is faster):
 
 * ``filter``: ``sign(W)`` packed to int32 words, OHWI for conv / ``[units, words]`` for dense,
   32 channels per word, channel ``c`` in bit ``c % 32`` of word ``c // 32``, set bit = -1,
@@ -109,14 +110,26 @@ def _not_float32(layer):
     return any(d in _NOT_FLOAT32 for d in dtypes)
 
 
+# A grouped binary conv becomes one op per group only with at least this many input
+# channels per group. Below it the float grouped conv (XNNPACK) is faster: measured
+# 2026-11-24 (Zen 1, 2 threads, batch 1, this exporter's .tflite against a Conv2D with the
+# same groups), the per-group ops ran 2.9-9.7x faster with 32 channels per group, 0.80-1.26x
+# with 16, 0.35-0.37x with 8 and 0.14-0.25x with 2-8 (one 8-channel op alone takes 0.2 ms at
+# 56x56: the kernels are built for whole 32-channel words).
+_MIN_GROUP_CHANNELS = 16
+
+
 def _xnor_layer(layer):
     """Whether `layer` multiplies binary inputs by binary weights, so that the exporter should
     make it a bitpacked custom op: every BinConv2D / BinDense, and any quantized conv / dense
     (QuantConv2D, BWNConv2D, ...) with a sign input quantizer and a sign or mean_abs_sign
-    kernel quantizer. The layers say this through their quantizers; nothing is recognised
-    by graph shape."""
+    kernel quantizer, except a grouped conv with fewer than ``_MIN_GROUP_CHANNELS`` input
+    channels per group (exported as its float simulation, which runs faster). The layers say
+    this through their quantizers; nothing is recognised by graph shape."""
     if isinstance(layer, (BinConv2D, BinDense)):
         return True
+    if getattr(layer, "groups", 1) > 1 and layer.kernel.shape[2] < _MIN_GROUP_CHANNELS:
+        return False
     return (
         isinstance(layer, (QuantConv2D, QuantDense))
         and quantizers.is_sign_kind(layer.input_quantizer)
@@ -494,6 +507,10 @@ def export_model(model, fold_batch_norm=True):
             config = layer.get_config()
             if _not_float32(layer):
                 config["dtype"] = "float32"
+            if isinstance(layer, (QuantConv2D, QuantDense)):
+                # Exported as its float simulation (not an XNOR layer, or one the op cannot
+                # serve): keep the TF op out of the traced graph.
+                config["implementation"] = "simulation"
             return layer.__class__.from_config(config)
         except Exception as error:  # noqa: BLE001 (whatever the layer's own code raises)
             if _not_float32(layer):
