@@ -113,9 +113,9 @@ def _not_float32(layer):
 # A grouped binary conv becomes one op per group only with at least this many input
 # channels per group. Below it the float grouped conv (XNNPACK) is faster: measured
 # 2026-11-24 (Zen 1, 2 threads, batch 1, this exporter's .tflite against a Conv2D with the
-# same groups), the per-group ops ran 2.9-9.7x faster with 32 channels per group, 0.80-1.26x
-# with 16, 0.35-0.37x with 8 and 0.14-0.25x with 2-8 (one 8-channel op alone takes 0.2 ms at
-# 56x56: the kernels are built for whole 32-channel words).
+# same groups), the per-group ops ran 2.9-4.5x faster with 32 channels per group, 0.80-1.26x
+# with 16, 0.25-0.37x with 8 and 0.14-0.21x with 2-4 (one 8-channel op alone takes 0.2 ms at
+# 56x56: the kernels are built for whole 32-channel words). docs/SPEED.md has the table.
 _MIN_GROUP_CHANNELS = 16
 
 
