@@ -337,14 +337,20 @@ class _QuantizedLayer(keras.layers.Layer):
         """What :meth:`_layer_alpha` is: "mean_abs" (eq. 6), "learned" or "none" (1)."""
         return "none"
 
-    def _kernel_signs_and_scale(self, kernel):
-        """The quantized kernel as ``(signs, scale)`` with ``q_k(W) = signs * scale``: for a
-        ``mean_abs_sign`` kernel quantizer its ±1 part and ``mean|W|`` per filter (so the ±1
-        part can run on the op and the scale after it), otherwise ``(q_k(W), None)``."""
+    # The quantized kernel as q_k(W) = signs * scale, so that the ±1 part can run on the op
+    # and the per-filter scale after it: for a mean_abs_sign kernel quantizer its ±1 part and
+    # mean|W|, otherwise q_k(W) and no scale (None).
+
+    def _kernel_signs(self, kernel):
         quantizer = self.kernel_quantizer
         if isinstance(quantizer, quantizers.MeanAbsSign):
-            return quantizer.signs(kernel), quantizers.mean_abs(kernel)
-        return self._quantize_kernel(kernel), None
+            return quantizer.signs(kernel)
+        return self._quantize_kernel(kernel)
+
+    def _kernel_quantizer_scale(self, kernel):
+        if isinstance(self.kernel_quantizer, quantizers.MeanAbsSign):
+            return quantizers.mean_abs(kernel)
+        return None
 
     def _finish(self, inputs, product, scale, bias, relu=False):
         """``product * scale [* K] [+ bias] [ReLU]`` in the inputs' dtype (eq. 11's output
@@ -378,8 +384,8 @@ class _QuantizedLayer(keras.layers.Layer):
         if dot is None:
             return self._finish(inputs, self._product(x, self._quantize_kernel(kernel)), alpha,
                                 bias, relu)
-        signs, scale = self._kernel_signs_and_scale(kernel)
-        return self._finish(inputs, dot(x, signs), _times(alpha, scale), bias, relu)
+        scale = _times(alpha, self._kernel_quantizer_scale(kernel))
+        return self._finish(inputs, dot(x, self._kernel_signs(kernel)), scale, bias, relu)
 
     def _fused_scale(self, kernel):
         """The per-filter scale the fused op applies to the ±1 dot: the layer's alpha times the
@@ -390,8 +396,7 @@ class _QuantizedLayer(keras.layers.Layer):
         signs_scaled = isinstance(self.kernel_quantizer, quantizers.MeanAbsSign)
         if kind != "learned" and (kind == "mean_abs") != signs_scaled:  # mean|W| exactly
             return None
-        _, scale = self._kernel_signs_and_scale(kernel)
-        alpha = _times(self._layer_alpha(), scale)
+        alpha = _times(self._layer_alpha(), self._kernel_quantizer_scale(kernel))
         return tf.ones(kernel.shape[-1:], tf.float32) if alpha is None else alpha
 
     def call(self, inputs, training=None):
@@ -410,7 +415,7 @@ class _QuantizedLayer(keras.layers.Layer):
         def simulation(i, k, a, b):
             if k.dtype != i.dtype:
                 k = tf.cast(k, i.dtype)
-            signs, _ = self._kernel_signs_and_scale(k)
+            signs = self._kernel_signs(k)
             return self._finish(i, self._product(self._quantize_input(i), signs), a, b, relu)
 
         outputs = self._fused_op(x, kernel, self._fused_scale(kernel), bias, relu, simulation)
