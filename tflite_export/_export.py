@@ -155,11 +155,16 @@ def _xnor_alpha(layer):
     """Per-filter scale of an XNOR layer's ``sign(I) * sign(W)``: the layer's alpha (BWN /
     XNOR layers: eq. 6, learned or ones) times ``mean|W|`` if its kernel quantizer is
     mean_abs_sign."""
+    # The layer's own split of its scale (the same pieces its compiled path multiplies),
+    # combined here in float64 for the BatchNorm folding.
     kernel = tf.convert_to_tensor(layer.kernel)
-    get_alpha = getattr(layer, "get_alpha", None)
-    alpha = np.ones(kernel.shape[-1]) if get_alpha is None else np.asarray(get_alpha(), np.float64)
-    if isinstance(layer.kernel_quantizer, quantizers.MeanAbsSign):
-        alpha = alpha * np.asarray(quantizers.mean_abs(kernel), np.float64)
+    layer_alpha = layer._layer_alpha()  # noqa: SLF001 (same project)
+    alpha = np.ones(kernel.shape[-1])
+    if layer_alpha is not None:
+        alpha = np.asarray(layer_alpha, np.float64)
+    scale = layer._kernel_quantizer_scale(kernel)  # noqa: SLF001
+    if scale is not None:
+        alpha = alpha * np.asarray(scale, np.float64)
     return alpha.reshape(-1)
 
 
