@@ -43,6 +43,7 @@ inside a ``tf.function(jit_compile=True)`` the layers' ``"auto"`` path traces th
 import ctypes
 import functools
 import glob
+import numbers
 import os
 import threading
 
@@ -316,6 +317,12 @@ def unpack_bits_reference(packed, channels):
         channels: the number of real channels ``C`` (padding bits are dropped).
     """
     packed = tf.convert_to_tensor(packed, tf.int32)
+    words = packed.shape[-1] if packed.shape.rank else None
+    if words is not None and not 1 <= channels <= words * spec.BITS_PER_WORD:
+        raise ValueError(
+            "unpack_bits_reference: %d packed words per row hold 1 to %d channels, got "
+            "channels=%r" % (words, words * spec.BITS_PER_WORD, channels)
+        )
     shifts = tf.range(spec.BITS_PER_WORD, dtype=tf.int32)
     bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], shifts), 1)
     bits = tf.reshape(bits, tf.concat([tf.shape(packed)[:-1], [-1]], axis=0))[..., :channels]
@@ -728,12 +735,15 @@ def _as_float32(x):
 
 
 def _pair(value, name):
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         value = (value, value)
     try:
-        pair = tuple(int(v) for v in value)
+        items = tuple(value)
     except TypeError:
-        pair = ()
+        items = ()
+    # Whole numbers only: int(1.5) would quietly run a stride of 1.
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items)
+    pair = tuple(int(v) for v in items) if whole else ()
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError("%s must be one int or 2 ints >= 1, got %r" % (name, value))
     return pair

@@ -292,6 +292,13 @@ def test_bin_conv2d_empty_batch_and_graph_shapes():
                                         relu=True, **attrs))
     concrete = fn.get_concrete_function(tf.TensorSpec([None, 9, None, 3]))
     assert concrete.structured_outputs.shape.as_list() == [None, 5, None, 2]
+    # SAME on an empty height or width: an empty output, as tf.nn.conv2d gives.
+    for shape, out in (([1, 0, 5, 3], [1, 0, 3, 2]), ([2, 4, 0, 3], [2, 2, 0, 2])):
+        y = raw_conv(np.zeros(shape, np.float32), filt, [1.0, 1.0], [0.0, 0.0], use_k=True,
+                     relu=False, **attrs)
+        assert y.shape == tuple(out)
+        concrete = fn.get_concrete_function(tf.TensorSpec(shape))
+        assert concrete.structured_outputs.shape.as_list() == out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +521,9 @@ CONV_ERRORS = [
     (dict(in_channels=0, x=np.zeros([1, 5, 5, 0], np.float32)), "in_channels must be >= 1"),
     (dict(padding="VALID", f=np.zeros([3, 7, 7, 2], np.int32)), "empty|dilated kernel size"),
     (dict(padding="VALID", dilations=[3, 3]), "empty|dilated kernel size"),
-    (dict(x=np.zeros([1, 0, 5, 40], np.float32)), "input height"),
+    (dict(x=np.zeros([1, 0, 5, 40], np.float32), padding="VALID"), "input height"),
+    # Padding bits past the 40 channels (bit 8 of the second word) must be 0.
+    (dict(f=np.tile(np.array([0, 1 << 8], np.int32), [3, 3, 3, 1])), "padding bits set"),
     (dict(x=tf.zeros([1, 5, 5, 40], tf.int32)), "float"),
     (dict(f=tf.zeros([3, 3, 3, 2], tf.float32)), "int32"),
     (dict(a=tf.ones([3], tf.float64)), "float"),
@@ -539,6 +548,7 @@ DENSE_ERRORS = [
     (dict(f=np.zeros([0, 2], np.int32), a=np.ones([0], np.float32), b=np.ones([0], np.float32)),
      "at least one unit"),
     (dict(in_channels=-1), "in_channels must be >= 1"),
+    (dict(f=np.array([[0, 0], [0, -1], [0, 0]], np.int32)), "filter row 1 .*padding bits set"),
 ]
 
 
@@ -551,7 +561,7 @@ def test_bin_dense_invalid_arguments(changes, message):
         (args if key in args else attrs)[key] = value
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         raw_dense(args["x"], args["f"], args["a"], args["b"], **attrs)
-    assert message in str(info.value)
+    assert re.search(message, str(info.value)), str(info.value)
 
 
 @pytest.mark.parametrize("x", [np.float32(1.0), np.zeros([4, 0], np.float32)])
@@ -578,9 +588,17 @@ def test_wrapper_argument_errors():
         (dict(strides=(1, 1, 1)), "strides"),
         (dict(dilation_rate=0), "dilation_rate"),
         (dict(padding="causal"), "padding"),
+        (dict(strides=(1.5, 2)), "strides"),  # not truncated to 1
+        (dict(dilation_rate=(True, 1)), "dilation_rate"),
     ]:
         call = dict(strides=(1, 1), padding="same", dilation_rate=(1, 1), use_k=False,
                     relu=False, simulation=simulation)
         call.update(kwargs)
         with pytest.raises(ValueError, match=message):
             ops.bin_conv2d(GOOD_X, kernel, GOOD_A, None, **call)
+
+
+@pytest.mark.parametrize("channels", [0, 33, 40])
+def test_unpack_bits_reference_refuses_channels_the_words_do_not_hold(channels):
+    with pytest.raises(ValueError, match="1 packed words per row hold 1 to 32 channels"):
+        ops.unpack_bits_reference(np.zeros([2, 1], np.int32), channels)

@@ -275,3 +275,22 @@ def test_bad_resizes_are_reported_by_the_delegate():
         interpreter.allocate_tensors()
     x = np.ones((2, 4, 3, 4), np.float32)  # recovers after a valid resize
     np.testing.assert_allclose(_run(interpreter, x), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_filters_with_padding_bits_are_refused():
+    # A hand-edited file whose packed weights have a bit set past the last input channel
+    # (4 channels: bits 4..31 are padding) is refused, not run with an extra channel.
+    from keras_xnor import ops
+
+    for layer, shape in ((keras_xnor.BinConv2D(3, 3), (5, 5, 4)), (keras_xnor.BinDense(3), (4,))):
+        inp = keras.Input(shape)
+        data = bytearray(convert(keras.Model(inp, layer(inp))))
+        packed = ops.pack_filter_reference(layer.kernel)[0].numpy().astype("<i4").tobytes()
+        start = data.find(packed)
+        assert start > 0 and data.find(packed, start + 1) < 0
+        Interpreter(model_content=bytes(data)).allocate_tensors()  # the file as written runs
+        data[start + 3] |= 0x80  # bit 31 of the first filter row
+        interpreter = Interpreter(model_content=bytes(data))
+        with pytest.raises(RuntimeError, match="filter row 0 has padding bits set past its 4 "
+                                               "input channels"):
+            interpreter.allocate_tensors()

@@ -28,4 +28,15 @@ void unpack_bits(const PackedWord* in, std::int64_t rows, int channels, float* o
   }
 }
 
+std::int64_t first_row_with_padding_bits(const PackedWord* in, std::int64_t rows, int channels) {
+  const int used = channels % kBitsPerWord;
+  if (used == 0) return -1;  // no padding bits
+  const int words = packed_words(channels);
+  const std::uint32_t padding = ~((1u << used) - 1u);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    if (static_cast<std::uint32_t>(in[r * words + words - 1]) & padding) return r;
+  }
+  return -1;
+}
+
 }  // namespace keras_xnor

@@ -21,6 +21,12 @@ void pack_bits(const float* in, std::int64_t rows, int channels, PackedWord* out
 // Inverse of pack_bits: writes -1.0f / +1.0f for each of `channels` channels of each row.
 void unpack_bits(const PackedWord* in, std::int64_t rows, int channels, float* out);
 
+// The first row of packed words (`rows x packed_words(channels)`, as pack_bits writes them)
+// whose padding bits are not all 0, or -1 when there is none. The kernels rely on 0 padding
+// bits (a set one would count as a channel that is not there), so the adapters check packed
+// weights that come from outside with this. Reads only the last word of each row.
+std::int64_t first_row_with_padding_bits(const PackedWord* in, std::int64_t rows, int channels);
+
 }  // namespace keras_xnor
 
 #endif  // KERAS_XNOR_CORE_BITPACK_H_

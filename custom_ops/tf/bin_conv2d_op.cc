@@ -88,7 +88,7 @@ absl::Status output_dim(InferenceContext* c, DimensionHandle in, DimensionHandle
   const int k_value = c->ValueKnown(k) ? static_cast<int>(c->Value(k)) : 1;
   const std::int64_t size =
       tf_adapter::conv_output_size(c->Value(in), k_value, stride, dilation, padding);
-  if (size <= 0) {
+  if (size <= 0 && padding == Padding::kValid) {  // SAME: 0 only for an empty input
     return invalid_argument(kBinConv2DOp, ": the output would be empty (input size ",
                             c->Value(in), ", kernel ", k_value, ", dilation ", dilation,
                             ", padding VALID); use a smaller kernel or SAME padding");
@@ -166,11 +166,20 @@ class BinConv2DOp : public OpKernel {
                                  "shape ", filter.shape().DebugString()));
 
     Conv2DShape shape;
-    // An empty batch is valid (as in tf.nn.conv2d); the core sees batch 1 for the checks.
-    const bool empty_batch = input.dim_size(0) == 0;
-    shape.batch = empty_batch ? 1 : static_cast<int>(input.dim_size(0));
-    shape.in_h = static_cast<int>(input.dim_size(1));
-    shape.in_w = static_cast<int>(input.dim_size(2));
+    // An empty batch is valid (as in tf.nn.conv2d), and so is an empty height or width with
+    // SAME padding (an empty output); the core sees 1 for the checks. With VALID padding an
+    // empty spatial axis makes the output empty, which the core reports, as the shape
+    // function does.
+    const bool same = attrs_.padding == Padding::kSame;
+    const bool empty_input = input.dim_size(0) == 0 ||
+                             (same && (input.dim_size(1) == 0 || input.dim_size(2) == 0));
+    const auto core_extent = [&](int d) {
+      const std::int64_t n = input.dim_size(d);
+      return n == 0 && (d == 0 || same) ? 1 : static_cast<int>(n);
+    };
+    shape.batch = core_extent(0);
+    shape.in_h = core_extent(1);
+    shape.in_w = core_extent(2);
     shape.in_c = in_channels;
     shape.out_c = static_cast<int>(out_c);
     shape.k_h = static_cast<int>(filter.dim_size(1));
@@ -192,11 +201,11 @@ class BinConv2DOp : public OpKernel {
                                  attrs_.padding_text, ")"));
 
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output(
-                       0, TensorShape({input.dim_size(0), shape.out_h, shape.out_w, out_c}),
-                       &output));
-    if (empty_batch) return;
+    const std::int64_t out_h = input.dim_size(1) == 0 ? 0 : shape.out_h;
+    const std::int64_t out_w = input.dim_size(2) == 0 ? 0 : shape.out_w;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, TensorShape({input.dim_size(0), out_h, out_w, out_c}), &output));
+    if (empty_input) return;
     const ParallelFor parallel_for = tf_adapter::parallel_for_from(context);
     const PackedWord* filter_data = filter.flat<PackedWord>().data();
     const PreparedConv2DFilter prepared = tf_adapter::find_or_prepare(

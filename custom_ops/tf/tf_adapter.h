@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "custom_ops/core/bitpack.h"
 #include "custom_ops/core/parallel.h"
 #include "custom_ops/core/xnor_conv2d.h"
 #include "absl/status/status.h"
@@ -229,7 +230,8 @@ inline absl::Status merge_output_dims(tensorflow::shape_inference::InferenceCont
   return absl::OkStatus();
 }
 
-// Run time: the same checks as check_channel_dims on the actual tensors.
+// Run time: the same checks as check_channel_dims on the actual tensors, and the filter's
+// padding bits (0 past the last channel; the kernels would count a set one).
 inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor& input,
                                         const tensorflow::Tensor& filter, int in_channels,
                                         const OperandNouns& nouns) {
@@ -243,6 +245,15 @@ inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor
     return invalid_argument(op, ": filter has ", filter_words, " packed words per ",
                             nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
                             packed_words(in_channels));
+  }
+  const std::int64_t rows = filter_words == 0 ? 0 : filter.NumElements() / filter_words;
+  const std::int64_t bad_row = first_row_with_padding_bits(
+      filter.flat<PackedWord>().data(), rows, in_channels);
+  if (bad_row >= 0) {
+    return invalid_argument(op, ": filter row ", bad_row, " (flattened over all axes but the ",
+                            "last) has padding bits set past its ", in_channels, " ",
+                            nouns.channels, "; they must be 0 (pack weights with ",
+                            "KerasXnorPackFilter / keras_xnor.ops.pack_filter)");
   }
   return absl::OkStatus();
 }

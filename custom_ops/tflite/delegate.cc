@@ -288,15 +288,35 @@ std::string check_scales(abi::Context* context, Partition* partition, const Node
 // A read-only (constant) filter is prepared in Prepare, once: Invoke then does no filter work.
 // A re-Prepare (input resize) keeps a preparation that still matches (matches(*prepared)).
 // prepare(prepared) returns false when out of memory: Invoke then runs on the plain filter.
+bool constant_filter(abi::Context* context, Partition* partition, const NodeSpec& node,
+                     const TensorView& filter) {
+  const int index = node.inputs[1];
+  return partition->internal.count(index) == 0 && filter.data != nullptr &&
+         (context->tensors[index].allocation_type == abi::kMmapRo ||
+          context->tensors[index].allocation_type == abi::kPersistentRo);
+}
+
+// A constant filter's padding bits (past the last input channel) must be 0: the kernels would
+// count a set one as a channel. Filters computed in the graph (never from the exporter) are
+// not read before Invoke and not checked.
+std::string check_filter_padding(abi::Context* context, Partition* partition,
+                                 const NodeSpec& node, const TensorView& filter, int channels) {
+  if (!constant_filter(context, partition, node, filter)) return "";
+  const std::int64_t words = filter.dims.back();
+  std::int64_t rows = 1;
+  for (std::size_t i = 0; i + 1 < filter.dims.size(); ++i) rows *= filter.dims[i];
+  const std::int64_t bad_row = first_row_with_padding_bits(
+      static_cast<const PackedWord*>(filter.data), words == 0 ? 0 : rows, channels);
+  if (bad_row < 0) return "";
+  return "filter row " + std::to_string(bad_row) + " has padding bits set past its " +
+         std::to_string(channels) + " input channels; they must be 0";
+}
+
 template <typename Prepared, typename Matches, typename Prepare>
 void prepare_constant_filter(abi::Context* context, Partition* partition, NodeSpec* node,
                              const TensorView& filter, Prepared* prepared, const Matches& matches,
                              const Prepare& prepare) {
-  const int index = node->inputs[1];
-  const bool constant = partition->internal.count(index) == 0 &&
-                        (context->tensors[index].allocation_type == abi::kMmapRo ||
-                         context->tensors[index].allocation_type == abi::kPersistentRo);
-  if (!constant || filter.data == nullptr) {
+  if (!constant_filter(context, partition, *node, filter)) {
     *prepared = Prepared();
     node->prepared_from = nullptr;
   } else if (!matches(*prepared) || node->prepared_from != filter.data) {
@@ -357,6 +377,8 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
              std::to_string(packed_words(shape.in_c)) + " packed words for " +
              std::to_string(shape.in_c) + " input channels";
     }
+    error = check_filter_padding(context, partition, *node, filter, shape.in_c);
+    if (!error.empty()) return error;
     if (!(error = check_scales(context, partition, *node, shape.out_c)).empty()) return error;
     if (!(error = resolve_conv2d_shape(&shape)).empty()) return error;
     *out_dims = {shape.batch, shape.out_h, shape.out_w, shape.out_c};
@@ -383,6 +405,8 @@ std::string prepare_node(abi::Context* context, Partition* partition, NodeSpec* 
              std::to_string(packed_words(node->in_features)) + " packed words for " +
              std::to_string(node->in_features) + " input features";
     }
+    error = check_filter_padding(context, partition, *node, filter, node->in_features);
+    if (!error.empty()) return error;
     if (!(error = check_scales(context, partition, *node, node->units)).empty()) return error;
     *out_dims = {node->batch, node->units};
     if (node->batch < kPreparedDenseMinBatch) {

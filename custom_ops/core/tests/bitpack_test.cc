@@ -82,6 +82,8 @@ void test_round_trip(Rng& rng) {
       const int used = channels - (words - 1) * kBitsPerWord;
       if (used < 32) KX_CHECK((last >> used) == 0, "padding bits not 0, channels=%d", channels);
     }
+    KX_CHECK(first_row_with_padding_bits(packed.data(), rows, channels) == -1,
+             "pack_bits output flagged for padding bits, channels=%d", channels);
     std::vector<float> back(x.size() + 1, 7.0f);
     unpack_bits(packed.data(), rows, channels, back.data());
     KX_CHECK(back.back() == 7.0f, "unpack_bits wrote past the end");
@@ -93,6 +95,21 @@ void test_round_trip(Rng& rng) {
   }
 }
 
+// Only bits past the last channel of a row's last word count; the first such row is named.
+void test_padding_bit_check() {
+  std::vector<PackedWord> rows(3 * 2, 0);
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 3, 40) == -1, "clean rows flagged");
+  rows[2] = -1;  // row 1, word 0: channel bits only
+  rows[3] = 0xff;  // row 1, word 1: channels 32..39
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 3, 40) == -1, "channel bits flagged");
+  rows[5] = 1 << 8;  // row 2: channel 40 does not exist
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 3, 40) == 2, "row 2 not found");
+  rows[3] = static_cast<PackedWord>(0x80000000u);
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 3, 40) == 1, "the first row not named");
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 3, 64) == -1, "64 channels have no padding");
+  KX_CHECK(first_row_with_padding_bits(rows.data(), 0, 40) == -1, "no rows");
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace keras_xnor
@@ -101,5 +118,6 @@ int main() {
   keras_xnor::testing::Rng rng(1234);
   keras_xnor::testing::test_known_words();
   keras_xnor::testing::test_round_trip(rng);
+  keras_xnor::testing::test_padding_bit_check();
   return keras_xnor::testing::finish("bitpack_test");
 }
