@@ -149,6 +149,14 @@ def _on_cpu(tensor):
 # Shared pieces (small helpers rather than a class per mode)
 
 
+def _floating(inputs, dtype):
+    """``inputs`` as a tensor, cast to ``dtype`` (the layer's compute dtype) when not floating:
+    integer or bool inputs compute in floats, as in keras Dense, rather than truncating the
+    float kernel to the input's dtype."""
+    inputs = tf.convert_to_tensor(inputs)
+    return inputs if inputs.dtype.is_floating else tf.cast(inputs, dtype)
+
+
 def _times(alpha, scale):
     """``alpha * scale`` where either may be None (1), in ``alpha``'s dtype."""
     if alpha is None or scale is None:
@@ -194,7 +202,7 @@ class _QuantizedLayer(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.kernel_constraint = xnor_constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.input_quantizer = quantizers.get(input_quantizer)
+        self.input_quantizer = quantizers.get_for_inputs(input_quantizer, type(self).__name__)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.binary_gradient = bool(binary_gradient)
 
@@ -224,7 +232,7 @@ class _QuantizedLayer(keras.layers.Layer):
             self.bias = None
 
     def _prepare_input(self, inputs):
-        inputs = tf.convert_to_tensor(inputs)
+        inputs = _floating(inputs, self.compute_dtype)
         if self.binary_gradient:
             inputs = quantizers.binary_gradient(inputs)
         return inputs
@@ -655,7 +663,7 @@ class QuantConv2D(_QuantizedLayer):
                 (height, width), self.kernel_size, self.strides, self.dilation_rate
             )
         ]
-        if any(o is not None and o <= 0 for o in out):
+        if self.padding == "valid" and any(o is not None and o <= 0 for o in out):
             raise ValueError(
                 "%s: input of spatial size %s is too small for kernel_size=%s, dilation_rate=%s "
                 "with padding='valid'. Use padding='same' or a smaller kernel."
@@ -1144,7 +1152,7 @@ class BinaryActivation(keras.layers.Layer):
 
     def __init__(self, quantizer="ste_sign", binary_gradient=False, **kwargs):
         super().__init__(**kwargs)
-        self.quantizer = quantizers.get(quantizer)
+        self.quantizer = quantizers.get_for_inputs(quantizer, "BinaryActivation")
         if self.quantizer is None:
             raise ValueError(
                 "BinaryActivation: `quantizer` must not be None; use e.g. 'ste_sign' or "
@@ -1153,7 +1161,7 @@ class BinaryActivation(keras.layers.Layer):
         self.binary_gradient = bool(binary_gradient)
 
     def call(self, inputs):
-        x = tf.convert_to_tensor(inputs)
+        x = _floating(inputs, self.compute_dtype)
         if self.binary_gradient:
             x = quantizers.binary_gradient(x)
         return self.quantizer(x)

@@ -26,6 +26,8 @@ Scaling factors of the paper:
 And the backward-only transform of §3.2 "binary gradient": :func:`binary_gradient`.
 """
 
+import numbers
+
 import keras
 import tensorflow as tf
 
@@ -42,6 +44,7 @@ __all__ = [
     "ApproxSign",
     "MeanAbsSign",
     "get",
+    "get_for_inputs",
     "serialize",
     "deserialize",
     "is_sign_kind",
@@ -234,10 +237,13 @@ class Quantizer:
         precision: bits per quantized value (``None`` for full precision).
         sign_kind: True when the forward pass is exactly ``sign`` with the project convention
             (values in {-1, +1}, no scale), which is what the compiled XNOR kernels compute.
+        kernel_only: True for a quantizer of kernels only (its scale reduces over every axis
+            but the last); layers refuse it for their inputs (:func:`get_for_inputs`).
     """
 
     precision = None
     sign_kind = False
+    kernel_only = False
 
     def __call__(self, x):
         raise NotImplementedError
@@ -260,6 +266,19 @@ class Quantizer:
         return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
 
+def _clip_value(owner, clip_value):
+    """A straight-through estimator's clip value: a positive float, or None (no clip)."""
+    if clip_value is None:
+        return None
+    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real) or not (
+        clip_value > 0
+    ):
+        raise ValueError(
+            "%s: clip_value must be a positive number or None, got %r." % (owner, clip_value)
+        )
+    return float(clip_value)
+
+
 @keras.saving.register_keras_serializable(package="keras_xnor")
 class SteSign(Quantizer):
     """``sign`` with the clipped straight-through gradient (see :func:`ste_sign`).
@@ -272,11 +291,7 @@ class SteSign(Quantizer):
     sign_kind = True
 
     def __init__(self, clip_value=1.0):
-        if clip_value is not None and not clip_value > 0:
-            raise ValueError(
-                "SteSign: clip_value must be a positive number or None, got %r." % (clip_value,)
-            )
-        self.clip_value = None if clip_value is None else float(clip_value)
+        self.clip_value = _clip_value("SteSign", clip_value)
 
     def __call__(self, x):
         return ste_sign(x, clip_value=self.clip_value)
@@ -312,9 +327,11 @@ class MeanAbsSign(Quantizer):
 
     precision = 1
     sign_kind = False
+    # Its scale is a mean over every axis but the last: for activations, over the batch too.
+    kernel_only = True
 
     def __init__(self, clip_value=1.0):
-        self.clip_value = None if clip_value is None else float(clip_value)
+        self.clip_value = _clip_value("MeanAbsSign", clip_value)
 
     def __call__(self, x):
         return mean_abs(x) * self.signs(x)
@@ -383,6 +400,22 @@ def get(identifier):
         "Could not interpret quantizer %r: expected None, one of %s, a config dict, a "
         "Quantizer or a callable." % (identifier, _valid_names())
     )
+
+
+def get_for_inputs(identifier, owner):
+    """:func:`get` for a quantizer of activations (a layer's input, BinaryActivation): it also
+    refuses the quantizers meant for kernels only (``kernel_only``, e.g. ``mean_abs_sign``,
+    whose scale would be a mean over the whole batch, so that one sample's output would depend
+    on the others)."""
+    quantizer = get(identifier)
+    if getattr(quantizer, "kernel_only", False):
+        raise ValueError(
+            "%s: %r is a kernel quantizer: its scale is a mean over every axis but the last, "
+            "which for activations includes the batch. Quantize inputs with a sign quantizer "
+            "('ste_sign', 'approx_sign'); the XNOR layers scale them per position with K "
+            "(use_k)." % (owner, quantizer)
+        )
+    return quantizer
 
 
 def serialize(quantizer):

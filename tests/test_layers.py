@@ -460,6 +460,14 @@ def test_binary_layers_clip_latent_weights_by_default():
             "sign quantizer",
         ),
         (lambda: keras_xnor.BinaryActivation(quantizer=None), "ste_sign"),
+        (
+            lambda: keras_xnor.BinaryActivation(quantizer="mean_abs_sign"),
+            "BinaryActivation: .*kernel quantizer",
+        ),
+        (
+            lambda: keras_xnor.QuantDense(4, input_quantizer="mean_abs_sign"),
+            "QuantDense: .*kernel quantizer",
+        ),
         (lambda: keras_xnor.BinConv2D(4, 3, groups=2), "BWNConv2D"),
         (lambda: keras_xnor.QuantConv2D(4, 3, groups=3), "divisible"),
     ],
@@ -478,6 +486,43 @@ def test_too_small_input_for_valid_padding():
     layer = keras_xnor.BinConv2D(2, 5)
     with pytest.raises(ValueError, match="padding='same'"):
         layer(np.zeros((1, 3, 3, 2), np.float32))
+
+
+@pytest.mark.parametrize("implementation", ["simulation", "auto"])
+def test_same_padding_on_an_empty_spatial_axis_gives_an_empty_output(implementation):
+    # As keras Conv2D: SAME on a zero height or width is an empty output, not an error.
+    x = np.zeros((2, 0, 5, 3), np.float32)
+    for cls in (keras_xnor.BinConv2D, keras_xnor.QuantConv2D, keras_xnor.BWNConv2D):
+        layer = cls(4, 3, padding="same", strides=2, implementation=implementation)
+        assert layer(x).shape == (2, 0, 3, 4), cls
+        assert layer(x, training=True).shape == (2, 0, 3, 4), cls
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras_xnor.QuantDense(3, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        lambda: keras_xnor.QuantDense(3),
+        lambda: keras_xnor.BinDense(3),
+        lambda: keras_xnor.BWNConv2D(3, 2),
+        lambda: keras_xnor.BinConv2D(3, 2, implementation="simulation"),
+        lambda: keras_xnor.BinConv2D(3, 2),
+        lambda: keras_xnor.BinaryActivation(),
+    ],
+)
+def test_integer_inputs_compute_in_floats(make):
+    # An integer input is cast to the compute dtype (as keras Dense does), not the float
+    # kernel to the input's integer dtype (which truncated every |w| < 1 to 0).
+    rng = np.random.default_rng(0)
+    shape = (2, 5) if "Dense" in type(make()).__name__ else (2, 4, 4, 3)
+    values = rng.integers(-3, 4, shape)
+    layer = make()
+    for dtype in (np.int32, np.int64, np.uint8):
+        typed = values.astype(dtype)
+        out = layer(tf.constant(typed))
+        assert out.dtype == tf.float32
+        expected = layer(typed.astype(np.float32)).numpy()
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_package_exports():
@@ -649,7 +694,7 @@ def test_auto_uses_compiled_op_on_cpu_and_disables_xla(monkeypatch):
     keras_xnor.BinConv2D(2, 3, activation="tanh", implementation="simulation")(
         np.zeros((1, 4, 4, 3), np.float32)
     )
-    keras_xnor.BinConv2D(2, 3, input_quantizer=quantizers.MeanAbsSign())(
+    keras_xnor.BinConv2D(2, 3, input_quantizer=lambda x: tf.clip_by_value(x, -1.0, 1.0))(
         np.zeros((1, 4, 4, 3), np.float32)
     )
     assert len(calls) == 1  # forced simulation / non-sign quantizer: no op

@@ -151,6 +151,21 @@ def test_get_resolves_names_functions_dicts_and_callables():
     assert not quantizers.is_scaled_sign(fn) and not quantizers.is_scaled_sign(None)
 
 
+@pytest.mark.parametrize("cls", [quantizers.SteSign, quantizers.MeanAbsSign])
+@pytest.mark.parametrize("clip", [0.0, -1.0, "1", True])
+def test_clip_value_must_be_positive_or_none(cls, clip):
+    with pytest.raises(ValueError, match="clip_value must be a positive number or None"):
+        cls(clip)
+    assert cls(np.float32(0.5)).clip_value == 0.5 and cls(None).clip_value is None
+
+
+def test_kernel_only_quantizers_are_refused_for_inputs():
+    with pytest.raises(ValueError, match="Layer X: .*kernel quantizer.*includes the batch"):
+        quantizers.get_for_inputs("mean_abs_sign", "Layer X")
+    assert isinstance(quantizers.get_for_inputs("ste_sign", "X"), quantizers.SteSign)
+    assert quantizers.get_for_inputs(None, "X") is None
+
+
 def test_get_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="Valid names|ste_sign"):
         quantizers.get("stesign")
