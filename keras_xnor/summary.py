@@ -10,7 +10,12 @@ For each layer (nested models are expanded) :func:`summary` reports, **per sampl
   ``float_params``: every other weight (bias, learned alpha, BatchNorm statistics, float kernels).
   ``scale_params``: per-filter ``alpha = mean|W|`` values that are not weights during training
   (recomputed from the kernel, eq. 6) but are stored at deployment.
-* ``memory_bytes``: deployed storage, ``binary_params / 8 + 4 * (float_params + scale_params)``.
+* ``memory_bytes``: storage with every 1-bit weight kept as one bit (the paper's 32x),
+  ``binary_params / 8 + 4 * (float_params + scale_params)``. A ``.tflite`` from
+  :mod:`keras_xnor.tflite_export` stores the XNOR layers' weights that way, but BWN layers
+  (float inputs) as float convs with ``alpha * sign(W)`` baked in, and grouped XNOR convs with
+  fewer than 16 input channels per group as their float simulation (both run faster as
+  TFLite float builtins), so for those layers the file holds 32 bits per weight.
 * ``binary_ops``: 1-bit x 1-bit multiply-accumulates (XNOR + popcount), ``c * N_W`` per output
   value of an XNOR layer. ``float_macs``: all other multiply-accumulates of conv / dense layers
   (including BWN layers, whose products are sign flips of real inputs).
@@ -186,8 +191,32 @@ def _leaf_layers(model, repeat=1):
         calls = (graph or {}).get(id(layer)) or [(_input_shape(layer), _output_shape(layer))]
         if isinstance(layer, keras.Model):
             yield from _leaf_layers(layer, repeat * len(calls))
+        elif isinstance(layer, keras.layers.TimeDistributed):
+            yield from _time_distributed(layer, calls, repeat)
         else:
             yield layer, calls, repeat
+
+
+def _time_distributed(layer, calls, repeat):
+    """A TimeDistributed layer as its inner layer, which runs once per time step: its calls
+    without the time axis, each counted once per step (unknown, when a call's number of
+    steps is not fixed)."""
+    inner = layer.layer
+    if isinstance(inner, keras.Model):  # its own graph has the per-step shapes
+        steps = {None if c[0] is None else c[0][1] for c in calls}
+        if len(steps) == 1 and None not in steps:
+            yield from _leaf_layers(inner, repeat * len(calls) * steps.pop())
+        else:
+            for leaf, _, _ in _leaf_layers(inner):
+                yield leaf, [(None, None)], repeat
+        return
+    known = all(c[0] is not None and c[1] is not None and c[0][1] is not None for c in calls)
+    if not known:
+        yield inner, [(None, None)] * len(calls), repeat
+        return
+    drop = lambda shape: shape[:1] + shape[2:]  # noqa: E731
+    per_step = [(drop(i), drop(o)) for i, o in calls for _ in range(i[1])]
+    yield inner, per_step, repeat
 
 
 _CONV_TYPES = (xnor_layers.QuantConv2D, keras.layers.Conv2D)
@@ -242,9 +271,12 @@ def _layer_summary(layer, calls, repeat):
         if other is not None:
             per_position, per_input = other
 
+            channels_first = getattr(layer, "data_format", None) == "channels_first"
+
             def macs(in_shape, out_shape):
                 shape = in_shape if per_input else out_shape
-                positions = _known_prod(None if shape is None else shape[1:-1])
+                spatial = None if shape is None else shape[2:] if channels_first else shape[1:-1]
+                positions = _known_prod(spatial)
                 return None if positions is None else positions * per_position
 
             total = _sum_calls(macs, calls, repeat)
@@ -374,9 +406,9 @@ def _format(s):
     rule = "-" * len(fmt(header))
     out = [fmt(header), rule] + [fmt(r) for r in lines[:-1]] + [rule, fmt(lines[-1])]
     out.append(
-        "Memory: %s deployed vs %s float32 (compression %.1fx). Ops per sample; speedup per "
-        "§4.1, S = 64cN_W/(cN_W+64)." % (_bytes(s.memory_bytes), _bytes(s.float32_memory_bytes),
-                                         s.compression_ratio)
+        "Memory: %s with 1-bit weights as bits vs %s float32 (compression %.1fx). Ops per "
+        "sample; speedup per §4.1, S = 64cN_W/(cN_W+64)." % (
+            _bytes(s.memory_bytes), _bytes(s.float32_memory_bytes), s.compression_ratio)
     )
     if any(r.calls != 1 for r in s.layers):
         out.append("xN: the layer runs N times per sample (shared layer or nested model); "

@@ -146,3 +146,40 @@ def test_summary_marks_ops_of_unfixed_spatial_sizes_unknown():
     assert table[2].split()[-3:-1] == ["?", "?"]  # the conv's binary ops and float MACs
     assert "20+?" in table[-3] and table[-3].rstrip().endswith("?")
     assert "spatial size is not fixed" in lines[0]
+
+
+def test_summary_counts_layers_inside_time_distributed_once_per_step():
+    steps = keras.Input((5, 6, 6, 3))
+    x = keras.layers.TimeDistributed(keras_xnor.BinConv2D(4, 3, name="xnor"), name="td")(steps)
+    frames = keras.layers.TimeDistributed(keras.layers.Flatten())(x)
+    model = keras.Model(steps, keras.layers.TimeDistributed(keras.layers.Dense(2, name="fc"))(
+        frames))
+    s = keras_xnor.summary(model, print_fn=None)
+    xnor = s["xnor"]
+    # 5 steps of a 4x4x4 output, 27 binary MACs each; the weights count once.
+    assert xnor.calls == 5 and xnor.output_shape == (None, 4, 4, 4)
+    assert xnor.binary_ops == 5 * 64 * 27 and xnor.scaling_ops == 5 * 64
+    assert xnor.binary_params == 27 * 4 and xnor.float_params == 4
+    assert s["fc"].float_macs == 5 * 64 * 2 and s.speedup > 1.0
+    # An unknown number of steps: the inner layer's ops are unknown, not 0.
+    steps = keras.Input((None, 6, 6, 3))
+    model = keras.Model(steps, keras.layers.TimeDistributed(keras_xnor.BinConv2D(
+        4, 3, name="xnor"))(steps))
+    s = keras_xnor.summary(model, print_fn=None)
+    assert not s["xnor"].ops_known and s["xnor"].binary_params == 27 * 4 and s.speedup is None
+
+
+def test_summary_counts_float_macs_of_channels_first_layers():
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((3, 8, 8)),
+            L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw",
+                              data_format="channels_first"),
+            L.Reshape((6, 64)),
+            L.Conv1D(4, 3, name="c1", data_format="channels_first"),
+        ]
+    )
+    s = keras_xnor.summary(model, print_fn=None)
+    assert s["dw"].float_macs == 8 * 8 * (3 * 3 * 3 * 2)
+    assert s["c1"].float_macs == 62 * (3 * 6 * 4)
