@@ -582,3 +582,125 @@ def test_layer_names_tensorflow_refuses_are_a_clear_error():
     # Refused before any conversion starts, so nothing is left behind for the next model.
     model = keras.Model(inp, keras_xnor.BinConv2D(4, 3, name="conv_one")(inp))
     assert [op["name"] for op in custom_ops(convert(model))] == ["KerasXnorBinConv2D"]
+
+
+def _agree(model, x, **convert_kwargs):
+    data = convert(model, **convert_kwargs)
+    np.testing.assert_allclose(_run(Interpreter(model_content=data), x),
+                               model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    return data
+
+
+@keras.saving.register_keras_serializable(package="keras_xnor_tests")
+class _SubclassedBlock(keras.Model):
+    """A subclassed model used as a block (rebuilt by from_config, with new sublayer names)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras_xnor.BinConv2D(8, 3, padding="same")
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, x):
+        return self.dense(self.conv(x))
+
+
+def test_nested_subclassed_models_keep_their_trained_weights():
+    rng = np.random.default_rng(21)
+    inp = keras.Input((6, 6, 8))
+    block = _SubclassedBlock(name="block")
+    model = keras.Model(inp, block(inp))
+    for weight in block.weights:  # not the initial values
+        weight.assign(rng.uniform(-1, 1, weight.shape))
+    data = _agree(model, rng.standard_normal((2, 6, 6, 8)).astype(np.float32))
+    assert [op["name"] for op in custom_ops(data)] == ["KerasXnorBinConv2D"]
+
+
+def test_adapted_normalization_keeps_its_statistics():
+    rng = np.random.default_rng(22)
+    norm = keras.layers.Normalization()
+    norm.adapt(rng.normal(3, 2, (64, 6, 6, 3)).astype(np.float32))
+    inp = keras.Input((6, 6, 3))
+    model = keras.Model(inp, keras_xnor.BinConv2D(8, 3)(norm(inp)))
+    _agree(model, rng.normal(3, 2, (2, 6, 6, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("merge", ["add", "concatenate"])
+def test_batch_norm_is_not_folded_when_a_keras_op_also_reads_the_binary_output(merge):
+    # `n + c` and keras.ops.concatenate are operations of the graph but not layers.
+    rng = np.random.default_rng(23)
+    inp = keras.Input((6, 6, 8))
+    c = keras_xnor.BinConv2D(8, 3, padding="same")(inp)
+    n = keras.layers.BatchNormalization()(c)
+    out = n + c if merge == "add" else keras.ops.concatenate([n, c], axis=-1)
+    model = keras.Model(inp, out)
+    _randomize_batch_norms(model, rng)
+    data = _agree(model, rng.standard_normal((2, 6, 6, 8)).astype(np.float32))
+    assert "MUL" in builtin_op_names(data)  # the BN stayed
+
+
+def test_models_with_other_grouped_layers_and_a_bn_name_taken_by_another_layer():
+    # GroupNormalization has `groups` but no kernel; a folded BN named "bn" must not clash
+    # with a layer named "bn_folded".
+    rng = np.random.default_rng(24)
+    inp = keras.Input((6, 6, 8))
+    x = keras.layers.GroupNormalization(groups=2)(inp)
+    x = keras_xnor.BinConv2D(8, 3, padding="same")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Activation("relu", name="bn_folded")(x)
+    model = keras.Model(inp, x)
+    _randomize_batch_norms(model, rng)
+    data = _agree(model, rng.standard_normal((2, 6, 6, 8)).astype(np.float32))
+    unfolded = convert(model, fold_batch_norm=False)
+    assert len(builtin_op_names(data)) < len(builtin_op_names(unfolded))  # the BN was folded
+
+
+@keras.saving.register_keras_serializable(package="keras_xnor_tests")
+class _Svd(keras.layers.Layer):
+    def call(self, x):
+        import tensorflow as tf  # noqa: PLC0415
+
+        return tf.linalg.svd(x, compute_uv=False)
+
+
+def test_ops_without_a_tflite_builtin_are_refused_at_conversion():
+    inp = keras.Input((4, 4))
+    model = keras.Model(inp, _Svd(name="svd")(keras_xnor.BinDense(4)(inp)))
+    with pytest.raises(ValueError, match="no builtin for: Svd. The .tflite would fail to load"):
+        convert(model)
+
+
+def test_batch_size_none_makes_a_fixed_keras_batch_dynamic():
+    rng = np.random.default_rng(25)
+    inp = keras.Input((6, 6, 4), batch_size=1)
+    model = keras.Model(inp, keras_xnor.BinConv2D(4, 3)(inp))
+    _agree(model, rng.standard_normal((3, 6, 6, 4)).astype(np.float32))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1, or None"):
+            convert(model, batch_size=bad)
+
+
+def test_interpreter_argument_types():
+    inp = keras.Input((6, 6, 4))
+    data = convert(keras.Model(inp, keras_xnor.BinConv2D(4, 3)(inp)))
+    Interpreter(model_content=data, num_threads=np.int64(2)).allocate_tensors()
+    with pytest.raises(ValueError, match="model_content is empty"):
+        Interpreter(model_content=b"")
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from keras_xnor.tflite_export import cli  # noqa: PLC0415
+
+    inp = keras.Input((4, 4))
+    path = str(tmp_path / "svd.keras")
+    keras.Model(inp, keras.layers.Dense(3)(inp)).save(path)
+    for output in (str(tmp_path / "missing" / "m.tflite"), str(tmp_path)):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run([path, output])
+        assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = keras.Model(inp, _Svd(name="svd")(inp))
+    bad.save(str(tmp_path / "bad.keras"))
+    assert cli.run([str(tmp_path / "bad.keras"), str(tmp_path / "bad.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not convert") and "Svd" in err
+    assert not os.path.exists(tmp_path / "bad.tflite")

@@ -38,6 +38,7 @@ exactly (up to float rounding), so the BN is dropped and its scale/shift go into
 import contextlib
 import functools
 import io
+import numbers
 import re
 import tempfile
 
@@ -47,6 +48,7 @@ import tensorflow as tf
 
 from keras_xnor import ops, quantizers, spec
 from keras_xnor.layers import BinConv2D, BinDense, BWNConv2D, BWNDense, QuantConv2D, QuantDense
+from keras_xnor.tflite_export._inspect import custom_codes
 
 def _raw_ops():
     """The loaded TF op library (module with keras_xnor_bin_conv2d / keras_xnor_bin_dense)."""
@@ -128,7 +130,9 @@ def _xnor_layer(layer):
     this through their quantizers; nothing is recognised by graph shape."""
     if isinstance(layer, (BinConv2D, BinDense)):
         return True
-    if getattr(layer, "groups", 1) > 1 and layer.kernel.shape[2] < _MIN_GROUP_CHANNELS:
+    if isinstance(layer, QuantConv2D) and (
+        layer.groups > 1 and layer.kernel.shape[2] < _MIN_GROUP_CHANNELS
+    ):
         return False
     return (
         isinstance(layer, (QuantConv2D, QuantDense))
@@ -377,7 +381,9 @@ def _fold_plan(model):
     layers = _all_layers(model)
     sites = {}
     consumers = {}
-    for layer in layers:
+    # Every operation of the graphs consumes tensors: layers, and keras.ops calls such as
+    # `x + y` or keras.ops.concatenate, which are not layers.
+    for layer in _all_operations(model):
         calls = _call_sites(layer)
         if calls is None:
             return {}
@@ -411,12 +417,31 @@ def _fold_plan(model):
     return plan
 
 
-def _all_layers(model):
+def _is_graph_model(model):
+    """A Sequential or Functional model: one whose layer graph the exporter can read."""
+    return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+
+
+def _all_layers(model, into_subclassed=False):
+    """The layers of `model` and of the graph models nested in it (and of nested subclassed
+    models too with `into_subclassed`; otherwise such a model is one layer, whose weights
+    are copied as a whole)."""
     result = []
     for layer in model.layers:
         result.append(layer)
-        if isinstance(layer, keras.Model):
-            result.extend(_all_layers(layer))
+        if isinstance(layer, keras.Model) and (into_subclassed or _is_graph_model(layer)):
+            result.extend(_all_layers(layer, into_subclassed))
+    return result
+
+
+def _all_operations(model):
+    """The operations of `model`'s graph and of the graph models nested in it: the layers and
+    the keras.ops calls (a Sequential has only layers)."""
+    result = []
+    for operation in getattr(model, "operations", model.layers):
+        result.append(operation)
+        if isinstance(operation, keras.Model) and _is_graph_model(operation):
+            result.extend(_all_operations(operation))
     return result
 
 
@@ -475,8 +500,7 @@ def export_model(model, fold_batch_norm=True):
             "convert(): the model is not built; call it on data or build it with an input "
             "shape first."
         )
-    is_graph_model = isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
-    if not is_graph_model:
+    if not _is_graph_model(model):
         raise ValueError(
             "convert(): %s is a subclassed model; export needs a Sequential or Functional "
             "model (its layer graph is what tells which BatchNorm can be folded). Rebuild it "
@@ -484,7 +508,7 @@ def export_model(model, fold_batch_norm=True):
         )
     # TF names the variables (and the SavedModel the converter writes) after the layers; a name
     # it refuses fails deep inside the converter and leaves Keras' name-scope stack behind.
-    bad_names = [layer.name for layer in _all_layers(model)
+    bad_names = [layer.name for layer in _all_layers(model, into_subclassed=True)
                  if not _SCOPE_NAME.match(layer.name)]
     if bad_names:
         raise ValueError(
@@ -507,7 +531,8 @@ def export_model(model, fold_batch_norm=True):
         if bwn is not None:
             return bwn
         if id(layer) in folded:
-            return _FoldedAway(name=layer.name + "_folded", dtype="float32")
+            # The BN's own name: it is not in the clone, and a "_folded" suffix could clash.
+            return _FoldedAway(name=layer.name, dtype="float32")
         try:
             config = layer.get_config()
             if _not_float32(layer):
@@ -535,19 +560,23 @@ def export_model(model, fold_batch_norm=True):
     # Layers cloned from their config start with fresh weights: copy the trained ones (names
     # are kept by from_config and by the twins).
     # Pair layers by position (clone_model keeps the graph order); fall back to names.
+    # A nested subclassed model is one layer here: its sublayers, made anew by from_config,
+    # have new automatic names, but it holds its weights in the same order.
     sources, targets = _all_layers(model), _all_layers(clone)
     pairs = list(zip(sources, targets))
-    if len(sources) != len(targets) or any(
-        t.name not in (s.name, s.name + "_folded") for s, t in pairs
-    ):
+    if len(sources) != len(targets) or any(t.name != s.name for s, t in pairs):
         by_name = {layer.name: layer for layer in sources}
         pairs = [(by_name.get(t.name), t) for t in targets]
     for source, target in pairs:
         if isinstance(target, (_ExportBinConv2D, _ExportBinDense, _ExportBWNConv2D,
-                               _ExportBWNDense, _FoldedAway, keras.Model)):
+                               _ExportBWNDense, _FoldedAway)) or _is_graph_model(target):
             continue
-        if source is not None and source.weights:
+        if source is not None and source is not target and source.weights:
             target.set_weights(source.get_weights())
+            # State derived from the weights (an adapted Normalization's mean and variance),
+            # which Keras' own weight loading recomputes the same way.
+            if hasattr(target, "finalize_state"):
+                target.finalize_state()
     if problems:
         import warnings  # noqa: PLC0415
 
@@ -586,10 +615,23 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
 
     Returns:
         The .tflite flatbuffer as bytes.
+
+    Raises:
+        ValueError: bad arguments, a subclassed model, layer names TF refuses, or a model
+            with TF ops that have no TFLite builtin (which would fail to load).
+        RuntimeError: the TFLite converter failed.
     """
     if float_weights not in ("float32", "float16"):
         raise ValueError(
             "convert(): float_weights must be 'float32' or 'float16', got %r" % (float_weights,)
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            "convert(): batch_size must be an int >= 1, or None for a dynamic batch; got %r"
+            % (batch_size,)
         )
     clone = export_model(model, fold_batch_norm=fold_batch_norm)
     # One tensor, a list, or a dict of inputs (a Sequential has one, and no `input` until called).
@@ -607,14 +649,16 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
             )
         shapes = [tuple(s) for s in input_shapes]
     else:
-        shapes = [(batch_size,) + tuple(t.shape[1:]) for t in inputs]
+        # (None: a dynamic batch, even where the model's inputs have a fixed one.)
+        shapes = [(None if batch_size is None else int(batch_size),) + tuple(t.shape[1:])
+                  for t in inputs]
     # Float inputs of a float16/bfloat16/float64 model are fed as float32, as the clone computes.
     dtypes = ["float32" if t.dtype in _NOT_FLOAT32 else t.dtype for t in inputs]
     # The converter cannot trace a Keras 3 model with dict inputs (it takes a tf_keras path
     # and fails with "'NoneType' object is not callable"): such a model is wrapped in one
     # with a list of inputs, named by the keys.
     if isinstance(structure, dict) or any(
-        tuple(shape) != (None,) + tuple(t.shape[1:]) or dtype != t.dtype
+        tuple(shape) != tuple(t.shape) or dtype != t.dtype
         for shape, dtype, t in zip(shapes, dtypes, inputs)
     ):
         # The names are the .tflite signature's input keys.
@@ -637,7 +681,7 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
     # the caller's business, so the listing is dropped. Logging (stderr) is left alone.
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return converter.convert()
+            data = converter.convert()
     except Exception as error:  # the converter's messages are long; keep ours first
         cause = _saved_model_error(clone) if "'NoneType' object is not callable" in str(
             error) else None
@@ -649,6 +693,22 @@ def convert(model, *, fold_batch_norm=True, batch_size=None, input_shapes=None,
         raise RuntimeError(
             "keras_xnor.tflite_export.convert: the TFLite converter failed: %s" % error
         ) from error
+    _check_custom_ops(data)
+    return data
+
+
+def _check_custom_ops(data):
+    """Refuses a converted model with custom ops other than keras-xnor's. ``allow_custom_ops``
+    (which the keras-xnor ops need) also lets any TF op without a TFLite builtin through as a
+    custom op that no runtime resolves: the file would fail only when it is loaded."""
+    delegated = {spec.BIN_CONV2D_OP, spec.BIN_DENSE_OP, spec.PACK_BITS_OP}
+    unknown = sorted(custom_codes(data) - delegated)
+    if unknown:
+        raise ValueError(
+            "keras_xnor.tflite_export.convert: the model uses TensorFlow ops that TFLite has "
+            "no builtin for: %s. The .tflite would fail to load (\"unresolved custom op\"). "
+            "Replace them in the model with ops TFLite supports." % ", ".join(unknown)
+        )
 
 
 def _saved_model_error(model):

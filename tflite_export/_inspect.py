@@ -60,6 +60,13 @@ def custom_ops(model_content):
     return result
 
 
+def custom_codes(model_content):
+    """The custom codes (custom op names) that a .tflite flatbuffer's operator table lists."""
+    model = schema.Model.GetRootAs(bytes(model_content), 0)
+    codes = (model.OperatorCodes(i).CustomCode() for i in range(model.OperatorCodesLength()))
+    return {code.decode() for code in codes if code is not None}
+
+
 def builtin_op_names(model_content):
     """Names of all operators (builtin names or custom codes) in the main subgraph, in order."""
     data = bytes(model_content)

@@ -1,6 +1,7 @@
 """LiteRT's Interpreter with the keras-xnor delegate loaded, and clear errors."""
 
 import glob
+import numbers
 import os
 
 from ai_edge_litert import interpreter as _litert
@@ -125,16 +126,22 @@ class Interpreter(_litert.Interpreter):
         use_delegate=True,
         **kwargs,
     ):
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-        ):
-            raise ValueError("num_threads must be an int >= 1 or None, got %r" % (num_threads,))
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or (
+                num_threads < 1
+            ):
+                raise ValueError(
+                    "num_threads must be an int >= 1 or None, got %r" % (num_threads,)
+                )
+            num_threads = int(num_threads)  # LiteRT's binding takes Python ints only
         if (model_path is None) == (model_content is None):
             raise ValueError("Interpreter: give exactly one of model_path and model_content")
         if model_path is not None and not os.path.isfile(model_path):
             raise ValueError("Interpreter: model file %r does not exist" % (model_path,))
         if model_content is not None:
             model_content = _as_bytes(model_content)
+            if not model_content:
+                raise ValueError("Interpreter: model_content is empty (0 bytes), not a .tflite")
             self._keras_xnor_model_content = model_content  # the interpreter reads it later
         delegates = list(experimental_delegates or [])
         if use_delegate:

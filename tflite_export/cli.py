@@ -25,6 +25,14 @@ def run(argv=None):
         parser.error("model file %r does not exist" % args.model)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
+    # The output's directory, checked before the (long) conversion.
+    directory = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output):
+        parser.error("output %r is a directory; give a file path" % args.output)
+    if not os.path.isdir(directory):
+        parser.error("the output's directory %r does not exist" % directory)
+    if not os.access(directory, os.W_OK):
+        parser.error("the output's directory %r is not writable" % directory)
 
     import keras  # noqa: PLC0415 (slow imports after argument checks)
 
@@ -36,11 +44,19 @@ def run(argv=None):
     except Exception as error:  # noqa: BLE001 (report any load failure plainly)
         print("error: could not load %s: %s" % (args.model, error), file=sys.stderr)
         return 2
-    data = convert(model, batch_size=args.batch_size,
-                   fold_batch_norm=not args.no_fold_batch_norm,
-                   float_weights="float16" if args.float16_weights else "float32")
-    with open(args.output, "wb") as f:
-        f.write(data)
+    try:
+        data = convert(model, batch_size=args.batch_size,
+                       fold_batch_norm=not args.no_fold_batch_norm,
+                       float_weights="float16" if args.float16_weights else "float32")
+    except (ValueError, TypeError, RuntimeError) as error:  # convert()'s refusals
+        print("error: could not convert %s: %s" % (args.model, error), file=sys.stderr)
+        return 2
+    try:
+        with open(args.output, "wb") as f:
+            f.write(data)
+    except OSError as error:
+        print("error: could not write %s: %s" % (args.output, error), file=sys.stderr)
+        return 2
     print("wrote %s (%d bytes)" % (args.output, len(data)))
     return 0
 
