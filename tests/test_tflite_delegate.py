@@ -112,6 +112,8 @@ def test_plain_litert_and_tf_lite_load_the_delegate(two_conv_model, model_file):
         ({"num_threads": -3}, "num_threads"),
         ({"num_threads": "two"}, "num_threads"),
         ({"num_threads": "2x"}, "num_threads"),
+        ({"num_threads": " 2"}, "num_threads"),  # blanks on either side, alike
+        ({"num_threads": "2 "}, "num_threads"),
         ({"num_threads": 10**12}, "num_threads"),
         ({"kernel": "gpu"}, "kernel"),
         ({"profile": "yes"}, "profile"),

@@ -692,8 +692,10 @@ std::string parse_int(const std::string& text, long min_value, long max_value, l
   char* end = nullptr;
   errno = 0;
   const long value = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || end == nullptr || *end != '\0' || errno != 0 || value < min_value ||
-      value > max_value) {
+  // strtol skips leading blanks but stops at trailing ones: refuse blanks on either side.
+  const bool blank = text.find_first_of(" \t\n\v\f\r") != std::string::npos;
+  if (text.empty() || blank || end == nullptr || *end != '\0' || errno != 0 ||
+      value < min_value || value > max_value) {
     return "'" + text + "' is not an integer in " + std::to_string(min_value) + ".." +
            std::to_string(max_value);
   }
