@@ -116,6 +116,9 @@ setup(
         "keras==3.15.*",
         "ai-edge-litert==2.3.*",
         "tensorflow-datasets==4.9.*",
+        # tfds needs it to prepare datasets but declares it only for Python < 3.9
+        # (tensorflow/datasets#11212).
+        "importlib_resources==7.1.*",
         "numpy>=1.26,<3",
         "absl-py>=2.1",
     ],

@@ -121,6 +121,24 @@ def test_nothing_installed_gives_one_clear_message(tmp_path, monkeypatch):
     assert "--data_dir" in message
 
 
+def test_failed_download_shows_the_real_error(tmp_path, monkeypatch):
+    # --download was given: a tfds failure is not "the data is missing, use --download".
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    monkeypatch.setattr(datasets, "_debian_dirs", lambda: [str(tmp_path / "nowhere")])
+    cause = ModuleNotFoundError("No module named 'importlib_resources'")
+
+    def fail(self, *args, **kwargs):
+        raise cause
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+    with pytest.raises(datasets.DataPreparationError) as err:
+        datasets.load_fashion_mnist(download=True, tfds_data_dir=str(tmp_path / "tfds"))
+    assert err.value.__cause__ is cause
+    assert "fashion_mnist" in str(err.value)
+    assert "ModuleNotFoundError: No module named 'importlib_resources'" in str(err.value)
+
+
 def test_debian_package_is_found():
     # The Debian package is part of the environment (make data installs it).
     paths = datasets.find_fashion_mnist()
@@ -135,7 +153,7 @@ def test_pipeline_shapes_normalization_and_limits(tmp_path):
     train, test, info = datasets.fashion_mnist_datasets(
         16, data_dir=str(tmp_path), max_train_examples=40, max_test_examples=20)
     assert info == {"num_classes": 10, "input_shape": (28, 28, 1), "train_examples": 40,
-                    "test_examples": 20}
+                    "test_examples": 20, "drop_remainder": False}
     train_batches = list(train)
     assert [int(x.shape[0]) for x, _ in train_batches] == [16, 16, 8]
     x, y = train_batches[0]
@@ -151,10 +169,11 @@ def test_pipeline_shapes_normalization_and_limits(tmp_path):
 
 def test_repeating_pipeline_drops_partial_batches(tmp_path):
     _write_fake_fashion_mnist(str(tmp_path), n_train=40)
-    train, _, _ = datasets.fashion_mnist_datasets(16, data_dir=str(tmp_path),
-                                                  repeat_train=True, augment=True)
+    train, _, info = datasets.fashion_mnist_datasets(16, data_dir=str(tmp_path),
+                                                     repeat_train=True, augment=True)
     shapes = [int(x.shape[0]) for x, _ in train.take(5)]
     assert shapes == [16] * 5
+    assert info["drop_remainder"]
 
 
 def test_get_datasets_unknown_name():

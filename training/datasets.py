@@ -10,7 +10,8 @@ Fashion-MNIST comes, in this order of preference, from
    downloaded when the caller allows it (``download=True``).
 
 Nothing is downloaded unless asked; missing data raises :class:`DataNotFoundError` with the
-commands that fix it.
+commands that fix it. Data that is there (or may be downloaded) but that tfds fails to prepare
+raises :class:`DataPreparationError`, chained to tfds's own exception.
 
 ImageNet is tfds ``imagenet2012``, prepared from the manually downloaded ILSVRC2012 tars
 (``manual_dir``), with the preprocessing of the paper's two training setups (see
@@ -47,6 +48,8 @@ FASHION_MNIST_STD = 0.3530
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # on [0, 1] RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_NUM_CLASSES = 1000
+# The ILSVRC2012 tars tfds imagenet2012 is prepared from (both splits are used).
+IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 # IDX type codes (third magic byte) -> numpy dtype (big-endian on disk).
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
@@ -59,6 +62,22 @@ class DataNotFoundError(FileNotFoundError):
 
 class CorruptDataError(ValueError):
     """A dataset file exists but is not what its name claims (bad magic, sizes, ...)."""
+
+
+class DataPreparationError(RuntimeError):
+    """tfds failed to download or prepare a dataset whose sources are there.
+
+    Not a missing-data problem: the message names the dataset and holds the original error,
+    which is also chained (``__cause__``), e.g. a missing Python module or a network error.
+    """
+
+
+def _preparation_error(name, source, error):
+    """DataPreparationError for ``error`` raised by tfds while preparing ``name``."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return DataPreparationError(
+        "tfds failed to prepare %s from %s: %s%s" % (
+            name, source, type(error).__name__, ": " + first_line if first_line else ""))
 
 
 # --------------------------------------------------------------------------------------
@@ -200,11 +219,28 @@ def _missing_fashion_mnist_message():
 
 
 def _load_fashion_mnist_tfds(download, tfds_data_dir=None):
-    import tensorflow_datasets as tfds  # noqa: PLC0415 (optional path)
+    """Fashion-MNIST from tfds: prepared already, or downloaded when ``download``.
+
+    Raises:
+        DataNotFoundError: not prepared and ``download`` is off.
+        DataPreparationError: the download or the preparation failed.
+    """
+    try:
+        import tensorflow_datasets as tfds  # noqa: PLC0415 (optional path)
+    except ImportError as e:
+        if not download:
+            raise DataNotFoundError(_missing_fashion_mnist_message()
+                                    + "\n(tensorflow_datasets is not importable: %s)" % e) from e
+        raise _preparation_error("fashion_mnist", "the network (--download)", e) from e
 
     builder = tfds.builder("fashion_mnist", data_dir=tfds_data_dir)
-    if download:
-        builder.download_and_prepare()
+    if not builder.is_prepared():
+        if not download:
+            raise DataNotFoundError(_missing_fashion_mnist_message())
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # noqa: BLE001 (reported with the cause chained)
+            raise _preparation_error("fashion_mnist", "the network (--download)", e) from e
     splits = {}
     for split in ("train", "test"):
         ds = builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
@@ -227,14 +263,12 @@ def load_fashion_mnist(data_dir=None, download=False, tfds_data_dir=None):
     Raises:
         DataNotFoundError: the data is not here (the message says how to get it).
         CorruptDataError: a file is damaged or the images/labels disagree.
+        DataPreparationError: ``download`` was allowed but tfds failed to download or
+            prepare the data (the tfds error is chained).
     """
     paths = find_fashion_mnist(data_dir)
     if paths is None:
-        try:
-            return _load_fashion_mnist_tfds(download, tfds_data_dir)
-        except Exception as e:  # noqa: BLE001 (any tfds failure means "not available")
-            raise DataNotFoundError(_missing_fashion_mnist_message()
-                                    + "\n(tfds: %s)" % str(e).splitlines()[0]) from None
+        return _load_fashion_mnist_tfds(download, tfds_data_dir)
     arrays = {}
     for key, path in paths.items():
         arrays[key] = read_idx(path, expected_ndim=3 if key.endswith("images") else 1)
@@ -276,7 +310,9 @@ def fashion_mnist_datasets(batch_size, data_dir=None, download=False, max_train_
 
     Returns:
         ``(train_ds, test_ds, info)`` with batches of (float32 [B, 28, 28, 1], int32 [B]) and
-        ``info = {"num_classes", "input_shape", "train_examples", "test_examples"}``.
+        ``info = {"num_classes", "input_shape", "train_examples", "test_examples",
+        "drop_remainder"}``; ``drop_remainder``: the training set is cut into full batches
+        only (when it repeats), else its last batch may be partial.
     """
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist(data_dir, download)
     if max_train_examples:
@@ -305,7 +341,7 @@ def fashion_mnist_datasets(batch_size, data_dir=None, download=False, max_train_
     test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size)
     test = _shard_by_data(test.map(prep, num_parallel_calls=AUTOTUNE)).prefetch(AUTOTUNE)
     info = {"num_classes": 10, "input_shape": (28, 28, 1), "train_examples": len(x_train),
-            "test_examples": len(x_test)}
+            "test_examples": len(x_test), "drop_remainder": repeat_train}
     return train, test, info
 
 
@@ -399,25 +435,34 @@ def imagenet_datasets(batch_size, data_dir=None, manual_dir=None, recipe="resnet
         repeat_train: repeat the training set forever.
 
     Returns:
-        ``(train_ds, test_ds, info)``; the test split is ImageNet's validation set.
+        ``(train_ds, test_ds, info)``; the test split is ImageNet's validation set. The
+        training batches are full batches only (``info["drop_remainder"]`` is True).
 
     Raises:
-        DataNotFoundError: imagenet2012 is neither prepared nor preparable from manual_dir.
+        DataNotFoundError: imagenet2012 is not prepared in ``data_dir`` and ``manual_dir``
+            (default: tfds's ``<data_dir>/downloads/manual``) lacks the tars.
+        DataPreparationError: the tars are there but tfds failed to prepare them (the tfds
+            error is chained).
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (ImageNet only)
 
     builder = tfds.builder("imagenet2012", data_dir=data_dir)
-    try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    except Exception as e:  # noqa: BLE001 (tfds raises assorted errors for missing tars)
-        raise DataNotFoundError(
-            "imagenet2012 is not prepared in %s and cannot be built: %s\n"
-            "Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
-            "image-net.org into a folder and pass it as --manual_dir (tfds then prepares "
-            "the dataset once)." % (data_dir or "the default tfds data dir",
-                                    str(e).splitlines()[0] if str(e) else type(e).__name__)
-        ) from None
+    if not builder.is_prepared():
+        root = os.fspath(builder.data_dir_root)
+        manual = manual_dir or os.path.join(root, "downloads", "manual")  # tfds's default
+        missing = [tar for tar in IMAGENET_TARS
+                   if not tf.io.gfile.exists(os.path.join(manual, tar))]
+        if missing:
+            raise DataNotFoundError(
+                "imagenet2012 is not prepared in %s, and the manual dir %s lacks %s. Download "
+                "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into "
+                "a folder and pass it as --manual_dir (tfds then prepares the dataset once)."
+                % (root, manual, " and ".join(missing)))
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual))
+        except Exception as e:  # noqa: BLE001 (reported with the cause chained)
+            raise _preparation_error("imagenet2012", manual, e) from e
     train_split = "train" if not max_train_examples else "train[:%d]" % max_train_examples
     test_split = "validation" if not max_test_examples else "validation[:%d]" % max_test_examples
     read_config = tfds.ReadConfig(shuffle_seed=0)
@@ -438,7 +483,7 @@ def imagenet_datasets(batch_size, data_dir=None, manual_dir=None, recipe="resnet
     train = train.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
     test = test.map(prep_test, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
     info = {"num_classes": IMAGENET_NUM_CLASSES, "input_shape": (image_size, image_size, 3),
-            "train_examples": None, "test_examples": None}
+            "train_examples": None, "test_examples": None, "drop_remainder": True}
     try:
         info["train_examples"] = builder.info.splits[train_split].num_examples
         info["test_examples"] = builder.info.splits[test_split].num_examples
