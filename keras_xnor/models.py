@@ -76,7 +76,12 @@ class _Builder:
         self.order = block_order
         self.kernel_scale = kernel_scale
         self.use_k = use_k
-        self.regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+        if weight_decay is not None and not weight_decay >= 0:
+            raise ValueError("weight_decay must be >= 0, got %r" % (weight_decay,))
+        # Weight decay as in Caffe / Torch (and the papers' setups): weight_decay * w added to
+        # the gradient. Keras' L2(l2) adds l2 * sum(w^2), whose gradient is 2 * l2 * w.
+        self.regularizer = (keras.regularizers.L2(weight_decay / 2) if weight_decay
+                            else None)
         self.implementation = implementation
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
 
@@ -211,7 +216,10 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
         block_order: "BACP" (paper) or "CBAP" (conventional; the Table 3b ablation).
         use_k: xnor only: scale by the K map of eq. 11 (False = alpha only).
         classifier_activation: activation of the last layer ("softmax" or None for logits).
-        weight_decay: optional L2 factor on the full-precision kernels.
+        weight_decay: optional weight decay of the full-precision kernels, as in Caffe /
+            Torch: each kernel's gradient gets ``weight_decay * w`` added, i.e. the loss gets
+            the L2 penalty ``weight_decay / 2 * sum(w^2)`` (``keras.regularizers.L2(
+            weight_decay / 2)``).
         implementation: xnor layers' ``implementation`` ("auto", "simulation" or
             "compiled"; default: the layers' default, "auto").
         synchronized_batchnorm: BatchNorm statistics over the global batch of all

@@ -142,7 +142,27 @@ def test_logits_option_and_width():
     assert model.get_layer("fc6").activation.__name__ == "linear"
 
 
+@pytest.mark.parametrize("weight_decay", [5e-4, 1e-4])
+def test_weight_decay_adds_weight_decay_times_w_to_the_gradient(weight_decay):
+    # Caffe / Torch weight decay, as the recipes' values (5e-4 AlexNet, 1e-4 ResNet-18)
+    # mean it: d(penalty)/dw = weight_decay * w, on the full-precision kernels only.
+    import tensorflow as tf  # noqa: PLC0415
+
+    model = models.bwn_small(weight_decay=weight_decay)
+    regularized = [l for l in model.layers if getattr(l, "kernel_regularizer", None)]
+    assert [l.name for l in regularized] == ["conv1", "fc6"]  # first and last layer
+    kernels = [l.kernel for l in regularized]
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n(model.losses)
+    grads = tape.gradient(penalty, [k.value for k in kernels])
+    for kernel, grad in zip(kernels, grads):
+        np.testing.assert_allclose(grad.numpy(), weight_decay * kernel.numpy(), rtol=1e-5,
+                                   atol=1e-12)
+    assert models.float_small().losses == []  # off by default
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="xnor", weight_decay=-1e-4), "weight_decay"),
     (dict(kind="ternary"), "kind"),
     (dict(kind="xnor", block_order="ABCP"), "block_order"),
     (dict(kind="xnor", kernel_scale="max"), "kernel_scale"),

@@ -21,9 +21,12 @@ recipe             setup
                    the run, batch 128, 10 epochs (few-minute runs on 2 CPU cores).
 =================  =========================================================================
 
-The SGD recipes apply an L2 penalty (weight_decay, 5e-4 for AlexNet, 1e-4 for ResNet-18,
+The SGD recipes apply weight decay (weight_decay, 5e-4 for AlexNet, 1e-4 for ResNet-18,
 the values of the original papers) to the full-precision kernels only: decay on the latent
-weights of a binary layer pulls them towards 0 where the sign flips at random.
+weights of a binary layer pulls them towards 0 where the sign flips at random. It is the
+Caffe / Torch weight decay those values are given for: ``weight_decay * w`` added to the
+gradient, i.e. an L2 penalty of ``weight_decay / 2 * sum(w^2)`` (see
+:func:`keras_xnor.models.alexnet`).
 """
 
 import dataclasses
@@ -46,7 +49,9 @@ class Recipe:
         batch_size: global batch size.
         epochs: number of epochs.
         momentum: SGD momentum.
-        weight_decay: L2 factor on the full-precision kernels (None = off).
+        weight_decay: weight decay of the full-precision kernels (None = off): their
+            gradient gets ``weight_decay * w`` added (Caffe / Torch convention; an L2
+            penalty of ``weight_decay / 2 * sum(w^2)``).
         description: one line for logs and --help.
     """
 
