@@ -10,7 +10,10 @@ Runs, with the same recipe, epochs and data for every row:
 
 Each run is ``keras_xnor.training.trainer.train`` into OUTPUT_DIR/<row>/ (metrics.json,
 model, logs); the table goes to OUTPUT_DIR/ablations.md and .json. Rows already finished
-(metrics.json present) are reused, so an interrupted sweep continues where it stopped.
+(metrics.json present) are reused, and an interrupted row resumes from its last checkpoint,
+so an interrupted sweep run again with the same flags continues where it stopped. (A row's
+checkpoint only continues with the settings it started with; other flags need a new
+--output_dir.)
 
 Example::
 
@@ -19,6 +22,7 @@ Example::
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -67,17 +71,30 @@ def table(rows):
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
+def sweep(output_dir, epochs=3, batch_size=None, max_train_examples=None, only=None,
+          data_dir=None, implementation="simulation", seed=0, verbose=2):
+    """Trains every row of RUNS (or those in ``only``) into output_dir/<row>/.
+
+    A finished row (metrics.json present) is reused; an interrupted one resumes from its
+    last checkpoint, which requires the settings it started with.
+
+    Returns:
+        The table rows (see :func:`table`), in the order of RUNS.
+
+    Raises:
+        keras_xnor.training.trainer.ConfigError: bad settings, or a row's checkpoint was
+            made with other settings (the message names the row).
+        keras_xnor.training.datasets.DataNotFoundError, CorruptDataError: the data.
+    """
     from keras_xnor.training import trainer  # noqa: PLC0415 (imports TF)
     import keras  # noqa: PLC0415
 
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    os.makedirs(output_dir, exist_ok=True)
     rows = []
     for row, model, overrides in RUNS:
-        if FLAGS.only and row not in FLAGS.only:
+        if only and row not in only:
             continue
-        out = os.path.join(FLAGS.output_dir, row)
+        out = os.path.join(output_dir, row)
         metrics_path = os.path.join(out, "metrics.json")
         setting = ", ".join("%s=%s" % kv for kv in overrides.items()) or "defaults"
         if os.path.isfile(metrics_path):
@@ -87,12 +104,15 @@ def main(argv):
         else:
             start = time.time()
             keras.backend.clear_session()
-            metrics = trainer.train(
-                trainer.TrainConfig(
-                    model=model, dataset="fashion_mnist", output_dir=out, epochs=FLAGS.epochs,
-                    batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples,
-                    data_dir=FLAGS.data_dir, implementation=FLAGS.implementation,
-                    seed=FLAGS.seed, verbose=FLAGS.verbose, resume=True, **overrides))
+            config = trainer.TrainConfig(
+                model=model, dataset="fashion_mnist", output_dir=out, epochs=epochs,
+                batch_size=batch_size, max_train_examples=max_train_examples,
+                data_dir=data_dir, implementation=implementation, seed=seed, verbose=verbose,
+                resume=True, **overrides)
+            try:
+                metrics = trainer.train(config)
+            except trainer.ConfigError as e:
+                raise trainer.ConfigError("row %s: %s" % (row, e)) from e
             metrics["train_seconds"] = round(time.time() - start, 1)
             with open(metrics_path, "w") as f:
                 json.dump(metrics, f, indent=2, sort_keys=True, default=str)
@@ -101,6 +121,21 @@ def main(argv):
                      "test_loss": metrics["test_loss"],
                      "train_seconds": metrics.get("train_seconds"),
                      "epochs": metrics["epochs"]})
+    return rows
+
+
+def main(argv):
+    del argv
+    from keras_xnor.training import datasets, trainer  # noqa: PLC0415 (imports TF)
+
+    try:
+        rows = sweep(FLAGS.output_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                     max_train_examples=FLAGS.max_train_examples, only=FLAGS.only,
+                     data_dir=FLAGS.data_dir, implementation=FLAGS.implementation,
+                     seed=FLAGS.seed, verbose=FLAGS.verbose)
+    except (trainer.ConfigError, datasets.DataNotFoundError, datasets.CorruptDataError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     text = table(rows)
     with open(os.path.join(FLAGS.output_dir, "ablations.md"), "w") as f:
         f.write(text + "\n")
@@ -108,6 +143,7 @@ def main(argv):
         json.dump(rows, f, indent=2)
     print(text)
     print("Wrote %s" % os.path.join(FLAGS.output_dir, "ablations.md"))
+    return 0
 
 
 def run(argv=None):

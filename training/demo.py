@@ -65,6 +65,31 @@ def _keras_latency(model, image, runs):
     return _median_ms(lambda: call(x).numpy(), runs)
 
 
+def _keras_runtime(kind, model, sample):
+    """The runtime label of a Keras row: what ``model(sample, training=False)`` runs.
+
+    Read from the traced graph, so it says what ran whatever ``--implementation`` asked
+    for: the compiled XNOR op (on CPU with the op library) or the pure-TF float simulation.
+    BWN layers always run float convolutions of alpha * sign(W).
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    from keras_xnor import spec  # noqa: PLC0415
+
+    if kind == "float":
+        return "Keras (TF, float)"
+    call = tf.function(lambda x: model(x, training=False))
+    graph = call.get_concrete_function(tf.TensorSpec(sample.shape, sample.dtype)).graph
+    graph_def = graph.as_graph_def()
+    op_types = {node.op for node in graph_def.node}
+    op_types.update(node.op for f in graph_def.library.function for node in f.node_def)
+    if any(op.startswith(spec.OP_PREFIX) for op in op_types):
+        return "Keras (TF, compiled XNOR op)"
+    if kind == "xnor":
+        return "Keras (TF, pure-TF simulation)"
+    return "Keras (TF, float conv of alpha*sign(W))"
+
+
 def _tflite_eval(interpreter, x_test, batch=100):
     """Predicted classes of the whole test set through a LiteRT interpreter."""
     import numpy as np  # noqa: PLC0415
@@ -179,12 +204,21 @@ def main(argv):
     from keras_xnor import models  # noqa: PLC0415
     from keras_xnor.training import datasets, trainer  # noqa: PLC0415
 
+    for name, minimum in (("threads", 1), ("latency_runs", 1), ("max_train_examples", 0)):
+        if FLAGS[name].value < minimum:
+            print("error: --%s must be >= %d, got %d" % (name, minimum, FLAGS[name].value),
+                  file=sys.stderr)
+            return 2
     out_dir = FLAGS.output_dir
-    os.makedirs(out_dir, exist_ok=True)
     try:
+        os.makedirs(out_dir, exist_ok=True)
         (_, _), (x_test_u8, y_test) = datasets.load_fashion_mnist(FLAGS.data_dir)
     except (datasets.DataNotFoundError, datasets.CorruptDataError) as e:
         print("error: %s" % e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print("error: cannot create --output_dir=%s: %s" % (out_dir, e.strerror or e),
+              file=sys.stderr)
         return 2
     x_test = datasets.fashion_mnist_normalize(x_test_u8).numpy()
     y_test = y_test.astype(np.int64)
@@ -194,24 +228,29 @@ def main(argv):
     for kind in KINDS:
         print("\n=== %s_small ===" % kind, flush=True)
         keras.backend.clear_session()
-        metrics = trainer.train(
-            model="%s_small" % kind, dataset="fashion_mnist",
-            output_dir=os.path.join(out_dir, kind), epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size, max_train_examples=FLAGS.max_train_examples or None,
-            data_dir=FLAGS.data_dir, implementation=FLAGS.implementation, seed=FLAGS.seed,
-            overwrite=True, verbose=FLAGS.verbose)
+        try:
+            metrics = trainer.train(
+                model="%s_small" % kind, dataset="fashion_mnist",
+                output_dir=os.path.join(out_dir, kind), epochs=FLAGS.epochs,
+                batch_size=FLAGS.batch_size,
+                max_train_examples=FLAGS.max_train_examples or None, data_dir=FLAGS.data_dir,
+                implementation=FLAGS.implementation, seed=FLAGS.seed, overwrite=True,
+                verbose=FLAGS.verbose)
+        except trainer.ConfigError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 2
         histories[kind] = metrics["history"]
         model = keras.models.load_model(metrics["model_path"])
         trained[kind] = model
         keras_pred = model.predict(x_test, batch_size=500, verbose=0).argmax(axis=1)
-        row = {"model": "%s_small" % kind, "runtime": "Keras (TF, %s)" % (
-            "float" if kind == "float" else "pure-TF simulation"),
-            "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
-            "size_bytes": 4 * model.count_params(), "size_what": "float32 weights",
-            "latency_ms": _keras_latency(model, x_test[:1], FLAGS.latency_runs),
-            "keras_pred": keras_pred}
+        runtime = _keras_runtime(kind, model, x_test[:1])
+        row = {"model": "%s_small" % kind, "runtime": runtime,
+               "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
+               "size_bytes": 4 * model.count_params(), "size_what": "float32 weights",
+               "latency_ms": _keras_latency(model, x_test[:1], FLAGS.latency_runs),
+               "keras_pred": keras_pred}
         rows.append(row)
-        if kind == "xnor":
+        if kind == "xnor" and "compiled" not in runtime:
             # The same weights on the compiled XNOR op (bitpacked, on CPU) instead of the
             # simulation, when the op library is built.
             from keras_xnor import ops  # noqa: PLC0415

@@ -20,6 +20,11 @@ Examples::
 Writes OUTPUT_DIR/metrics.json (test_accuracy, test_loss, history), OUTPUT_DIR/model.keras,
 TensorBoard logs in OUTPUT_DIR/logs and per-epoch checkpoints in OUTPUT_DIR/checkpoints.
 Recipes (``--recipe``): see keras_xnor.training.recipes; default: the model's paper recipe.
+``--resume`` continues a run with the settings it started with (OUTPUT_DIR/settings.json);
+other settings are refused: train them into a new --output_dir.
+
+Bad flags or settings, an output folder that cannot be written and missing data end in an
+``error: ...`` message on stderr and exit status 2 (as argparse does), not a traceback.
 """
 
 import sys
@@ -83,29 +88,41 @@ def _config_from_flags():
     return TrainConfig(**{name: FLAGS[name].value for name in fields if name in FLAGS})
 
 
+def _error(message):
+    print("error: %s" % message, file=sys.stderr)
+    return 2
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with argparse's error convention (one line, exit status 2)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(_error(" ".join(str(e).split())))
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+        return _error("unexpected arguments: %s" % " ".join(argv[1:]))
     if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
-    # Built before anything else touches TensorFlow: MultiWorkerMirroredStrategy must be
-    # the first thing to initialize the runtime.
+        return _error("--output_dir is required")
     from keras_xnor.training import datasets, trainer  # noqa: PLC0415
 
     config = _config_from_flags()
-    strategy = trainer.make_strategy(config.strategy)
     try:
+        # Made before anything else touches TensorFlow: MultiWorkerMirroredStrategy must be
+        # the first thing to initialize the runtime.
+        strategy = trainer.make_strategy(config.strategy)
         trainer.train(config, distribute_strategy=strategy)
     except (datasets.DataNotFoundError, datasets.CorruptDataError, trainer.ConfigError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 2
+        return _error(e)
     return 0
 
 
 def run(argv=None):
     """Console entry point (``keras-xnor-train``)."""
     define_flags()
-    app.run(main, argv=argv)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

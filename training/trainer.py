@@ -4,6 +4,7 @@
 with ``model.fit`` (optionally under a ``tf.distribute`` strategy), checkpoints the full
 model after every epoch, evaluates on the test split and writes::
 
+    OUTPUT_DIR/settings.json         what the run trains with (checked by --resume)
     OUTPUT_DIR/metrics.json          test_accuracy, test_loss, history, run settings
     OUTPUT_DIR/model.keras           the final model (keras.models.load_model-able)
     OUTPUT_DIR/history.csv           one row per epoch (appended across resumes)
@@ -13,17 +14,26 @@ model after every epoch, evaluates on the test split and writes::
 Resuming: a checkpoint is the whole compiled model (weights, optimizer slots and
 ``optimizer.iterations``, which drives the lr schedule) plus the number of finished epochs;
 ``resume=True`` loads the newest one and continues with the next epoch, so a run killed at
-any point loses at most the epoch in progress.
+any point loses at most the epoch in progress. A checkpoint can only continue the run it
+belongs to: ``resume=True`` compares the settings of the new call with the run's
+``settings.json`` and raises :class:`ConfigError` naming every difference (model and its
+options, recipe, epochs, batch size, learning rate, steps per epoch, data size, seed, dtype
+policy, strategy, ...). The settings that do not change what is trained may differ: output
+verbosity, ``validate``, where the data is read from (``data_dir``, ``manual_dir``,
+``download``) and ``crash_after_epoch``. To train with other settings, use a new
+``output_dir``.
 
 Under MultiWorkerMirroredStrategy only the chief (worker 0 when there is no "chief" task)
 writes OUTPUT_DIR; the other workers write their logs and final model to
 OUTPUT_DIR/worker_<i>/ and resume from the chief's checkpoints (shared file system).
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -39,6 +49,12 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
+SETTINGS = "settings.json"
+VERBOSITY = (0, 1, 2, "auto")
+IMPLEMENTATIONS = ("auto", "simulation", "compiled")
+# TrainConfig fields that do not change what a run trains: --resume lets them differ.
+RESUME_FREE_FIELDS = ("output_dir", "resume", "overwrite", "data_dir", "manual_dir", "download",
+                      "validate", "verbose", "crash_after_epoch")
 CRASH_EXIT_CODE = 75
 
 
@@ -55,29 +71,32 @@ class TrainConfig:
         dataset: "fashion_mnist" or "imagenet2012".
         output_dir: where results, checkpoints and logs go.
         recipe: a :mod:`recipes` name (default: the model's, see recipes.default_for).
-        epochs, batch_size, learning_rate: override the recipe's.
+        epochs, batch_size, learning_rate: override the recipe's (positive).
         strategy: "default" (no distribution), "mirrored" (all local devices) or
             "multi_worker" (MultiWorkerMirroredStrategy, cluster from TF_CONFIG).
-        resume: continue from the newest checkpoint in output_dir (fresh start if none).
+        resume: continue from the newest checkpoint in output_dir (fresh start if none);
+            the other settings must be those of the run (see the module docstring).
         overwrite: delete earlier checkpoints/results in output_dir instead of refusing.
         data_dir: Fashion-MNIST IDX folder, or the tfds data dir for ImageNet.
         manual_dir: ImageNet: folder with the ILSVRC2012 tars.
         download: allow tfds to download Fashion-MNIST when it is not installed.
         steps_per_epoch: cap on the steps of an epoch (the training set repeats).
         max_train_examples, max_test_examples: use only the first N examples.
-        kernel_scale, block_order, use_k, width: model options (the ablations).
+        kernel_scale, block_order, use_k, width: model options (the ablations); width
+            (a positive integer) applies to the small nets only.
         implementation: how xnor layers run: "auto" (compiled op on CPU when the library
             is there), "simulation" (pure TF) or "compiled".
         augment: random horizontal flips (Fashion-MNIST).
         validate: evaluate on the test split after every epoch (for the curves).
-        seed: random seed (weights init, shuffling).
+        seed: random seed (weights init, shuffling), 0 <= seed < 2**32.
         jit_compile: XLA-compile the train step (off: the binary ops are custom ops).
         dtype_policy: "float32", or a mixed precision policy for the new model's layers:
             "mixed_float16" (GPUs; the optimizer gets Keras' loss scaling) or
             "mixed_bfloat16". The latent weights and the classifier stay float32, and the
-            binary layers still run the compiled op on CPU. A resumed run keeps the policy
-            it was saved with.
-        verbose: Keras progress output (1 = progress bar, 2 = one line per epoch, 0 = none).
+            binary layers still run the compiled op on CPU. Checkpoints are loaded under
+            the run's policy (a resumed run must use the policy it started with).
+        verbose: Keras progress output (1 = progress bar, 2 = one line per epoch, 0 = none,
+            "auto").
         crash_after_epoch: testing aid: exit abruptly (code 75) right after the checkpoint
             of this epoch (1-based), as if the process had been killed.
     """
@@ -161,6 +180,13 @@ def make_strategy(name):
                 "variable, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
                 "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' on the "
                 "first machine (index 1 on the second).")
+        try:
+            tf_config = json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise ConfigError("TF_CONFIG is not valid JSON (%s): %r"
+                              % (e, os.environ["TF_CONFIG"])) from e
+        if not isinstance(tf_config, dict) or not tf_config.get("cluster"):
+            raise ConfigError("TF_CONFIG has no \"cluster\": %r" % os.environ["TF_CONFIG"])
         return _MultiWorkerMirroredStrategy()
     raise ConfigError("unknown strategy %r; known: %s" % (name, ", ".join(STRATEGIES)))
 
@@ -331,11 +357,32 @@ def _validate(config):
     if config.strategy not in STRATEGIES:
         raise ConfigError("unknown --strategy %r; choose one of: %s"
                          % (config.strategy, ", ".join(STRATEGIES)))
+    for field, choices in (("kernel_scale", models.KERNEL_SCALES),
+                           ("block_order", models.BLOCK_ORDERS),
+                           ("implementation", IMPLEMENTATIONS)):
+        if getattr(config, field) not in choices:
+            raise ConfigError("unknown --%s %r; choose one of: %s"
+                             % (field, getattr(config, field), ", ".join(choices)))
+    if config.recipe is not None and config.recipe not in recipes.RECIPES:
+        raise ConfigError("unknown --recipe %r; choose one of: %s"
+                         % (config.recipe, ", ".join(sorted(recipes.RECIPES))))
     for field in ("epochs", "batch_size", "steps_per_epoch", "max_train_examples",
-                  "max_test_examples", "crash_after_epoch"):
+                  "max_test_examples", "crash_after_epoch", "width"):
         value = getattr(config, field)
-        if value is not None and int(value) <= 0:
-            raise ConfigError("--%s must be positive, got %r" % (field, value))
+        if value is not None and not (_is_int(value) and value > 0):
+            raise ConfigError("--%s must be a positive integer, got %r" % (field, value))
+    if config.width != 1 and "small" not in config.model:
+        raise ConfigError("--width applies to the *_small models only, not to %s"
+                         % config.model)
+    if config.learning_rate is not None and not (
+            isinstance(config.learning_rate, numbers.Real)
+            and math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ConfigError("--learning_rate must be a positive number, got %r"
+                         % (config.learning_rate,))
+    if not (_is_int(config.seed) and 0 <= config.seed < 2 ** 32):
+        raise ConfigError("--seed must be an integer in [0, 2**32 - 1], got %r" % (config.seed,))
+    if config.verbose not in VERBOSITY:
+        raise ConfigError("--verbose must be 0, 1, 2 or 'auto', got %r" % (config.verbose,))
     if not config.output_dir:
         raise ConfigError("--output_dir is required")
     if "small" in config.model and config.dataset != "fashion_mnist":
@@ -343,6 +390,10 @@ def _validate(config):
     if "small" not in config.model and config.dataset == "fashion_mnist":
         raise ConfigError("%s is an ImageNet network (224x224); use --dataset=imagenet2012 or "
                          "a *_small model for Fashion-MNIST" % config.model)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _model_kwargs(config, info, recipe, num_replicas=1):
@@ -362,10 +413,20 @@ def _model_kwargs(config, info, recipe, num_replicas=1):
 
 
 def _prepare_output_dir(config, write_dir, is_chief):
-    os.makedirs(write_dir, exist_ok=True)
+    try:
+        os.makedirs(write_dir, exist_ok=True)
+        # Fail now, not after an epoch of training, when nothing can be written there.
+        probe = os.path.join(write_dir, ".write_test_%d" % os.getpid())
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError("cannot write to --output_dir=%s: %s" % (
+            config.output_dir, e.strerror or e)) from e
     if not is_chief or config.resume:
         return
-    stale = [p for p in (CHECKPOINT_DIR, "metrics.json", "history.csv", "model.keras", "logs")
+    stale = [p for p in (CHECKPOINT_DIR, SETTINGS, "metrics.json", "history.csv", "model.keras",
+                         "logs")
              if os.path.exists(os.path.join(config.output_dir, p))]
     if not stale:
         return
@@ -381,6 +442,100 @@ def _prepare_output_dir(config, write_dir, is_chief):
             os.remove(path)
 
 
+def epoch_steps(train_examples, batch_size, drop_remainder):
+    """Optimizer steps in one pass over ``train_examples`` cut into batches.
+
+    Args:
+        train_examples: size of the training set.
+        batch_size: global batch size.
+        drop_remainder: the pipeline yields full batches only (else the last one may be
+            partial and still counts as a step).
+
+    Raises:
+        ConfigError: the epoch would have no step (a batch larger than the training set
+            when only full batches are made).
+    """
+    steps = (train_examples // batch_size if drop_remainder
+             else math.ceil(train_examples / batch_size))
+    if steps == 0:
+        raise ConfigError(
+            "--batch_size=%d is larger than the %d training examples, and the training set is "
+            "cut into full batches only: an epoch would have no step. Use a smaller "
+            "--batch_size or more training examples." % (batch_size, train_examples))
+    return steps
+
+
+# Labels of the recorded settings that are not TrainConfig fields or differ from the flag.
+_SETTING_LABELS = {"steps_per_epoch": "steps per epoch (--steps_per_epoch, or the data size "
+                                      "and --batch_size)",
+                   "train_examples": "training examples in the data (--max_train_examples, "
+                                     "--data_dir)"}
+
+
+def _run_settings(config, recipe, epochs, batch_size, steps_per_epoch=None, info=None):
+    """What a run trains with: the settings that must stay the same on --resume.
+
+    The recipe's defaults are resolved (``--epochs`` left out and ``--epochs`` equal to the
+    recipe's are the same run). Without ``info`` (before the data is loaded) the settings
+    that depend on the data are left out.
+    """
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in RESUME_FREE_FIELDS}
+    settings.update(recipe=recipe.name, epochs=epochs, batch_size=batch_size,
+                    learning_rate=float(config.learning_rate or recipe.learning_rate))
+    settings.pop("steps_per_epoch")
+    if info is not None:
+        settings.update(steps_per_epoch=steps_per_epoch,
+                        train_examples=info.get("train_examples"))
+    return settings
+
+
+def _check_resume_settings(output_dir, settings, warn=True):
+    """Raises ConfigError if ``settings`` differ from those the run in output_dir started with.
+
+    Only the keys of ``settings`` are compared (so it can run before the data is loaded).
+    A run written before settings were recorded cannot be checked: a warning (``warn``)
+    says so.
+    """
+    path = os.path.join(output_dir, SETTINGS)
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        if not warn:
+            return
+        print("Warning: %s is missing (a run from an older keras-xnor): cannot check that "
+              "--resume uses the settings the run started with." % path, flush=True)
+        return
+    except ValueError as e:
+        raise ConfigError("%s is damaged (%s); cannot check the settings of the run to "
+                         "resume. Use a new --output_dir." % (path, e)) from e
+    differences = []
+    for key, value in settings.items():
+        # JSON has no tuples; compare what a JSON round trip gives.
+        old = recorded.get(key)
+        if json.loads(json.dumps(value, default=str)) != old:
+            label = _SETTING_LABELS.get(key, "--" + key)
+            differences.append("%s: %s -> %s" % (label, json.dumps(old), json.dumps(value)))
+    if differences:
+        raise ConfigError(
+            "--resume: the run in %s was started with other settings, and its checkpoint "
+            "continues that run, not a new one (%s). To train with the new settings, use a new "
+            "--output_dir (or --overwrite to discard the old run); to continue the old run, "
+            "pass its settings (see %s)." % (output_dir, "; ".join(differences), path))
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(name):
+    """Sets Keras' global dtype policy for the block, then restores the previous one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def train(config=None, distribute_strategy=None, **overrides):
     """Runs one training job and returns its metrics (also written to metrics.json).
 
@@ -393,6 +548,12 @@ def train(config=None, distribute_strategy=None, **overrides):
     Returns:
         dict with at least ``test_accuracy``, ``test_loss``, ``epochs_completed`` and
         ``history`` (one dict per epoch).
+
+    Raises:
+        ConfigError: bad or inconsistent settings, an output_dir that cannot be written,
+            or ``resume`` with settings other than the run's.
+        datasets.DataNotFoundError, datasets.CorruptDataError,
+        datasets.DataPreparationError: see :mod:`keras_xnor.training.datasets`.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     _validate(config)
@@ -406,6 +567,11 @@ def train(config=None, distribute_strategy=None, **overrides):
     recipe = recipes.get(config.recipe) if config.recipe else recipes.default_for(config.model)
     batch_size = int(config.batch_size or recipe.batch_size)
     epochs = int(config.epochs or recipe.epochs)
+    ckpt_path, done_epochs = (latest_checkpoint(config.output_dir) if config.resume
+                              else (None, 0))
+    if ckpt_path:  # refuse before the data is loaded (ImageNet takes a while)
+        _check_resume_settings(config.output_dir,
+                               _run_settings(config, recipe, epochs, batch_size), warn=False)
     # Multi-worker: every worker must run the same number of steps (collectives), so the
     # training set repeats and epochs are counted in full global batches.
     repeat_train = bool(config.steps_per_epoch) or num_workers > 1
@@ -422,37 +588,38 @@ def train(config=None, distribute_strategy=None, **overrides):
     if config.steps_per_epoch:
         steps_per_epoch = int(config.steps_per_epoch)
     elif info.get("train_examples"):
-        count = info["train_examples"]
-        steps_per_epoch = (count // batch_size) if repeat_train else math.ceil(count / batch_size)
-        if steps_per_epoch == 0:
-            raise ConfigError("batch_size %d exceeds the %d training examples"
-                             % (batch_size, count))
+        steps_per_epoch = epoch_steps(info["train_examples"], batch_size,
+                                      info.get("drop_remainder", repeat_train))
     else:
         raise ConfigError("the size of the training split is unknown; pass --steps_per_epoch")
+    settings = _run_settings(config, recipe, epochs, batch_size, steps_per_epoch, info)
+    if ckpt_path:
+        _check_resume_settings(config.output_dir, settings)
+    elif is_chief:  # a fresh start (also --resume without a checkpoint)
+        _atomic_write_json(os.path.join(config.output_dir, SETTINGS), settings)
     test_steps = None
     if num_workers > 1 and info.get("test_examples"):
         # Equal, full test batches on every worker (a partial last batch could differ).
         test_steps = max(1, info["test_examples"] // batch_size)
         test_ds = test_ds.repeat()
 
-    ckpt_path, done_epochs = (latest_checkpoint(config.output_dir) if config.resume
-                              else (None, 0))
     with strategy.scope():
         if ckpt_path:
             print("Resuming from %s (%d of %d epochs done)." % (ckpt_path, done_epochs, epochs),
                   flush=True)
-            model = keras.models.load_model(ckpt_path)
+            # Keras rebuilds a loaded model's optimizer under the global policy: under
+            # float32, a mixed_float16 run's LossScaleOptimizer would come back as a plain
+            # optimizer whose saved variables Keras skips (iterations and moments at 0).
+            with _global_dtype_policy(config.dtype_policy):
+                model = keras.models.load_model(ckpt_path)
         else:
             if config.resume:
                 print("--resume: no checkpoint in %s, starting from scratch."
                       % config.output_dir, flush=True)
-            previous_policy = keras.config.dtype_policy()
-            keras.config.set_dtype_policy(config.dtype_policy)
-            try:  # the layers (and the model) take the global policy when they are made
+            # The layers (and the model) take the global policy when they are made.
+            with _global_dtype_policy(config.dtype_policy):
                 model = models.get(config.model, **_model_kwargs(
                     config, info, recipe, strategy.num_replicas_in_sync))
-            finally:
-                keras.config.set_dtype_policy(previous_policy)
             metrics = ["accuracy"]
             if info["num_classes"] > 10:
                 metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
