@@ -28,11 +28,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def work_counts():
-    """(filters packed, filters prepared) so far in this process, from the op library."""
+    """(filters packed, filters prepared, entries all caches hold now) in this process, from
+    the op library."""
     ops.load_ops()
     lib = ctypes.CDLL(ops.library_path())  # the already loaded library: same counters
     counts = []
-    for name in ("keras_xnor_tf_filter_packs", "keras_xnor_tf_filter_prepares"):
+    for name in ("keras_xnor_tf_filter_packs", "keras_xnor_tf_filter_prepares",
+                 "keras_xnor_tf_cache_entries"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int64
         counts.append(fn())
@@ -289,3 +291,43 @@ def test_cache_can_be_turned_off():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "PACKS 3"
+
+
+def test_eager_inference_packs_and_prepares_once_for_many_layers():
+    # Eager mode runs all 24 layers on one kernel per op, in the same order every call: with
+    # fewer cache entries than layers, each call would evict the entry the next one needs.
+    rng = np.random.default_rng(12)
+    x = tf.constant(rng.standard_normal((1, 6, 6, 16)).astype(np.float32))
+    layers = [keras_xnor.BinConv2D(16, 3, padding="same", implementation="compiled")
+              for _ in range(24)]
+
+    def run():
+        return [layer(x, training=False) for layer in layers]
+
+    first = run()
+    run()  # the second sighting of each filter prepares it
+    before = work_counts()[:2]
+    for _ in range(3):
+        for y, expected in zip(run(), first):
+            np.testing.assert_array_equal(y.numpy(), expected.numpy())
+    assert work_counts()[:2] == before
+
+
+def test_caches_let_go_of_replaced_weights():
+    # An entry only the cache still refers to (the variable has a new buffer) is dropped:
+    # the caches never keep old weights alive.
+    rng = np.random.default_rng(13)
+    x = tf.constant(rng.standard_normal((1, 6, 6, 16)).astype(np.float32))
+    layer = keras_xnor.BinConv2D(16, 3, padding="same", implementation="compiled")
+    simulation = keras_xnor.BinConv2D(16, 3, padding="same", implementation="simulation")
+    layer(x, training=False)
+    layer(x, training=False)
+    simulation(x)
+    entries = work_counts()[2]
+    for _ in range(20):
+        layer.kernel.assign(rng.standard_normal(layer.kernel.shape))
+        simulation.set_weights(layer.get_weights())
+        for _ in range(2):
+            np.testing.assert_allclose(layer(x, training=False).numpy(), simulation(x).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+    assert work_counts()[2] <= entries

@@ -39,7 +39,7 @@ namespace {
 
 constexpr tf_adapter::OperandNouns kNouns = {"channels", "tap", "filter"};
 // Filter buffers remembered per kernel (eager mode shares a kernel between layers).
-constexpr int kFilterCacheEntries = 8;
+constexpr int kFilterCacheEntries = 256;
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;

@@ -32,7 +32,7 @@ namespace {
 
 constexpr tf_adapter::OperandNouns kNouns = {"features", "unit", "unit"};
 // Filter buffers remembered per kernel (eager mode shares a kernel between layers).
-constexpr int kFilterCacheEntries = 8;
+constexpr int kFilterCacheEntries = 256;
 
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;

@@ -12,15 +12,26 @@
 // (one copy), and the next call misses and recomputes.
 // The exceptions are the raw ops documented as unsafe for shared buffers (InplaceUpdate and
 // its kin) and TF1 reference variables; KERAS_XNOR_TF_WEIGHT_CACHE=0 in the environment (read
-// once, when the first op runs) turns every cache off for such programs.
+// once, when the first op runs) turns every cache off for such programs. So do tensors that
+// share memory with another framework's array (tf.experimental.dlpack.from_dlpack of a NumPy
+// or PyTorch array that its owner changes in place): TF cannot see those writes. (TF marks
+// such memory as not its own, but it marks the memory of tf.constant(numpy_array) so too, and
+// those weights must stay cached.)
+//
+// An entry whose buffer nothing but the entry refers to any more (the weight moved to a new
+// buffer, or was freed) can never be hit again: it is dropped at the next lookup, so the
+// cache never keeps old weights alive, and its capacity can be large. It has to be: eager
+// mode runs all the calls with the same attributes (every layer of a network) on one kernel,
+// in the same order every time, which least-recently-used eviction turns into a miss on
+// every call as soon as the layers outnumber the entries.
 //
 // How often the ops did the work a cache saves (packed a filter, prepared a conv filter) is
 // counted process-wide and readable through the C functions of held_tensor_cache.cc, so tests
 // can check that unchanged weights are processed once.
 //
 // One cache per OpKernel. In graph mode every node has its own kernel; eager mode shares one
-// kernel between all calls with the same attributes, hence several entries (least recently
-// used evicted). Thread-safe: Compute may run concurrently.
+// kernel between all calls with the same attributes, hence many entries (least recently used
+// evicted when full). Thread-safe: Compute may run concurrently.
 #ifndef KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
 #define KERAS_XNOR_TF_HELD_TENSOR_CACHE_H_
 
@@ -34,6 +45,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "custom_ops/core/xnor_conv2d.h"
+#include "tensorflow/core/common_runtime/dma_helper.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace keras_xnor {
@@ -48,19 +60,25 @@ inline bool weight_cache_enabled() {
   return enabled;
 }
 
-// Counters of work done (not of cache hits); see held_tensor_cache.cc.
+// Counters of work done (not of cache hits), and of the entries all caches hold; see
+// held_tensor_cache.cc.
 void count_filter_pack();
 void count_filter_prepare();
+void count_cache_entries(std::int64_t delta);
 
 template <typename Value>
 class HeldTensorCache {
  public:
   explicit HeldTensorCache(int capacity) : capacity_(capacity) {}
+  ~HeldTensorCache() { count_cache_entries(-static_cast<std::int64_t>(entries_.size())); }
+  HeldTensorCache(const HeldTensorCache&) = delete;
+  HeldTensorCache& operator=(const HeldTensorCache&) = delete;
 
   // The value stored for `key`'s buffer and shape, if any (copied out under the lock).
   bool find(const tensorflow::Tensor& key, Value* value) {
     if (!weight_cache_enabled()) return false;
     absl::MutexLock lock(&mu_);
+    drop_unreferenced();
     for (Entry& e : entries_) {
       if (same_buffer(e.held, key)) {
         e.last_use = ++clock_;
@@ -76,12 +94,14 @@ class HeldTensorCache {
   void insert(const tensorflow::Tensor& key, Value value) {
     if (!weight_cache_enabled()) return;
     absl::MutexLock lock(&mu_);
+    drop_unreferenced();
     Entry* slot = nullptr;
     for (Entry& e : entries_) {
       if (same_buffer(e.held, key)) slot = &e;
     }
     if (slot == nullptr && static_cast<int>(entries_.size()) < capacity_) {
       entries_.emplace_back();
+      count_cache_entries(1);
       slot = &entries_.back();
     }
     if (slot == nullptr) {
@@ -101,6 +121,23 @@ class HeldTensorCache {
     Value value;
     std::uint64_t last_use = 0;
   };
+
+  // Drops the entries only the entry itself refers to (see the header comment).
+  void drop_unreferenced() {
+    const auto end = std::remove_if(entries_.begin(), entries_.end(),
+                                    [](const Entry& e) { return only_held_here(e.held); });
+    count_cache_entries(-static_cast<std::int64_t>(entries_.end() - end));
+    entries_.erase(end, entries_.end());
+  }
+
+  // Whether nothing but `held` refers to its buffer. (Tensor::RefCountIsOne also asks that
+  // TF own the memory, which it does not say of tf.constant(numpy_array).)
+  static bool only_held_here(const tensorflow::Tensor& held) {
+    const tensorflow::TensorBuffer* buffer = tensorflow::DMAHelper::buffer(&held);
+    if (buffer == nullptr) return true;
+    auto* root = const_cast<tensorflow::TensorBuffer*>(buffer)->root_buffer();
+    return buffer->RefCountIsOne() && root->RefCountIsOne();
+  }
 
   static bool same_buffer(const tensorflow::Tensor& held, const tensorflow::Tensor& key) {
     return held.IsInitialized() && held.dtype() == key.dtype() && held.shape() == key.shape() &&

@@ -39,7 +39,7 @@ using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
 // Entries per kernel: one per layer sharing the kernel in eager mode is the common worst case.
-constexpr int kCacheEntries = 16;
+constexpr int kCacheEntries = 256;
 
 absl::Status pack_filter_shape(InferenceContext* c) {
   ShapeHandle filter;
