@@ -361,6 +361,12 @@ def main():
 
     if args.retries < 0:
         parser.error("--retries must be >= 0, got %d" % args.retries)
+    if min(args.threads) < 1:
+        parser.error("--threads must be >= 1, got %s" % args.threads)
+    if args.only and not any(
+            part in name for part in args.only for name, *_ in SHAPES):
+        parser.error("--only %s matches no shape; the shapes are %s"
+                     % (" ".join(args.only), ", ".join(name for name, *_ in SHAPES)))
     if not 1 <= args.short_unroll < args.unroll:
         parser.error("need 1 <= --short-unroll < --unroll, got %d and %d"
                      % (args.short_unroll, args.unroll))

@@ -74,6 +74,8 @@ def main():
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if min(args.threads) < 1:
+        parser.error("--threads must be >= 1, got %s" % args.threads)
     if args.worker:
         args.threads = args.threads[0]
         return worker(args)
@@ -81,7 +83,7 @@ def main():
                        ["--min-seconds", str(args.min_seconds), "--models"] + args.models)
     print("median ms per image (batch 1, 224x224), model(x, training=False) in tf.function")
     print("%-9s %3s %9s %12s %14s %11s %13s %7s" % (
-        "network", "thr", "float", "XNOR (op)", "XNOR (simul.)", "op/float", "op/simul.",
+        "network", "thr", "float", "XNOR (op)", "XNOR (simul.)", "float/op", "simul./op",
         "agree"))
     for run in runs:
         for r in run["results"]:

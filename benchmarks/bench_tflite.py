@@ -16,6 +16,8 @@ Not a test: it prints and saves numbers, it asserts nothing about time.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -90,11 +92,16 @@ def _delegate_share(model_content, x, runs, threads):
     return wall_ms / runs, inside_ms / runs
 
 
+ARCHS = ("resnet18", "alexnet")  # builders of keras_xnor.models with xnor and float kinds
+
+
 def _float_tflite(model):
     import tensorflow as tf  # noqa: PLC0415
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    # Keras 3's export prints its endpoint listing to stdout: not part of this report.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
 
 
 def _build(models, arch, kind):
@@ -174,8 +181,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be >= 1")
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    try:
+        threads_list = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        threads_list = []
+    if not threads_list or min(threads_list) < 1:
+        parser.error("--threads must be a comma-separated list of ints >= 1, e.g. 1,2; got %r"
+                     % args.threads)
+    archs = [arch.strip() for arch in args.models.split(",")]
+    unknown = [arch for arch in archs if arch not in ARCHS]
+    if unknown:
+        parser.error("unknown --models %s; choose from %s" % (", ".join(unknown),
+                                                               ",".join(ARCHS)))
     rng = np.random.default_rng(0)
-    threads_list = [int(t) for t in args.threads.split(",")]
     from keras_xnor.tflite_export import _interpreter  # noqa: PLC0415
 
     import ctypes  # noqa: PLC0415
@@ -187,8 +207,8 @@ def main(argv=None):
               "load_average_at_start": os.getloadavg(),
               "delegate_kernel": described.get("kernel"), "runs": args.runs,
               "batch": args.batch, "results": []}
-    for arch in args.models.split(","):
-        result = bench_arch(arch.strip(), args.runs, threads_list, rng, args.batch)
+    for arch in archs:
+        result = bench_arch(arch, args.runs, threads_list, rng, args.batch)
         report["results"].append(result)
         sizes = result["size_bytes"]
         print("%s (batch %d): file float %.1f MB, xnor %.2f MB (%.1fx), xnor+fp16 float layers %.2f MB "

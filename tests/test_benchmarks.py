@@ -57,14 +57,20 @@ def test_bench_conv(tmp_path):
         row["bit_macs"] / (row["xnor_ms"] / 1e3) / row["roofline_bit_macs_per_s"])
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--unroll", "5", "--short-unroll", "5"], "--short-unroll"),
-    (["--retries", "-1"], "--retries"),
+@pytest.mark.parametrize("script, args, named", [
+    ("bench_conv.py", ["--unroll", "5", "--short-unroll", "5"], "--short-unroll"),
+    ("bench_conv.py", ["--retries", "-1"], "--retries"),
+    ("bench_conv.py", ["--threads", "0"], "--threads"),
+    ("bench_conv.py", ["--only", "resnet19"], "matches no shape; the shapes are resnet18_conv2_x"),
+    ("bench_keras.py", ["--threads", "-1"], "--threads"),
+    ("bench_tflite.py", ["--models", "resnet19"], "unknown --models resnet19"),
+    ("bench_tflite.py", ["--runs", "0"], "--runs"),
+    ("bench_tflite.py", ["--threads", "1 2"], "--threads"),
 ])
-def test_bench_conv_rejects_bad_arguments(args, named):
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_conv.py")] + args
+def test_benchmarks_reject_bad_arguments_before_measuring(script, args, named):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", script)] + args
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode != 0
+    assert done.returncode == 2  # argparse's error, not a traceback from a worker
     assert named in done.stderr
 
 
@@ -82,10 +88,13 @@ def test_bench_keras(tmp_path):
     assert row["top1_agreement"] == 1.0
     assert row["compiled_vs_float"] == pytest.approx(row["float_ms"] / row["xnor_compiled_ms"])
     assert "resnet18" in stdout
+    # The ratio columns say what they hold: float time over op time.
+    header = [line for line in stdout.splitlines() if line.startswith("network")][0]
+    assert header.split()[-3:] == ["float/op", "simul./op", "agree"]
 
 
 def test_bench_tflite(tmp_path):
-    report, _ = _run("bench_tflite.py", [
+    report, stdout = _run("bench_tflite.py", [
         "--threads", "1", "--models", "resnet18", "--runs", "2", "--batch", "2"],
         tmp_path / "tflite.json")
     (row,) = report["results"]
@@ -105,6 +114,8 @@ def test_bench_tflite(tmp_path):
     profile = latency["xnor_profile"]
     assert _positive(profile["binary_nodes_ms"])
     assert profile["binary_nodes_ms"] < profile["invoke_ms"]
+    # The report only (no converter listing of the exported float model first).
+    assert stdout.startswith("resnet18 (batch 2)"), stdout[:300]
 
 
 def _bench_conv_module():
