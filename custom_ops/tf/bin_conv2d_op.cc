@@ -150,6 +150,10 @@ class BinConv2DOp : public OpKernel {
     const int in_channels = static_cast<int>(attrs_.in_channels);
     OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinConv2DOp, input, filter,
                                                             in_channels, kNouns));
+    if (!filter_cache_.holds(filter)) {
+      OP_REQUIRES_OK(context,
+                     tf_adapter::check_filter_padding(kBinConv2DOp, filter, in_channels, kNouns));
+    }
     OP_REQUIRES_OK(context,
                    tf_adapter::check_output_sizes(kBinConv2DOp, filter, alpha, bias, kNouns));
     const std::int64_t out_c = filter.dim_size(0);

@@ -105,6 +105,10 @@ class BinDenseOp : public OpKernel {
     const int in_channels = static_cast<int>(attrs_.in_channels);
     OP_REQUIRES_OK(context, tf_adapter::check_channel_sizes(kBinDenseOp, input, filter,
                                                             in_channels, kNouns));
+    if (!filter_cache_.holds(filter)) {
+      OP_REQUIRES_OK(context,
+                     tf_adapter::check_filter_padding(kBinDenseOp, filter, in_channels, kNouns));
+    }
     const std::int64_t units = filter.dim_size(0);
     OP_REQUIRES(context, units >= 1 && tf_adapter::fits_int(units),
                 invalid_argument(op, ": the filter must have at least one unit, got shape ",

@@ -89,6 +89,16 @@ class HeldTensorCache {
     return false;
   }
 
+  // Whether an entry holds `key`'s buffer (which then cannot have changed since it was seen).
+  bool holds(const tensorflow::Tensor& key) {
+    if (!weight_cache_enabled()) return false;
+    absl::MutexLock lock(&mu_);
+    for (const Entry& e : entries_) {
+      if (same_buffer(e.held, key)) return true;
+    }
+    return false;
+  }
+
   // Stores `value` for `key` (replacing an entry for the same buffer, else evicting the least
   // recently used entry when full). Holds a reference to key's buffer from now on.
   void insert(const tensorflow::Tensor& key, Value value) {

@@ -230,8 +230,7 @@ inline absl::Status merge_output_dims(tensorflow::shape_inference::InferenceCont
   return absl::OkStatus();
 }
 
-// Run time: the same checks as check_channel_dims on the actual tensors, and the filter's
-// padding bits (0 past the last channel; the kernels would count a set one).
+// Run time: the same checks as check_channel_dims on the actual tensors.
 inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor& input,
                                         const tensorflow::Tensor& filter, int in_channels,
                                         const OperandNouns& nouns) {
@@ -246,7 +245,16 @@ inline absl::Status check_channel_sizes(const char* op, const tensorflow::Tensor
                             nouns.word_of, " but ", in_channels, " ", nouns.channels, " need ",
                             packed_words(in_channels));
   }
-  const std::int64_t rows = filter_words == 0 ? 0 : filter.NumElements() / filter_words;
+  return absl::OkStatus();
+}
+
+// Run time, after check_channel_sizes: the filter's padding bits are 0 past the last channel
+// (the kernels would count a set one). One word per filter row; an op skips it for a filter
+// buffer its cache holds, which was checked when first seen and cannot have changed since.
+inline absl::Status check_filter_padding(const char* op, const tensorflow::Tensor& filter,
+                                         int in_channels, const OperandNouns& nouns) {
+  const std::int64_t words = filter.dim_size(filter.dims() - 1);
+  const std::int64_t rows = words == 0 ? 0 : filter.NumElements() / words;
   const std::int64_t bad_row = first_row_with_padding_bits(
       filter.flat<PackedWord>().data(), rows, in_channels);
   if (bad_row >= 0) {
