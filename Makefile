@@ -9,6 +9,7 @@ PIP := $(VENV)/bin/pip
 CXX ?= g++
 CXXFLAGS := -std=c++17 -O2 -Wall -Wno-unused-function -I. -pthread
 AVX2_FLAGS := -mavx2 -mfma -mpopcnt
+AVX512_FLAGS := -mavx512f -mavx512vpopcntdq
 
 CORE_SRCS := $(filter-out %_test.cc,$(wildcard custom_ops/core/*.cc))
 CORE_TESTS := $(wildcard custom_ops/core/tests/*_test.cc)
@@ -56,6 +57,10 @@ $(CPP_OBJ)/%_avx2.o: %_avx2.cc $(wildcard custom_ops/core/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(AVX2_FLAGS) -c $< -o $@
 
+$(CPP_OBJ)/%_avx512.o: %_avx512.cc $(wildcard custom_ops/core/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(AVX512_FLAGS) -c $< -o $@
+
 $(CPP_OBJ)/%.o: %.cc $(wildcard custom_ops/core/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
@@ -97,7 +102,8 @@ $(SAN_LIB)/obj/custom_ops/tf/%.o: custom_ops/tf/%.cc $(wildcard custom_ops/*/*.h
 
 $(SAN_LIB)/obj/%.o: %.cc $(wildcard custom_ops/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CXX) $(SAN_FLAGS) $(if $(findstring _avx2.cc,$<),$(AVX2_FLAGS)) -c $< -o $@
+	$(CXX) $(SAN_FLAGS) $(if $(findstring _avx2.cc,$<),$(AVX2_FLAGS)) \
+	  $(if $(findstring _avx512.cc,$<),$(AVX512_FLAGS)) -c $< -o $@
 
 $(SAN_LIB)/_keras_xnor_delegate.so: $(SAN_CORE_OBJS) $(SAN_DELEGATE_OBJS)
 	$(CXX) -shared -fsanitize=address,undefined $^ -o $@ -pthread

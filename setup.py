@@ -7,8 +7,9 @@ Two shared libraries are built from ``custom_ops/``:
 * ``keras_xnor/_ops/_keras_xnor_delegate*.so``: the TFLite external delegate (core + tflite
   adapter); it links against nothing but libc/libstdc++.
 
-Files named ``*_avx2.cc`` get ``-mavx2 -mfma -mpopcnt``; everything else is built for the
-baseline ISA, and the core picks a path at run time. TensorFlow must be importable at build
+Files named ``*_avx2.cc`` get ``-mavx2 -mfma -mpopcnt`` and ``*_avx512.cc`` (the roofline's
+AVX-512 mix) ``-mavx512f -mavx512vpopcntdq``; everything else is built for the baseline ISA,
+and the core picks a path at run time. TensorFlow must be importable at build
 time, so install with ``pip install --no-build-isolation -e .`` (the Makefile does).
 """
 
@@ -21,7 +22,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ISA_FLAGS = {"_avx2.cc": ["-mavx2", "-mfma", "-mpopcnt"]}
+ISA_FLAGS = {
+    "_avx2.cc": ["-mavx2", "-mfma", "-mpopcnt"],
+    "_avx512.cc": ["-mavx512f", "-mavx512vpopcntdq"],
+}
 COMMON_FLAGS = ["-O3", "-fPIC", "-Wall", "-Wno-unused-function", "-I" + HERE]
 
 

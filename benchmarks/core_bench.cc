@@ -4,7 +4,8 @@
 //
 // Build and run (from the repository root):
 //   mkdir -p /tmp/core_bench_obj
-//   for f in custom_ops/core/*.cc; do case $f in *_avx2.cc) x="-mavx2 -mfma -mpopcnt";; *) x="";; esac;
+//   for f in custom_ops/core/*.cc; do case $f in *_avx2.cc) x="-mavx2 -mfma -mpopcnt";;
+//     *_avx512.cc) x="-mavx512f -mavx512vpopcntdq";; *) x="";; esac;
 //     g++ -O2 -std=c++17 -I. $x -c $f -o /tmp/core_bench_obj/$(basename $f .cc).o; done
 //   g++ -O2 -std=c++17 -I. benchmarks/core_bench.cc /tmp/core_bench_obj/*.o -pthread -o /tmp/core_bench
 //   /tmp/core_bench [--repeats=N] [--paths=avx2,avx2-prep,portable] [--threads=1,2] [--only=64@56]

@@ -30,6 +30,19 @@ double roofline_loop_scalar(long long iterations, unsigned long long* sink) {
   return static_cast<double>(iterations) * 6.0 * 64.0;
 }
 
+bool popcount_avx512_available() {
+#if defined(__x86_64__) || defined(__i386__)
+  // libgcc's CPU check also requires the OS to save the zmm and mask registers (XGETBV).
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace internal
 }  // namespace keras_xnor
 
@@ -43,6 +56,7 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
   using keras_xnor::internal::roofline_loop_avx2_pair;
   using keras_xnor::internal::roofline_loop_avx2_pair128;
   using keras_xnor::internal::roofline_loop_avx2_table;
+  using keras_xnor::internal::roofline_loop_avx512_vpopcnt;
   using keras_xnor::internal::roofline_loop_scalar;
   const int threads = std::max(1, num_threads);
   const bool avx2 = keras_xnor::kernel_path_available(keras_xnor::KernelPath::kAvx2);
@@ -79,6 +93,9 @@ extern "C" double keras_xnor_popcount_roofline(int num_threads, double min_secon
     loops = {roofline_loop_avx2_registers, roofline_loop_avx2_broadcast,
              roofline_loop_avx2_planar, roofline_loop_avx2_planar_mixed, roofline_loop_avx2_table,
              roofline_loop_avx2_pair, roofline_loop_avx2_pair128, roofline_loop_avx2_dual};
+    if (keras_xnor::internal::popcount_avx512_available()) {
+      loops.push_back(roofline_loop_avx512_vpopcnt);
+    }
   } else {
     loops = {roofline_loop_scalar};
   }

@@ -23,8 +23,11 @@
 // output channels, as is), with half the table loads per vpshufb. An eighth is the same
 // table lookup with input and weights swapped (roofline_avx2.cc, "CHANNEL-PAIR"): a table per
 // two output channels, 32 pixels' input nibbles as the indices; ~1000 G/s per core on Zen 3,
-// where it set the roofline before the seventh existed; no kernel issues it. Otherwise:
-// 64-bit XOR + scalar popcount.
+// where it set the roofline before the seventh existed; no kernel issues it. On CPUs with
+// AVX512F + AVX512_VPOPCNTDQ a ninth mix joins them (roofline_avx512.cc): 512-bit XOR +
+// VPOPCNTD + add, 6 pixels x 64 channels; no kernel issues it either (on Zen 4 it is ~15%
+// below the table mixes), it keeps %roof honest where vector popcount is the faster way.
+// Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a
 // kernel call, so it cannot use a caller's ParallelFor, and it must pin one busy loop per
@@ -59,9 +62,18 @@ double roofline_loop_avx2_pair(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_pair128(long long iterations, unsigned long long* sink);
 double roofline_loop_avx2_dual(long long iterations, unsigned long long* sink);
 double roofline_loop_scalar(long long iterations, unsigned long long* sink);
+// Only after popcount_avx512_available() returned true. An iteration is one 512-bit vector
+// step (the loop runs whole passes of 192 of them).
+double roofline_loop_avx512_vpopcnt(long long iterations, unsigned long long* sink);
+
+// True when this CPU and OS run AVX512F + AVX512_VPOPCNTDQ (the ninth mix).
+bool popcount_avx512_available();
 
 // One pass of the channel-pair mix, its counts checked against plain popcounts (tests).
 bool roofline_dual_mix_matches_popcounts();
+// One pass of the AVX-512 mix, its counts checked against plain popcounts (tests; only after
+// popcount_avx512_available()).
+bool roofline_vpopcnt_mix_matches_popcounts();
 
 }  // namespace internal
 }  // namespace keras_xnor

@@ -1,5 +1,6 @@
 // keras_xnor_popcount_roofline / keras_xnor_core_kernel_path: the C entry points the Python
 // benchmarks load through ctypes.
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -19,6 +20,16 @@ int main() {
     // The channel-pair mix does real work: its recovered counts are the plain popcounts.
     KX_CHECK(keras_xnor::internal::roofline_dual_mix_matches_popcounts(),
              "channel-pair roofline mix counts");
+  }
+  if (keras_xnor::internal::popcount_avx512_available()) {
+    // So does the AVX-512 mix, and it runs at a real rate.
+    KX_CHECK(keras_xnor::internal::roofline_vpopcnt_mix_matches_popcounts(),
+             "AVX-512 roofline mix counts");
+    unsigned long long sink = 0;
+    const double bit_macs = keras_xnor::internal::roofline_loop_avx512_vpopcnt(200, &sink);
+    KX_CHECK(bit_macs == 2.0 * 192 * 512, "AVX-512 mix work %g (two passes)", bit_macs);
+  } else {
+    std::printf("roofline_test: no AVX-512 VPOPCNTDQ here, its mix not run\n");
   }
   return keras_xnor::testing::finish("roofline_test");
 }
