@@ -25,8 +25,8 @@
 // two output channels, 32 pixels' input nibbles as the indices; ~1000 G/s per core on Zen 3,
 // where it set the roofline before the seventh existed; no kernel issues it. On CPUs with
 // AVX512F + AVX512_VPOPCNTDQ a ninth mix joins them (roofline_avx512.cc): 512-bit XOR +
-// VPOPCNTD + add, 6 pixels x 64 channels; no kernel issues it either (on Zen 4 it is ~15%
-// below the table mixes), it keeps %roof honest where vector popcount is the faster way.
+// VPOPCNTD + add, 6 pixels x 64 channels; on Zen 4 it is ~15% above the table mixes, so it
+// sets the roofline there.
 // Otherwise: 64-bit XOR + scalar popcount.
 //
 // This is the only code in the core that creates threads: it measures the machine, not a

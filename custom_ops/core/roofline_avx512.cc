@@ -5,11 +5,11 @@
 // channels), 24 accumulators + 4 weights of the 32 zmm registers, so nothing is spilled.
 // Per step, 24 x (XOR + popcount + add) = 24 x 512 bit-MACs.
 //
-// No kernel issues it: on the Zen 4 VM (2026-11-24) it ran at ~930 G bit-MACs/s per core
-// against ~1085 for the AVX2 table mixes (Zen 4 retires one 256-bit VPOPCNT per cycle; see
-// docs/SPEED.md, "Zen 4"). It is part of the roofline so that %roof stays honest on CPUs
-// whose vector popcount is faster than their table lookups. Only called after
-// popcount_avx512_available() (roofline.cc) returned true.
+// On the Zen 4 VM (2026-11-24) it runs at ~1245 G bit-MACs/s per core against ~1085 for the
+// best AVX2 mix (the channel-pair table mix): 72 zmm ops per step, i.e. 144 256-bit micro-ops,
+// keep Zen 4's four vector pipes busy. So it sets the roofline there, and %roof is against
+// it (docs/SPEED.md, "Zen 4"). Only called after popcount_avx512_available() (roofline.cc)
+// returned true.
 #include <immintrin.h>
 
 #include <cstdint>
