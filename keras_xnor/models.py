@@ -41,11 +41,18 @@ Building is cheap (no data, no compilation), so the 224x224 networks can be buil
 export and benchmarks in seconds.
 """
 
+import numbers
+
 import keras
 
 KINDS = ("float", "bwn", "xnor")
 BLOCK_ORDERS = ("BACP", "CBAP")
 KERNEL_SCALES = ("mean_abs", "learned", "none")
+IMPLEMENTATIONS = ("auto", "simulation", "compiled")
+# Every layer gets it explicitly: the builders take NHWC inputs whatever
+# keras.config.image_data_format() says (with "channels_first", Keras' own layers would
+# otherwise read the height axis as channels).
+_NHWC = "channels_last"
 
 
 def _xl():
@@ -72,15 +79,22 @@ class _Builder:
         if kind != "xnor" and not use_k:
             raise ValueError("use_k=False only applies to kind='xnor' (K is the XNOR input "
                              "scale of eq. 11); got kind=%r" % kind)
+        if isinstance(use_k, str) or use_k not in (True, False):
+            raise ValueError("use_k must be True or False, got %r" % (use_k,))
+        if implementation is not None and implementation not in IMPLEMENTATIONS:
+            raise ValueError("implementation must be None or one of %s, got %r"
+                             % (IMPLEMENTATIONS, implementation))
         self.kind = kind
         self.order = block_order
         self.kernel_scale = kernel_scale
-        self.use_k = use_k
-        if weight_decay is not None and not weight_decay >= 0:
-            raise ValueError("weight_decay must be >= 0, got %r" % (weight_decay,))
+        self.use_k = bool(use_k)
+        if weight_decay is not None and (
+                isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real)
+                or not weight_decay >= 0):
+            raise ValueError("weight_decay must be a number >= 0, got %r" % (weight_decay,))
         # Weight decay as in Caffe / Torch (and the papers' setups): weight_decay * w added to
         # the gradient. Keras' L2(l2) adds l2 * sum(w^2), whose gradient is 2 * l2 * w.
-        self.regularizer = (keras.regularizers.L2(weight_decay / 2) if weight_decay
+        self.regularizer = (keras.regularizers.L2(float(weight_decay) / 2) if weight_decay
                             else None)
         self.implementation = implementation
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
@@ -99,6 +113,7 @@ class _Builder:
 
     def float_conv(self, filters, kernel_size, strides, padding, name, use_bias=False):
         return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                                   data_format=_NHWC,
                                    use_bias=use_bias, kernel_initializer="he_normal",
                                    kernel_regularizer=self.regularizer, name=name)
 
@@ -108,7 +123,7 @@ class _Builder:
             return self.float_conv(filters, kernel_size, strides, padding, name)
         xl = _xl()
         common = dict(strides=strides, padding=padding, use_bias=False, name=name,
-                      **self._binary_options())
+                      data_format=_NHWC, **self._binary_options())
         if self.kind == "bwn":
             common.pop("implementation", None)
             return xl.BWNConv2D(filters, kernel_size, **common)
@@ -180,12 +195,60 @@ class _Builder:
                                   dtype="float32", name=name)(x)
 
 
-def _check_common(num_classes, input_shape):
-    if int(num_classes) < 2:
-        raise ValueError("num_classes must be >= 2, got %r" % (num_classes,))
-    if len(input_shape) != 3:
-        raise ValueError("input_shape must be (height, width, channels), got %r"
+def _max_pool(size, strides=None, padding="valid", name=None):
+    return keras.layers.MaxPooling2D(size, strides, padding=padding, data_format=_NHWC,
+                                     name=name)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_common(num_classes, input_shape, fixed_size=None):
+    """Validates the arguments every builder takes; returns them as Python ints.
+
+    fixed_size: for networks with a Flatten (AlexNet, small), a function of (height, width)
+    giving the feature map's (height, width) before the first dense layer; the input size
+    must then be given and make that map non-empty.
+    """
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError("num_classes must be an integer >= 2, got %r" % (num_classes,))
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or len(shape) != 3 or not all(
+            d is None or (_is_int(d) and d >= 1) for d in shape):
+        raise ValueError("input_shape must be (height, width, channels) of positive integers "
+                         "(height and width may be None where the network allows it), got %r"
                          % (input_shape,))
+    if shape[2] is None:
+        raise ValueError("input_shape needs a fixed number of channels, got %r" % (shape,))
+    if fixed_size is not None:
+        if shape[0] is None or shape[1] is None:
+            raise ValueError("this network flattens its last feature map into a dense layer, "
+                             "so it needs a fixed input height and width, got %r" % (shape,))
+        if min(fixed_size(shape[0], shape[1])) < 1:
+            smallest = next(n for n in range(1, 4096) if min(fixed_size(n, n)) >= 1)
+            raise ValueError("input_shape %r is too small for this network: its last feature "
+                             "map would be empty (height and width must be >= %d)"
+                             % (shape, smallest))
+    return int(num_classes), tuple(None if d is None else int(d) for d in shape)
+
+
+def _pool_out(size, stride, n):
+    return (n - size) // stride + 1 if n >= size else 0
+
+
+def _alexnet_fc6_size(h, w):
+    def side(n):
+        n = _pool_out(11, 4, n + 4)  # conv1 11x11/4 valid after the zero padding of 2
+        n = _pool_out(3, 2, n)       # pool1
+        n = _pool_out(3, 2, n)       # pool2 (conv2-5 are "same")
+        return _pool_out(3, 2, n)    # pool5
+
+    return side(h), side(w)
+
+
+def _small_fc5_size(h, w):
+    return h // 8, w // 8  # three 2x2 max-pools
 
 
 def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_scale="mean_abs",
@@ -211,7 +274,7 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
         kind: "xnor", "bwn" or "float".
         num_classes: number of output classes.
         input_shape: (H, W, C); 224x224x3 as in the paper. Other sizes work as long as
-            the feature map before fc6 is non-empty (>= 67 pixels).
+            the feature map before fc6 is non-empty (height and width >= 63).
         kernel_scale: alpha of the binary layers: "mean_abs" (eq. 6), "learned" or "none".
         block_order: "BACP" (paper) or "CBAP" (conventional; the Table 3b ablation).
         use_k: xnor only: scale by the K map of eq. 11 (False = alpha only).
@@ -230,20 +293,20 @@ def alexnet(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sca
     Returns:
         An uncompiled ``keras.Model``.
     """
-    _check_common(num_classes, input_shape)
+    num_classes, input_shape = _check_common(num_classes, input_shape, _alexnet_fc6_size)
     b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
                  synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)  # 224 -> 55 as in the paper
-    x = b.stem(x, b.float_conv(96, 11, 4, "valid", "conv1"),
-               keras.layers.MaxPooling2D(3, 2, name="pool1"))
+    # 224 -> 55 as in the paper
+    x = keras.layers.ZeroPadding2D(2, data_format=_NHWC, name="conv1_pad")(inputs)
+    x = b.stem(x, b.float_conv(96, 11, 4, "valid", "conv1"), _max_pool(3, 2, name="pool1"))
     x = b.unit(x, b.conv(256, 5, 1, "same", "conv2"), "conv2",
-               pool=keras.layers.MaxPooling2D(3, 2, name="pool2"))
+               pool=_max_pool(3, 2, name="pool2"))
     x = b.unit(x, b.conv(384, 3, 1, "same", "conv3"), "conv3")
     x = b.unit(x, b.conv(384, 3, 1, "same", "conv4"), "conv4")
     x = b.unit(x, b.conv(256, 3, 1, "same", "conv5"), "conv5",
-               pool=keras.layers.MaxPooling2D(3, 2, name="pool5"))
-    x = keras.layers.Flatten(name="flatten")(x)
+               pool=_max_pool(3, 2, name="pool5"))
+    x = keras.layers.Flatten(data_format=_NHWC, name="flatten")(x)
     x = b.unit(x, b.dense(4096, "fc6"), "fc6")
     last = keras.layers.ReLU(name="fc7_relu") if b.order == "CBAP" else None
     x = b.unit(x, b.dense(4096, "fc7"), "fc7", last_activation=last)
@@ -270,7 +333,7 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
     CBAP: ``y = A(BN(conv_a(x))); y = BN(conv_b(y)); out = A(y + shortcut(x))``.
 
     The shortcut is the identity, or (shortcut type B) a 1x1 projection with BatchNorm when
-    the shape changes. Projections are kept full precision: they hold 0.6% of the MACs,
+    the shape changes. Projections are kept full precision: they hold ~1% of the MACs,
     and the residual stream they feed is real-valued in the paper too, so binarizing them
     would cost accuracy for no measurable speed.
 
@@ -279,12 +342,12 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
     Returns:
         An uncompiled ``keras.Model``.
     """
-    _check_common(num_classes, input_shape)
+    num_classes, input_shape = _check_common(num_classes, input_shape)
     b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
                  synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = b.stem(inputs, b.float_conv(64, 7, 2, "same", "conv1"),
-               keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1"))
+               _max_pool(3, 2, padding="same", name="pool1"))
     in_filters = 64
     for stage, filters in enumerate((64, 128, 256, 512)):
         for block in range(2):
@@ -313,7 +376,7 @@ def resnet18(kind="xnor", num_classes=1000, input_shape=(224, 224, 3), kernel_sc
     if b.order == "BACP":
         x = b.bn("head_bn")(x)
         x = keras.layers.ReLU(name="head_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=_NHWC, name="avg_pool")(x)
     outputs = keras.layers.Dense(num_classes, activation=classifier_activation,
                                  kernel_regularizer=b.regularizer, dtype="float32",
                                  name="predictions")(x)
@@ -341,21 +404,20 @@ def small(kind="xnor", num_classes=10, input_shape=(28, 28, 1), kernel_scale="me
     Returns:
         An uncompiled ``keras.Model``.
     """
-    _check_common(num_classes, input_shape)
-    if int(width) != width or width < 1:
+    num_classes, input_shape = _check_common(num_classes, input_shape, _small_fc5_size)
+    if not _is_int(width) or width < 1:
         raise ValueError("width must be a positive integer, got %r" % (width,))
     w = int(width)
     b = _Builder(kind, block_order, kernel_scale, use_k, weight_decay, implementation,
                  synchronized_batchnorm)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = b.stem(inputs, b.float_conv(32 * w, 3, 1, "same", "conv1"),
-               keras.layers.MaxPooling2D(2, name="pool1"))
+    x = b.stem(inputs, b.float_conv(32 * w, 3, 1, "same", "conv1"), _max_pool(2, name="pool1"))
     x = b.unit(x, b.conv(64 * w, 3, 1, "same", "conv2"), "conv2",
-               pool=keras.layers.MaxPooling2D(2, name="pool2"))
+               pool=_max_pool(2, name="pool2"))
     x = b.unit(x, b.conv(128 * w, 3, 1, "same", "conv3"), "conv3")
     x = b.unit(x, b.conv(128 * w, 3, 1, "same", "conv4"), "conv4",
-               pool=keras.layers.MaxPooling2D(2, name="pool4"))
-    x = keras.layers.Flatten(name="flatten")(x)
+               pool=_max_pool(2, name="pool4"))
+    x = keras.layers.Flatten(data_format=_NHWC, name="flatten")(x)
     last = keras.layers.ReLU(name="fc5_relu") if b.order == "CBAP" else None
     x = b.unit(x, b.dense(256 * w, "fc5"), "fc5", last_activation=last)
     outputs = b.head(x, num_classes, classifier_activation, name="fc6")

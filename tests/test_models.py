@@ -169,10 +169,48 @@ def test_weight_decay_adds_weight_decay_times_w_to_the_gradient(weight_decay):
     (dict(kind="float", use_k=False), "use_k"),
     (dict(kind="xnor", num_classes=1), "num_classes"),
     (dict(kind="xnor", input_shape=(28, 28)), "input_shape"),
+    (dict(kind="xnor", input_shape=None), "input_shape"),
+    (dict(kind="xnor", input_shape=(28, 0, 1)), "input_shape"),
+    (dict(kind="xnor", input_shape=(None, None, 1)), "fixed input height and width"),
+    (dict(kind="xnor", input_shape=(7, 7, 1)), "too small.*>= 8"),
+    (dict(kind="xnor", num_classes="10"), "num_classes"),
+    (dict(kind="xnor", use_k="no"), "use_k"),
+    (dict(kind="xnor", weight_decay="1e-4"), "weight_decay"),
+    (dict(kind="bwn", implementation="fast"), "implementation"),
+    (dict(kind="float", implementation="fast"), "implementation"),
+    (dict(kind="xnor", width=1.5), "width"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.small(**kwargs)
+
+
+def test_alexnet_smallest_input_and_numpy_arguments():
+    with pytest.raises(ValueError, match="too small.*>= 63"):
+        models.xnor_alexnet(input_shape=(62, 62, 3), num_classes=10)
+    model = models.xnor_alexnet(input_shape=(63, 63, 3), num_classes=10)
+    assert model.get_layer("flatten").output.shape[1] == 256  # a 1x1 map before fc6
+    # NumPy scalars (e.g. from dataset metadata) are fine.
+    model = models.small(num_classes=np.int64(10), input_shape=(np.int64(8), 8, 1),
+                         weight_decay=np.float32(1e-4), use_k=np.bool_(True))
+    assert model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize("name", ["float_resnet18", "xnor_resnet18", "bwn_alexnet",
+                                  "xnor_small"])
+def test_builders_are_nhwc_whatever_the_global_image_data_format(name):
+    # The builders take (H, W, C) inputs; Keras' own layers would otherwise follow
+    # keras.config.image_data_format() and read the height axis as channels.
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = models.get(name, input_shape=(64, 64, 3), num_classes=10)
+    finally:
+        keras.config.set_image_data_format(before)
+    assert model.get_layer("conv1").kernel.shape[2] == 3
+    assert all(getattr(layer, "data_format", "channels_last") == "channels_last"
+               for layer in model.layers)
+    assert model.output_shape == (None, 10)
 
 
 def test_get_unknown_name_lists_known_ones():
