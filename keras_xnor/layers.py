@@ -312,17 +312,24 @@ class _QuantizedLayer(keras.layers.Layer):
     def _disable_jit_if_compiled(self):
         # The custom op has no XLA kernel: keep model.fit(jit_compile="auto") off XLA when
         # this layer will run it (forced, or auto on a CPU-only machine with the library).
+        # Sets supports_jit either way: BinConv2D / BinDense settle their implementation after
+        # QuantConv2D / QuantDense's __init__ ran this with the default "auto".
+        self.supports_jit = not self._runs_op_without_xla()
+
+    def _runs_op_without_xla(self):
         if self.implementation == "simulation" or self._check_compiled_possible():
-            return
+            return False
         if self.implementation == "auto" and self._auto_prefers_simulation():
-            return
+            return False
+        if self.implementation == "compiled":
+            return True
         # list_physical_devices does not initialize the TF runtime (device configuration such
         # as memory growth must stay possible after building a model).
-        if self.implementation == "compiled" or not tf.config.list_physical_devices("GPU"):
-            from keras_xnor import ops  # noqa: PLC0415
+        if tf.config.list_physical_devices("GPU"):
+            return False
+        from keras_xnor import ops  # noqa: PLC0415
 
-            if self.implementation == "compiled" or ops.compiled_ops_available():
-                self.supports_jit = False
+        return ops.compiled_ops_available()
 
     def _auto_prefers_simulation(self):
         """Whether "auto" runs the simulation though the ops could serve the layer, because
@@ -716,7 +723,7 @@ class QuantConv2D(_QuantizedLayer):
 
     def _product(self, x, kernel):
         convolution = functools.partial(
-            tf.nn.convolution,
+            quantizers.convolution,
             strides=self.strides,
             padding=self.padding.upper(),
             dilations=self.dilation_rate,

@@ -367,11 +367,9 @@ def _zero_padded_conv(x, w, strides, padding, dilations):
     # tf.nn.convolution (not conv2d): its dilated path has a CPU gradient. It rejects
     # stride > 1 together with dilation > 1, so such convs run at stride 1 and subsample.
     if max(dilations) > 1 and max(strides) > 1:
-        y = tf.nn.convolution(x, w, strides=1, padding="VALID", dilations=list(dilations))
+        y = quantizers.convolution(x, w, (1, 1), "VALID", dilations)
         return y[:, :: strides[0], :: strides[1], :]
-    return tf.nn.convolution(
-        x, w, strides=list(strides), padding="VALID", dilations=list(dilations)
-    )
+    return quantizers.convolution(x, w, strides, "VALID", dilations)
 
 
 def _finish(dot, alpha, k_map, bias, relu):

@@ -176,6 +176,38 @@ def _pair(value):
     return tuple(int(v) for v in value)
 
 
+def _output_length(length, kernel, stride, dilation, padding):
+    if padding == "SAME":
+        return (length + stride - 1) // stride
+    effective = (kernel - 1) * dilation + 1
+    return (length - effective) // stride + 1 if length >= effective else 0
+
+
+def convolution(x, kernel, strides, padding, dilations):
+    """``tf.nn.convolution`` of NHWC ``x`` with HWIO ``kernel``, also right for empty inputs.
+
+    TensorFlow's oneDNN convolution (on by default on AVX-512 CPUs; TF 2.21) returns a tensor
+    of the input's shape when the input has no elements and the output shape differs (e.g.
+    SAME, stride 2, zero height). When a static dimension of ``x`` is 0 this returns the
+    zeros of the right shape instead (no gradient flows: there is nothing to differentiate).
+
+    Args:
+        strides, dilations: 2-tuples; padding: "SAME" or "VALID".
+    """
+    if 0 not in tuple(x.shape):
+        return tf.nn.convolution(x, kernel, strides=list(strides), padding=padding,
+                                 dilations=list(dilations))
+    sizes = [tf.shape(x)[0]]
+    for axis in (1, 2):
+        length = x.shape[axis]
+        if length is None:
+            length = tf.shape(x)[axis]
+        sizes.append(_output_length(length, kernel.shape[axis - 1], strides[axis - 1],
+                                    dilations[axis - 1], padding))
+    sizes.append(kernel.shape[-1])
+    return tf.zeros(tf.stack(sizes), dtype=x.dtype)
+
+
 def conv_k_map(inputs, kernel_size, strides=(1, 1), padding="valid", dilation_rate=(1, 1)):
     """Activation scale map of XNOR-Net §3.2: ``K = A (*) k``, one beta per output position.
 
@@ -200,13 +232,7 @@ def conv_k_map(inputs, kernel_size, strides=(1, 1), padding="valid", dilation_ra
     kh, kw = _pair(kernel_size)
     a = tf.reduce_mean(tf.abs(inputs), axis=-1, keepdims=True)
     box = tf.ones([kh, kw, 1, 1], dtype=inputs.dtype)
-    box_sum = tf.nn.convolution(
-        a,
-        box,
-        strides=_pair(strides),
-        padding=padding.upper(),
-        dilations=_pair(dilation_rate),
-    )
+    box_sum = convolution(a, box, _pair(strides), padding.upper(), _pair(dilation_rate))
     return box_sum / tf.cast(kh * kw, inputs.dtype)
 
 

@@ -700,6 +700,21 @@ def test_auto_uses_compiled_op_on_cpu_and_disables_xla(monkeypatch):
     assert len(calls) == 1  # forced simulation / non-sign quantizer: no op
 
 
+@needs_ops
+@pytest.mark.parametrize("make", [
+    lambda **kw: keras_xnor.BinConv2D(2, 3, **kw),
+    lambda **kw: keras_xnor.BinDense(2, **kw),
+    lambda **kw: keras_xnor.QuantConv2D(2, 3, input_quantizer="ste_sign",
+                                        kernel_quantizer="ste_sign", **kw),
+])
+def test_xla_stays_possible_for_forced_simulation(make):
+    # BinConv2D / BinDense set their implementation after their parent's __init__ ran with
+    # "auto" (which, with the ops, turns XLA off): "simulation" must turn it back on.
+    assert make(implementation="simulation").supports_jit is True
+    assert make(implementation="compiled").supports_jit is False
+    assert make().supports_jit is False  # auto on a CPU with the ops runs them
+
+
 def test_without_library_auto_simulates_and_compiled_raises(monkeypatch):
     ops = keras_xnor.ops
 

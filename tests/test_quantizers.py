@@ -217,3 +217,18 @@ def test_weight_clip_constraint():
     assert isinstance(constraints.get("non_neg"), keras.constraints.NonNeg)
     with pytest.raises(ValueError):
         constraints.WeightClip(0)
+
+
+@pytest.mark.parametrize("padding, strides, dilation, want", [
+    ("same", 2, 1, (2, 0, 3, 1)),
+    ("same", 1, 2, (2, 0, 5, 1)),
+    ("valid", 1, 1, (2, 0, 3, 1)),
+])
+def test_conv_k_map_of_an_empty_input_has_the_output_shape(padding, strides, dilation, want):
+    # TF's oneDNN conv (on by default on AVX-512 CPUs) returns the input's shape for an empty
+    # input; the K map (and the layers' convolutions) must still have the conv's output shape.
+    x = np.zeros((2, 0, 5, 3), np.float32)
+    assert tuple(quantizers.conv_k_map(x, 3, strides, padding, dilation).shape) == want
+    y = quantizers.convolution(tf.constant(x), tf.ones([3, 3, 3, 4]), (strides, strides),
+                               padding.upper(), (dilation, dilation))
+    assert tuple(y.shape) == want[:3] + (4,)
