@@ -37,7 +37,15 @@ def _sources(*patterns):
 
 
 def _tf_flags():
-    import tensorflow as tf  # noqa: PLC0415 (needed only when building the TF op)
+    try:
+        import tensorflow as tf  # noqa: PLC0415 (needed only when building the TF op)
+    except ImportError as e:
+        raise SystemExit(
+            "keras-xnor compiles its TensorFlow op against the installed TensorFlow, which "
+            "this build cannot import (%s). Install TensorFlow first, then build without "
+            "isolation: pip install 'tensorflow==2.21.*' && pip install --no-build-isolation "
+            "<keras-xnor source>" % e
+        ) from e
 
     # TensorFlow's headers as system headers: their own deprecation warnings are not ours.
     compile_flags = []

@@ -201,3 +201,17 @@ def test_libraries_load_from_the_env_var_directory(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_setup_without_tensorflow_says_how_to_install(tmp_path):
+    # pip's default build isolation hides the installed TensorFlow from setup.py: the build
+    # must say what to do, not end in a bare ModuleNotFoundError.
+    code = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = ['setup.py', "
+            "'build_ext', '--build-temp', %r, '--build-lib', %r]; "
+            "runpy.run_path('setup.py', run_name='__main__')"
+            % (str(tmp_path / "temp"), str(tmp_path / "lib")))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert "pip install --no-build-isolation" in result.stderr + result.stdout
+    assert "Install TensorFlow first" in result.stderr + result.stdout

@@ -26,6 +26,16 @@ def test_training_curves_png(tmp_path):
     assert os.path.getsize(path) > 10_000
 
 
+def test_demo_refuses_to_start_without_matplotlib(monkeypatch, capsys):
+    # Checked before ~17 minutes of training, not when the curves are plotted at the end.
+    real = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(datasets, "load_fashion_mnist", pytest.fail)
+    assert demo.main([]) == 2  # first thing main does: no flag is read
+    assert "keras-xnor[demo]" in capsys.readouterr().err
+
+
 def test_demo_table_has_every_row_and_column():
     rows = [
         {"model": "float_small", "runtime": "Keras (TF, float)", "test_accuracy": 0.9,

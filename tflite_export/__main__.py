@@ -4,4 +4,4 @@ import sys
 
 from keras_xnor.tflite_export.cli import run
 
-sys.exit(run())
+sys.exit(run(prog="python -m keras_xnor.tflite_export"))

@@ -5,10 +5,10 @@ import os
 import sys
 
 
-def run(argv=None):
+def run(argv=None, prog="keras-xnor-export"):
     """Entry point (console script ``keras-xnor-export``). Returns the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m keras_xnor.tflite_export",
+        prog=prog,
         description="Convert a Keras model with keras-xnor layers to a .tflite whose binary "
         "layers are bitpacked custom ops (run it with keras_xnor.tflite_export.Interpreter).",
     )

@@ -16,6 +16,7 @@ Latency is the median of ``--latency_runs`` single-image calls after warm-up, me
 this run on this machine (TF's default threads for Keras, ``--threads`` for LiteRT).
 """
 
+import importlib.util
 import json
 import os
 import statistics
@@ -198,6 +199,11 @@ def _plot(histories, path):
 
 def main(argv):
     del argv
+    # Checked before training (the default run takes ~17 minutes), not when plotting.
+    if importlib.util.find_spec("matplotlib") is None:
+        print("error: the demo plots its training curves with matplotlib, which is not "
+              "installed: pip install 'keras-xnor[demo]' (or matplotlib)", file=sys.stderr)
+        return 2
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
@@ -282,7 +288,6 @@ def main(argv):
         r.pop("keras_pred", None)
     table = _format_table(rows)
     png = os.path.join(out_dir, "training_curves.png")
-    _plot(histories, png)
     header = ("Fashion-MNIST, %d epochs on %s training images, %d test images; latency: "
               "median of %d single-image calls, LiteRT with %d threads."
               % (FLAGS.epochs, FLAGS.max_train_examples or 60000, len(y_test),
@@ -296,6 +301,7 @@ def main(argv):
                    "settings": {k: FLAGS[k].value for k in (
                        "epochs", "max_train_examples", "batch_size", "implementation",
                        "threads", "latency_runs", "seed")}}, f, indent=2, default=str)
+    _plot(histories, png)
     print("\n" + header + "\n")
     print(table)
     for note in notes:
