@@ -348,21 +348,11 @@ def _dim(x, axis):
     return static if static is not None else tf.shape(x)[axis]
 
 
-def _explicit_pads(size, k, stride, dilation, padding):
-    """(before, after) zero padding of one spatial axis, TensorFlow's SAME/VALID rule."""
-    if padding == spec.PADDING_VALID:
-        return 0, 0
-    out = (size + stride - 1) // stride
-    total = (out - 1) * stride + (k - 1) * dilation + 1 - size
-    total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
-    return total // 2, total - total // 2
-
-
 def _zero_padded_conv(x, w, strides, padding, dilations):
     """``tf.nn.conv2d`` with TF's padding rule made explicit (zeros) and any stride/dilation."""
     k_h, k_w = w.shape[0], w.shape[1]
-    top, bottom = _explicit_pads(_dim(x, 1), k_h, strides[0], dilations[0], padding)
-    left, right = _explicit_pads(_dim(x, 2), k_w, strides[1], dilations[1], padding)
+    top, bottom = quantizers.explicit_pads(_dim(x, 1), k_h, strides[0], dilations[0], padding)
+    left, right = quantizers.explicit_pads(_dim(x, 2), k_w, strides[1], dilations[1], padding)
     x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
     # tf.nn.convolution (not conv2d): its dilated path has a CPU gradient. It rejects
     # stride > 1 together with dilation > 1, so such convs run at stride 1 and subsample.

@@ -183,20 +183,47 @@ def _output_length(length, kernel, stride, dilation, padding):
     return (length - effective) // stride + 1 if length >= effective else 0
 
 
-def convolution(x, kernel, strides, padding, dilations):
-    """``tf.nn.convolution`` of NHWC ``x`` with HWIO ``kernel``, also right for empty inputs.
+def explicit_pads(size, k, stride, dilation, padding):
+    """(before, after) zero padding of one spatial axis, TensorFlow's SAME/VALID rule (``size``
+    an int or a scalar tensor; padding "SAME" or "VALID", any case)."""
+    if padding.upper() == "VALID":
+        return 0, 0
+    out = (size + stride - 1) // stride
+    total = (out - 1) * stride + (k - 1) * dilation + 1 - size
+    total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
+    return total // 2, total - total // 2
 
-    TensorFlow's oneDNN convolution (on by default on AVX-512 CPUs; TF 2.21) returns a tensor
-    of the input's shape when the input has no elements and the output shape differs (e.g.
-    SAME, stride 2, zero height). When a static dimension of ``x`` is 0 this returns the
-    zeros of the right shape instead (no gradient flows: there is nothing to differentiate).
+
+def _spatial_size(x, axis):
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+
+
+def convolution(x, kernel, strides, padding, dilations):
+    """``tf.nn.convolution`` of NHWC ``x`` with HWIO ``kernel``, working around two bugs of
+    TensorFlow 2.21's oneDNN convolution (on by default on AVX-512 CPUs):
+
+    * an input with no elements gave a tensor of the input's shape (e.g. SAME, stride 2, zero
+      height): when a static dimension of ``x`` is 0 this returns the zeros of the output
+      shape (no gradient flows: there is nothing to differentiate);
+    * unequal strides (1, s > 1) with one input channel, batch >= 2 and an output one pixel
+      wide gave values of ~1e28 (the K map's 1-channel box filter hit it): a conv with unequal
+      strides runs at stride 1 on the explicitly padded input and is subsampled (the same
+      sums, s_h * s_w times the work, for these rare layers only).
 
     Args:
         strides, dilations: 2-tuples; padding: "SAME" or "VALID".
     """
     if 0 not in tuple(x.shape):
-        return tf.nn.convolution(x, kernel, strides=list(strides), padding=padding,
-                                 dilations=list(dilations))
+        if strides[0] == strides[1]:
+            return tf.nn.convolution(x, kernel, strides=list(strides), padding=padding,
+                                     dilations=list(dilations))
+        pads = [(0, 0)]
+        for axis in (1, 2):
+            pads.append(explicit_pads(_spatial_size(x, axis), kernel.shape[axis - 1],
+                                      strides[axis - 1], dilations[axis - 1], padding))
+        y = tf.nn.convolution(tf.pad(x, pads + [(0, 0)]), kernel, strides=[1, 1],
+                              padding="VALID", dilations=list(dilations))
+        return y[:, :: strides[0], :: strides[1], :]
     sizes = [tf.shape(x)[0]]
     for axis in (1, 2):
         length = x.shape[axis]

@@ -232,3 +232,38 @@ def test_conv_k_map_of_an_empty_input_has_the_output_shape(padding, strides, dil
     y = quantizers.convolution(tf.constant(x), tf.ones([3, 3, 3, 4]), (strides, strides),
                                padding.upper(), (dilation, dilation))
     assert tuple(y.shape) == want[:3] + (4,)
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding", [
+    ((2, 2, 2, 1), (3, 3), (1, 2), "SAME"),
+    ((3, 5, 3, 1), (3, 3), (1, 2), "VALID"),
+    ((2, 2, 3, 1), (1, 11), (1, 4), "SAME"),
+    ((2, 5, 2, 16), (3, 3), (2, 1), "SAME"),
+])
+def test_convolution_with_unequal_strides_matches_numpy(shape, kernel, strides, padding):
+    # TF 2.21's oneDNN conv (AVX-512 CPUs) gave ~1e28 for strides (1, s > 1), one input
+    # channel, batch >= 2 and an output one pixel wide: the K map's box filter hit it.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(kernel + (shape[3], 2)).astype(np.float32)
+    y = quantizers.convolution(tf.constant(x), tf.constant(w), strides, padding, (1, 1)).numpy()
+    pads = [(0, 0)]
+    for axis in (1, 2):
+        pads.append(quantizers.explicit_pads(shape[axis], kernel[axis - 1], strides[axis - 1], 1,
+                                             padding))
+    xp = np.pad(x, pads + [(0, 0)])
+    want = np.zeros(y.shape, np.float64)
+    for i in range(y.shape[1]):
+        for j in range(y.shape[2]):
+            patch = xp[:, i * strides[0]:i * strides[0] + kernel[0],
+                       j * strides[1]:j * strides[1] + kernel[1], :]
+            want[:, i, j, :] = np.tensordot(patch, w, axes=([1, 2, 3], [0, 1, 2]))
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    ap = np.pad(np.abs(x).mean(-1), pads)
+    k = quantizers.conv_k_map(x, kernel, strides, padding).numpy()[..., 0]
+    k_want = np.zeros(k.shape, np.float64)
+    for i in range(k.shape[1]):
+        for j in range(k.shape[2]):
+            k_want[:, i, j] = ap[:, i * strides[0]:i * strides[0] + kernel[0],
+                                 j * strides[1]:j * strides[1] + kernel[1]].mean((1, 2))
+    np.testing.assert_allclose(k, k_want, rtol=1e-5)
