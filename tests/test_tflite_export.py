@@ -698,6 +698,17 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
             cli.run([path, output])
         assert exit_info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+    # Refused before converting: an empty output, a directory-like output that does not
+    # exist yet, a model path that is a directory.
+    for args, message in (([path, ""], "output path is empty"),
+                          ([path, str(tmp_path / "new_dir") + os.sep], "is a directory"),
+                          ([str(tmp_path), str(tmp_path / "m.tflite")], "is a directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(args)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is a directory"):
+        Interpreter(model_path=str(tmp_path))
     bad = keras.Model(inp, _Svd(name="svd")(inp))
     bad.save(str(tmp_path / "bad.keras"))
     assert cli.run([str(tmp_path / "bad.keras"), str(tmp_path / "bad.tflite")]) == 2

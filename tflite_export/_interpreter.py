@@ -136,6 +136,9 @@ class Interpreter(_litert.Interpreter):
             num_threads = int(num_threads)  # LiteRT's binding takes Python ints only
         if (model_path is None) == (model_content is None):
             raise ValueError("Interpreter: give exactly one of model_path and model_content")
+        if model_path is not None and os.path.isdir(model_path):
+            raise ValueError("Interpreter: model_path %r is a directory, not a .tflite file"
+                             % (model_path,))
         if model_path is not None and not os.path.isfile(model_path):
             raise ValueError("Interpreter: model file %r does not exist" % (model_path,))
         if model_content is not None:

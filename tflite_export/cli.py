@@ -21,14 +21,18 @@ def run(argv=None, prog="keras-xnor-export"):
     parser.add_argument("--float16_weights", action="store_true",
                         help="store the float layers' weights as float16 (smaller file)")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.model):
+        parser.error("model %r is a directory; give a .keras file" % args.model)
     if not os.path.isfile(args.model):
         parser.error("model file %r does not exist" % args.model)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
-    # The output's directory, checked before the (long) conversion.
-    directory = os.path.dirname(os.path.abspath(args.output))
-    if os.path.isdir(args.output):
+    # The output path, checked before the (long) conversion.
+    if not args.output:
+        parser.error("the output path is empty")
+    if os.path.isdir(args.output) or args.output.endswith(os.sep):
         parser.error("output %r is a directory; give a file path" % args.output)
+    directory = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(directory):
         parser.error("the output's directory %r does not exist" % directory)
     if not os.access(directory, os.W_OK):
