@@ -10,6 +10,7 @@
 #include <new>
 #include <string>
 
+#include "custom_ops/core/roofline.h"
 #include "custom_ops/core/xnor_kernels.h"
 
 namespace keras_xnor {
@@ -216,7 +217,18 @@ bool prepare_conv2d_filter_checked(const Conv2DShape& shape, const PackedWord* f
         static_cast<std::size_t>(shape.out_c) * shape.k_h * shape.k_w * packed_words(shape.in_c);
     d->packed.resize(words);  // allocate before reading the filter
     std::copy(filter, filter + words, d->packed.begin());
-    if (cpu_has_avx2()) {
+    if (cpu_has_avx2() && internal::popcount_avx512_available()) {
+      // The VPOPCNTD driver's layout: that driver replaces the AVX2 channel-lane one (whose
+      // layouts are then not made); the pixel-lane driver and the GEMV read `packed`.
+      const std::size_t layout_words = internal::vpopcnt_filter_words(shape);
+      const std::size_t tap_words = internal::vpopcnt_tap_pop_words(shape);
+      d->buffer = std::aligned_alloc(64, ((layout_words + tap_words) * 4 + 63) / 64 * 64);
+      if (d->buffer == nullptr) return false;
+      d->vpopcnt_filter = static_cast<std::uint32_t*>(d->buffer);
+      d->vpopcnt_tap_pop = reinterpret_cast<std::int32_t*>(d->vpopcnt_filter + layout_words);
+      internal::prepare_vpopcnt_filter_avx512(shape, d->packed.data(), d->vpopcnt_filter,
+                                             d->vpopcnt_tap_pop, parallel_for);
+    } else if (cpu_has_avx2()) {
       // The channel-lane driver's filter layout: the table tile's nibble bytes when the shape
       // allows that tile (it then always runs it), else the nibble-planar words.
       if (internal::channel_table_supported(shape)) {

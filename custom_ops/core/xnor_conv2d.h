@@ -38,7 +38,9 @@
 // place (xnor_conv2d_channel_lanes_avx2.cc: a popcount-table tile, see custom_ops/core/README.md),
 // pixels in lanes over im2col blocks for small outputs (xnor_gemm_{16x4,8x8}_avx2.cc); the
 // dense layer runs as a 1x1 conv on a 1 x batch image from batch 8 (from batch 2 with a
-// PreparedDenseFilter), below that a GEMV kernel (xnor_gemv_1x4_avx2.cc). For every path the
+// PreparedDenseFilter), below that a GEMV kernel (xnor_gemv_1x4_avx2.cc). On CPUs with
+// AVX512F + AVX512_VPOPCNTDQ, kAvx2 runs a VPOPCNTD channel-lane driver instead of the AVX2
+// channel-lane one (xnor_conv2d_vpopcnt_avx512.cc; bitwise the same output). For every path the
 // float part is (dot * alpha) * K + bias in float32, K summed over taps in (kh, kw) order; the
 // fast paths may differ from the reference in the last bits of K (channel-sum order) only.
 #ifndef KERAS_XNOR_CORE_XNOR_CONV2D_H_
@@ -100,9 +102,10 @@ struct PreparedFilterData;
 // A conv filter prepared once for many calls with the same weights (inference; the TFLite
 // delegate prepares at Prepare time, where the filter is a constant tensor). It holds a copy of
 // the packed filter and, on AVX2 CPUs, the channel-lane driver's filter layout (nibble bytes
-// for its table tile) with the per-tap weight popcounts, so a call does no filter work at all. Immutable
-// once made: copies share the data, and it may be used by several threads at once. Training
-// changes the weights every step and keeps using the plain-filter xnor_conv2d.
+// for its table tile; on AVX-512 CPUs the VPOPCNTD driver's words instead) with the per-tap
+// weight popcounts, so a call does no filter work at all. Immutable once made: copies share the
+// data, and it may be used by several threads at once. Training changes the weights every step
+// and keeps using the plain-filter xnor_conv2d.
 struct PreparedConv2DFilter {
   bool empty() const { return data == nullptr; }
   // True when a conv of `shape` may use it (same in_c, out_c, k_h, k_w; the other fields,

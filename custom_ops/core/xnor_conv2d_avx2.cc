@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "custom_ops/core/roofline.h"
 #include "custom_ops/core/xnor_gemm_avx2.h"
 #include "custom_ops/core/xnor_kernels.h"
 
@@ -289,6 +290,14 @@ bool conv2d_avx2(const ConvArgs& a, const ParallelFor& parallel_for) {
 
 bool conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2Driver driver) {
   const Conv2DShape& s = a.shape;
+  // AVX-512 CPUs: the VPOPCNTD driver wherever the channel-lane one would run (it indexes with
+  // 64 bits, so also for inputs too large for the pixel-lane gathers).
+  if (popcount_avx512_available() &&
+      (driver == Avx2Driver::kVpopcnt512 ||
+       (driver == Avx2Driver::kAuto && channel_lanes_preferred(s)))) {
+    return conv2d_vpopcnt_avx512(a, parallel_for);
+  }
+  if (driver == Avx2Driver::kVpopcnt512) driver = Avx2Driver::kAuto;
   Geometry g;
   g.s = &s;
   g.in_words = packed_words(s.in_c);
@@ -304,6 +313,7 @@ bool conv2d_avx2_driver(const ConvArgs& a, const ParallelFor& parallel_for, Avx2
   // The pixel-lane im2col gathers with 32-bit offsets; larger inputs take the channel-lane
   // driver, which indexes with 64 bits.
   const bool offsets_fit = in_pixels * g.in_words < (std::int64_t{1} << 31) - 64;
+  if (!offsets_fit && popcount_avx512_available()) return conv2d_vpopcnt_avx512(a, parallel_for);
   if (driver == Avx2Driver::kChannelLanes || !offsets_fit ||
       (driver == Avx2Driver::kAuto && channel_lanes_preferred(s))) {
     return conv2d_channel_lanes_avx2(a, parallel_for, bits, mean_abs);  // packs the input itself
@@ -384,7 +394,10 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
   // A prepared table filter serves batches from 2 rows (the channel-lane table tile pairs two
   // rows per lookup; no transpose to pay per call); without one, batches that fill the
   // pixel-lane tiles. One row stays on the GEMV, which reads each weight bit once.
-  const bool prepared_table = a.nibble_filter != nullptr;
+  // On AVX-512 CPUs a prepared filter holds the VPOPCNTD driver's layout instead, which serves
+  // the same batches (that driver has no pairs: any batch fills its 6-pixel tiles).
+  const bool prepared_vpopcnt = a.vpopcnt_filter != nullptr;
+  const bool prepared_table = a.nibble_filter != nullptr || prepared_vpopcnt;
   if (a.batch >= (prepared_table ? kPreparedDenseMinBatch : kGemvMaxBatch)) {
     // The dense layer as a 1x1 conv on one 1 x batch image: consecutive rows are neighbouring
     // pixels of one image row, which the channel-lane table tile pairs (a batch of 1x1 images
@@ -397,7 +410,9 @@ bool dense_avx2(const DenseArgs& a, const ParallelFor& parallel_for) {
     c.shape.out_c = a.units;
     c.shape.k_h = c.shape.k_w = 1;
     return conv2d_avx2_driver(c, parallel_for,
-                              prepared_table ? Avx2Driver::kChannelLanes : Avx2Driver::kAuto);
+                              prepared_vpopcnt ? Avx2Driver::kVpopcnt512
+                              : prepared_table ? Avx2Driver::kChannelLanes
+                                               : Avx2Driver::kAuto);
   }
   // GEMV: each unit quad streams its weight rows once per input row.
   const int words = packed_words(a.in_features);

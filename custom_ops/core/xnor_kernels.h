@@ -39,6 +39,10 @@ struct LayerOperands {
   // 1 x batch image on the channel-lane driver, as no call transposes the filter.
   const std::uint8_t* nibble_filter = nullptr;
   const std::int32_t* nibble_tap_pop = nullptr;
+  // Optional, from a prepared filter on AVX-512 CPUs: the VPOPCNTD driver's filter layout (see
+  // prepare_vpopcnt_filter_avx512), else that driver makes it per call.
+  const std::uint32_t* vpopcnt_filter = nullptr;
+  const std::int32_t* vpopcnt_tap_pop = nullptr;
 };
 
 struct ConvArgs : LayerOperands {
@@ -57,6 +61,9 @@ struct PreparedFilterData {
   std::int32_t* lanes_tap_pop = nullptr;
   std::uint8_t* nibble_filter = nullptr;
   std::int32_t* nibble_tap_pop = nullptr;
+  // AVX512F + AVX512_VPOPCNTDQ CPUs: the VPOPCNTD driver's layout instead of the two above.
+  std::uint32_t* vpopcnt_filter = nullptr;
+  std::int32_t* vpopcnt_tap_pop = nullptr;
   void* buffer = nullptr;                  // std::aligned_alloc, freed by the destructor
   PreparedFilterData() = default;
   PreparedFilterData(const PreparedFilterData&) = delete;
@@ -69,12 +76,14 @@ struct DenseArgs : LayerOperands {
 };
 
 // Copies the prepared filter layouts (lanes_filter, lanes_tap_pop, nibble_filter,
-// nibble_tap_pop) from a PreparedFilterData into `to`.
+// nibble_tap_pop, vpopcnt_filter, vpopcnt_tap_pop) from a PreparedFilterData into `to`.
 inline void copy_prepared_layouts(const PreparedFilterData& from, LayerOperands* to) {
   to->lanes_filter = from.lanes_filter;
   to->lanes_tap_pop = from.lanes_tap_pop;
   to->nibble_filter = from.nibble_filter;
   to->nibble_tap_pop = from.nibble_tap_pop;
+  to->vpopcnt_filter = from.vpopcnt_filter;
+  to->vpopcnt_tap_pop = from.vpopcnt_tap_pop;
 }
 
 // The oracle: plain loops, no blocking, serial (ignores parallel_for). Its buffers are
@@ -94,15 +103,39 @@ bool dense_avx2(const DenseArgs& args, const ParallelFor& parallel_for);
 // vector lanes (filter used in place, any size) or output channels in vector lanes (filter
 // transposed per call; the default unless there are few output pixels, see
 // channel_lanes_preferred).
+// On CPUs with AVX512F + AVX512_VPOPCNTDQ (popcount_avx512_available(), roofline.h) kAuto
+// runs the VPOPCNTD driver (xnor_conv2d_vpopcnt_avx512.cc) wherever it would run the
+// channel-lane one; kVpopcnt512 forces it (ignored, i.e. kAuto, on other CPUs).
 bool channel_lanes_preferred(const Conv2DShape& shape);
-enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes };
-// conv2d_avx2 with the driver forced (tests cover both on every shape).
+enum class Avx2Driver { kAuto, kPixelLanes, kChannelLanes, kVpopcnt512 };
+// conv2d_avx2 with the driver forced (tests cover each on every shape).
 bool conv2d_avx2_driver(const ConvArgs& args, const ParallelFor& parallel_for, Avx2Driver driver);
 // Packs the input into `bits` / `mean_abs` (null without K) itself, inside the conv pass: each
 // input row is packed by the first task that reads it (one pool dispatch per call with a
 // prepared filter; one more for the per-call filter transpose without).
 bool conv2d_channel_lanes_avx2(const ConvArgs& args, const ParallelFor& parallel_for,
                                std::uint32_t* bits, float* mean_abs);
+
+// The AVX-512 channel-lane driver: output channels in zmm lanes, VPOPCNTD tiles of 6 pixels x
+// 64 channels on a zero-padded packed input read in place; bitwise the same output as
+// conv2d_channel_lanes_avx2 (same packing, K order and output stage). Only after
+// popcount_avx512_available() returned true. Packs the input itself (one parallel pass, with
+// the per-call filter layout when not prepared), then one conv pass.
+bool conv2d_vpopcnt_avx512(const ConvArgs& args, const ParallelFor& parallel_for);
+// Its filter layout, made per call or once by prepare_conv2d_filter: words
+// [ceil(out_c / 64)][k_h * k_w][packed_words(in_c)][64] (channels past out_c are 0), and
+// tap_pop int32 [k_h * k_w][ceil(out_c / 64) * 64], the popcount of each (tap, channel)
+// weight, for the SAME-padding correction. Sizes in 4-byte words:
+inline std::size_t vpopcnt_filter_words(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 63) / 64) * 64 * s.k_h * s.k_w * packed_words(s.in_c);
+}
+inline std::size_t vpopcnt_tap_pop_words(const Conv2DShape& s) {
+  return static_cast<std::size_t>((s.out_c + 63) / 64) * 64 * s.k_h * s.k_w;
+}
+// Fills both (layout 64-byte aligned); uses in_c, out_c, k_h, k_w of `shape`. AVX-512 only.
+void prepare_vpopcnt_filter_avx512(const Conv2DShape& shape, const PackedWord* filter,
+                                   std::uint32_t* layout, std::int32_t* tap_pop,
+                                   const ParallelFor& parallel_for);
 
 // The channel-lane driver's filter layout, made per call or once by prepare_conv2d_filter:
 // nibble-planar words [ceil(out_c / 16)][k_h * k_w * 2 * packed_words(in_c)][16] (channels

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "custom_ops/core/bitpack.h"
+#include "custom_ops/core/roofline.h"
 #include "custom_ops/core/tests/harness.h"
 #include "custom_ops/core/xnor_conv2d.h"
 #include "custom_ops/core/xnor_kernels.h"
@@ -274,6 +275,78 @@ void check_prepared(const Problem& p) {
   }
 }
 
+// The AVX-512 VPOPCNTD driver (forced, whatever kAuto would pick; only on CPUs with
+// AVX512F + AVX512_VPOPCNTDQ): exact in the dot, never past the output, and bitwise equal to
+// the AVX2 channel-lane driver's full output stage (K, alpha, bias or none, ReLU or none) under
+// every splitter, with the plain filter, a prepared one, and the prepared one via kAuto.
+void check_vpopcnt_driver(const Problem& p) {
+  if (!internal::popcount_avx512_available()) return;
+  const Conv2DShape& s = p.s;
+  const std::size_t count = p.dot.size();
+  const PreparedConv2DFilter prepared = prepare_conv2d_filter(s, p.filter.data(), two_piece_for);
+  KX_CHECK(prepared.data->vpopcnt_filter != nullptr, "%s: no prepared VPOPCNTD layout",
+           describe(s).c_str());
+  std::vector<float> ones(s.out_c, 1.0f);
+  internal::ConvArgs a;
+  a.shape = s;
+  a.input = p.input.data();
+  a.filter = p.filter.data();
+  a.alpha = ones.data();
+  std::vector<float> out(count + 8, 777.0f);
+  a.output = out.data();
+  KX_CHECK(internal::conv2d_avx2_driver(a, serial_for, internal::Avx2Driver::kVpopcnt512),
+           "vpopcnt driver failed");
+  for (std::size_t i = 0; i < count; ++i) {
+    if (out[i] != static_cast<float>(p.dot[i])) {
+      KX_CHECK(false, "[vpopcnt512] %s: dot[%zu] = %g, want %lld", describe(s).c_str(), i, out[i],
+               static_cast<long long>(p.dot[i]));
+      break;
+    }
+  }
+  for (int g = 0; g < 8; ++g) {
+    KX_CHECK(out[count + g] == 777.0f, "[vpopcnt512] wrote past the output");
+  }
+  const ParallelFor splitters[] = {serial_for, odd_split_for, two_piece_for, thread_for(2),
+                                   thread_for(3)};
+  for (int variant = 0; variant < 4; ++variant) {
+    a.alpha = p.alpha.data();
+    a.use_k = variant != 1;
+    a.relu = variant >= 2;
+    a.bias = variant % 2 == 0 ? p.bias.data() : nullptr;
+    a.filter = p.filter.data();
+    a.vpopcnt_filter = nullptr;
+    a.vpopcnt_tap_pop = nullptr;
+    std::vector<float> want(count + 8, 777.0f);
+    a.output = want.data();
+    internal::conv2d_avx2_driver(a, serial_for, internal::Avx2Driver::kChannelLanes);
+    int which = 0;
+    for (const ParallelFor& pf : splitters) {
+      for (bool use_prepared : {false, true}) {
+        a.filter = use_prepared ? prepared.data->packed.data() : p.filter.data();
+        a.vpopcnt_filter = use_prepared ? prepared.data->vpopcnt_filter : nullptr;
+        a.vpopcnt_tap_pop = use_prepared ? prepared.data->vpopcnt_tap_pop : nullptr;
+        std::vector<float> got(count + 8, 777.0f);
+        a.output = got.data();
+        internal::conv2d_avx2_driver(a, pf, internal::Avx2Driver::kVpopcnt512);
+        KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
+                 "[vpopcnt512 variant %d splitter %d prepared %d] %s: differs from the AVX2 "
+                 "channel-lane driver", variant, which, use_prepared, describe(s).c_str());
+      }
+      ++which;
+    }
+    // The public entry point with the prepared filter (kAuto: this driver unless the output
+    // is tiny) gives the same bits too.
+    if (internal::channel_lanes_preferred(s)) {
+      std::vector<float> got(count + 8, 777.0f);
+      xnor_conv2d(s, p.input.data(), prepared, a.alpha, a.bias, a.use_k, a.relu, got.data(),
+                  thread_for(2));
+      KX_CHECK(std::memcmp(want.data(), got.data(), (count + 8) * sizeof(float)) == 0,
+               "[vpopcnt512 variant %d, xnor_conv2d prepared] %s: differs from the AVX2 "
+               "channel-lane driver", variant, describe(s).c_str());
+    }
+  }
+}
+
 void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   const std::string err = resolve_conv2d_shape(&s);
   KX_CHECK(err.empty(), "unexpected shape error %s", err.c_str());
@@ -282,7 +355,10 @@ void run_shape(Rng& rng, Conv2DShape s, bool check_splits) {
   p.s = s;
   make_problem(rng, &p);
   for (KernelPath path : available_paths()) check_problem(p, path, check_splits, rng);
-  if (kernel_path_available(KernelPath::kAvx2)) check_avx2_drivers(p);
+  if (kernel_path_available(KernelPath::kAvx2)) {
+    check_avx2_drivers(p);
+    check_vpopcnt_driver(p);
+  }
   check_prepared(p);
 }
 
@@ -646,6 +722,10 @@ int main(int argc, char** argv) {
   int cases = 250;
   if (argc > 1) cases = std::atoi(argv[1]);
   keras_xnor::testing::Rng rng(20161008);
+  if (!keras_xnor::internal::popcount_avx512_available()) {
+    std::printf("xnor_conv2d_test: no AVX512F + AVX512_VPOPCNTDQ: the VPOPCNTD driver's checks "
+                "are skipped\n");
+  }
   keras_xnor::testing::test_invalid_shapes();
   keras_xnor::testing::test_fixed_shapes(rng);
   keras_xnor::testing::test_random_sweep(rng, cases);
