@@ -296,3 +296,49 @@ def test_packed_filters_with_padding_bits_are_refused():
         with pytest.raises(RuntimeError, match="filter row 0 has padding bits set past its 4 "
                                                "input channels"):
             interpreter.allocate_tensors()
+
+
+def _cpu_has_avx512_vpopcnt():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512f" in flags and "avx512_vpopcntdq" in flags
+
+
+def test_avx512_driver_can_be_turned_off_and_gives_the_same_bits(model_file):
+    # KERAS_XNOR_AVX512=0 runs the AVX2 drivers on an AVX-512 CPU (A/B benchmarks); the
+    # VPOPCNTD driver's output is bitwise the AVX2 channel-lane driver's.
+    script = """
+        import ctypes, hashlib, sys
+        import numpy as np
+        from keras_xnor.tflite_export import Interpreter, delegate_path
+        lib = ctypes.CDLL(delegate_path())
+        lib.keras_xnor_core_kernel_path.restype = ctypes.c_char_p
+        it = Interpreter(model_path=sys.argv[1], num_threads=2)
+        x = np.random.default_rng(5).standard_normal((3, 6, 6, 8)).astype(np.float32)
+        index = it.get_input_details()[0]["index"]
+        it.resize_tensor_input(index, x.shape)
+        it.allocate_tensors()
+        it.set_tensor(index, x)
+        it.invoke()
+        out = it.get_tensor(it.get_output_details()[0]["index"])
+        print(lib.keras_xnor_core_kernel_path().decode(), hashlib.sha256(out.tobytes()).hexdigest())
+    """
+    results = {}
+    for value in (None, "0"):
+        if value is None:
+            os.environ.pop("KERAS_XNOR_AVX512", None)
+            result = _subprocess(script, model_file)
+        else:
+            os.environ["KERAS_XNOR_AVX512"] = value
+            try:
+                result = _subprocess(script, model_file)
+            finally:
+                del os.environ["KERAS_XNOR_AVX512"]
+        assert result.returncode == 0, result.stderr[-2000:]
+        results[value] = result.stdout.split()
+    assert results["0"][0] == "avx2"
+    assert results[None][0] == ("avx2+avx512" if _cpu_has_avx512_vpopcnt() else "avx2")
+    assert results[None][1] == results["0"][1]

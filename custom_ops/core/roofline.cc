@@ -4,6 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -33,7 +35,10 @@ double roofline_loop_scalar(long long iterations, unsigned long long* sink) {
 bool popcount_avx512_available() {
 #if defined(__x86_64__) || defined(__i386__)
   // libgcc's CPU check also requires the OS to save the zmm and mask registers (XGETBV).
+  // KERAS_XNOR_AVX512=0 turns the AVX-512 code off (A/B benchmarks against the AVX2 driver).
   static const bool has = [] {
+    const char* env = std::getenv("KERAS_XNOR_AVX512");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
   }();

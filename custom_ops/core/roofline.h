@@ -43,7 +43,7 @@ extern "C" {
 __attribute__((visibility("default"))) double keras_xnor_popcount_roofline(int num_threads,
                                                                           double min_seconds);
 
-// auto_kernel_path_name(): "avx2" or "portable".
+// auto_kernel_path_name(): "avx2+avx512", "avx2" or "portable".
 __attribute__((visibility("default"))) const char* keras_xnor_core_kernel_path();
 
 }  // extern "C"
@@ -66,7 +66,8 @@ double roofline_loop_scalar(long long iterations, unsigned long long* sink);
 // step (the loop runs whole passes of 192 of them).
 double roofline_loop_avx512_vpopcnt(long long iterations, unsigned long long* sink);
 
-// True when this CPU and OS run AVX512F + AVX512_VPOPCNTDQ (the ninth mix).
+// True when this CPU and OS run AVX512F + AVX512_VPOPCNTDQ (the ninth mix, and the VPOPCNTD
+// conv driver) and the environment variable KERAS_XNOR_AVX512 is not "0" (read once).
 bool popcount_avx512_available();
 
 // One pass of the channel-pair mix, its counts checked against plain popcounts (tests).

@@ -110,7 +110,10 @@ bool kernel_path_available(KernelPath path) {
   return false;
 }
 
-const char* auto_kernel_path_name() { return cpu_has_avx2() ? "avx2" : "portable"; }
+const char* auto_kernel_path_name() {
+  if (!cpu_has_avx2()) return "portable";
+  return internal::popcount_avx512_available() ? "avx2+avx512" : "avx2";
+}
 
 namespace {
 

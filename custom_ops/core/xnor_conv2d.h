@@ -81,7 +81,8 @@ bool parse_padding(const std::string& text, Padding* padding);
 
 // True when this build and this CPU can run `path` (kAuto and kReference always can).
 bool kernel_path_available(KernelPath path);
-// The path kAuto resolves to on this CPU ("avx2", "portable").
+// The path kAuto resolves to on this CPU: "avx2+avx512" (kAvx2 with the VPOPCNTD driver on
+// AVX512F + AVX512_VPOPCNTDQ CPUs, unless KERAS_XNOR_AVX512=0), "avx2" or "portable".
 const char* auto_kernel_path_name();
 
 void xnor_conv2d(const Conv2DShape& shape, const float* input, const PackedWord* filter,

@@ -511,10 +511,14 @@ void test_invalid_shapes() {
                !check_dense_shape(1, 3, 0).empty() && check_dense_shape(1, 1, 1).empty(),
            "dense shape checks");
   const std::string auto_name = auto_kernel_path_name();
-  KX_CHECK(auto_name == "avx2" || auto_name == "portable", "auto path %s", auto_name.c_str());
+  KX_CHECK(auto_name == "avx2" || auto_name == "avx2+avx512" || auto_name == "portable",
+           "auto path %s", auto_name.c_str());
   KX_CHECK(kernel_path_available(KernelPath::kAuto) && kernel_path_available(KernelPath::kReference) &&
                kernel_path_available(KernelPath::kPortable), "paths");
-  KX_CHECK((auto_name == "avx2") == kernel_path_available(KernelPath::kAvx2), "avx2 availability");
+  KX_CHECK((auto_name != "portable") == kernel_path_available(KernelPath::kAvx2),
+           "avx2 availability");
+  KX_CHECK((auto_name == "avx2+avx512") == internal::popcount_avx512_available(),
+           "avx512 availability");
 }
 
 void test_dense(Rng& rng) {
