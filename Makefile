@@ -50,8 +50,12 @@ build/.ops-built: $(NATIVE_SRCS) setup.py $(VENV)/.installed
 	touch $@
 
 # C++ tests of the framework-neutral core (no TF, no TFLite).
+# The conv test runs twice: on AVX-512 CPUs the second run (KERAS_XNOR_AVX512=0) covers the
+# AVX2 drivers with prepared filters, which the AVX-512 driver replaces by default.
 cpp-test: $(TEST_BINS)
 	@set -e; for t in $(TEST_BINS); do echo "== $$t"; $$t; done
+	@echo "== KERAS_XNOR_AVX512=0 $(CPP_OBJ)/tests/xnor_conv2d_test"
+	@KERAS_XNOR_AVX512=0 $(CPP_OBJ)/tests/xnor_conv2d_test
 
 $(CPP_OBJ)/%_avx2.o: %_avx2.cc $(wildcard custom_ops/core/*.h)
 	@mkdir -p $(dir $@)

@@ -201,6 +201,21 @@ PreparedFilterData::~PreparedFilterData() { std::free(buffer); }
 
 }  // namespace internal
 
+namespace {
+
+// d->buffer (64-byte aligned) for a uint32 filter layout of `layout_words` followed by
+// `tap_words` int32 tap popcounts; false when out of memory.
+bool allocate_word_layout(internal::PreparedFilterData* d, std::size_t layout_words,
+                          std::size_t tap_words, std::uint32_t** layout, std::int32_t** taps) {
+  d->buffer = std::aligned_alloc(64, ((layout_words + tap_words) * 4 + 63) / 64 * 64);
+  if (d->buffer == nullptr) return false;
+  *layout = static_cast<std::uint32_t*>(d->buffer);
+  *taps = reinterpret_cast<std::int32_t*>(*layout + layout_words);
+  return true;
+}
+
+}  // namespace
+
 bool PreparedConv2DFilter::matches(const Conv2DShape& shape) const {
   return data != nullptr && data->in_c == shape.in_c && data->out_c == shape.out_c &&
          data->k_h == shape.k_h && data->k_w == shape.k_w;
@@ -223,12 +238,11 @@ bool prepare_conv2d_filter_checked(const Conv2DShape& shape, const PackedWord* f
     if (cpu_has_avx2() && internal::popcount_avx512_available()) {
       // The VPOPCNTD driver's layout: that driver replaces the AVX2 channel-lane one (whose
       // layouts are then not made); the pixel-lane driver and the GEMV read `packed`.
-      const std::size_t layout_words = internal::vpopcnt_filter_words(shape);
-      const std::size_t tap_words = internal::vpopcnt_tap_pop_words(shape);
-      d->buffer = std::aligned_alloc(64, ((layout_words + tap_words) * 4 + 63) / 64 * 64);
-      if (d->buffer == nullptr) return false;
-      d->vpopcnt_filter = static_cast<std::uint32_t*>(d->buffer);
-      d->vpopcnt_tap_pop = reinterpret_cast<std::int32_t*>(d->vpopcnt_filter + layout_words);
+      if (!allocate_word_layout(d.get(), internal::vpopcnt_filter_words(shape),
+                                internal::vpopcnt_tap_pop_words(shape), &d->vpopcnt_filter,
+                                &d->vpopcnt_tap_pop)) {
+        return false;
+      }
       internal::prepare_vpopcnt_filter_avx512(shape, d->packed.data(), d->vpopcnt_filter,
                                              d->vpopcnt_tap_pop, parallel_for);
     } else if (cpu_has_avx2()) {
@@ -244,12 +258,11 @@ bool prepare_conv2d_filter_checked(const Conv2DShape& shape, const PackedWord* f
         internal::prepare_channel_table_filter_avx2(shape, d->packed.data(), d->nibble_filter,
                                                     d->nibble_tap_pop, parallel_for);
       } else {
-        const std::size_t lanes_words = internal::channel_lanes_filter_words(shape);
-        const std::size_t tap_words = internal::channel_lanes_tap_pop_words(shape);
-        d->buffer = std::aligned_alloc(64, ((lanes_words + tap_words) * 4 + 63) / 64 * 64);
-        if (d->buffer == nullptr) return false;
-        d->lanes_filter = static_cast<std::uint32_t*>(d->buffer);
-        d->lanes_tap_pop = reinterpret_cast<std::int32_t*>(d->lanes_filter + lanes_words);
+        if (!allocate_word_layout(d.get(), internal::channel_lanes_filter_words(shape),
+                                  internal::channel_lanes_tap_pop_words(shape), &d->lanes_filter,
+                                  &d->lanes_tap_pop)) {
+          return false;
+        }
         internal::prepare_channel_lanes_filter_avx2(shape, d->packed.data(), d->lanes_filter,
                                                     d->lanes_tap_pop, parallel_for);
       }

@@ -727,8 +727,8 @@ int main(int argc, char** argv) {
   if (argc > 1) cases = std::atoi(argv[1]);
   keras_xnor::testing::Rng rng(20161008);
   if (!keras_xnor::internal::popcount_avx512_available()) {
-    std::printf("xnor_conv2d_test: no AVX512F + AVX512_VPOPCNTDQ: the VPOPCNTD driver's checks "
-                "are skipped\n");
+    std::printf("xnor_conv2d_test: no AVX512F + AVX512_VPOPCNTDQ (or KERAS_XNOR_AVX512=0): the "
+                "VPOPCNTD driver's checks are skipped\n");
   }
   keras_xnor::testing::test_invalid_shapes();
   keras_xnor::testing::test_fixed_shapes(rng);
