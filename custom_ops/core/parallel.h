@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <thread>
 
 namespace keras_xnor {
 
@@ -112,6 +113,35 @@ class GuidedRanges {
   std::int64_t n_ = 0, divisor_ = 1, min_units_ = 1;
   bool fixed_ = false, two_ended_ = true;
 };
+
+// One step of a spin-wait: the CPU's pause hint where there is one.
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Runs make() unless `state` says it ran: 0 not made, 1 being made (by the thread that claimed
+// it, which makes it at once, so the wait is short and cannot deadlock), 2 made. The release
+// store / acquire load order what make() wrote before any read of it by a waiting thread.
+template <typename Make>
+inline void make_once(std::atomic<std::uint8_t>& state, const Make& make) {
+  if (state.load(std::memory_order_acquire) == 2) return;
+  std::uint8_t expected = 0;
+  if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    make();
+    state.store(2, std::memory_order_release);
+    return;
+  }
+  // Spin (a row is made in microseconds), then yield, in case the making thread was preempted.
+  for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
+    if (spins < 4096) {
+      spin_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
 
 }  // namespace keras_xnor
 

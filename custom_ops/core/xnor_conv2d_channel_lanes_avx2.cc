@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
-#include <thread>
 #include <type_traits>
 
 #include "custom_ops/core/xnor_gemm_tile_avx2.h"
@@ -677,28 +676,6 @@ __attribute__((always_inline)) inline void finish_tile(const TilePops<NP>& tp, c
     } else {
       _mm256_maskstore_ps(out, st.store0, r0);
       _mm256_maskstore_ps(out + 8, st.store1, r1);
-    }
-  }
-}
-
-// Runs make() unless `state` says it ran: 0 not made, 1 being made (by the thread that claimed
-// it, which makes it at once, so the wait is short and cannot deadlock), 2 made. The release
-// store / acquire load order what make() wrote before any read of it by a waiting thread.
-template <typename Make>
-inline void make_once(std::atomic<std::uint8_t>& state, const Make& make) {
-  if (state.load(std::memory_order_acquire) == 2) return;
-  std::uint8_t expected = 0;
-  if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
-    make();
-    state.store(2, std::memory_order_release);
-    return;
-  }
-  // Spin (a row is made in microseconds), then yield, in case the making thread was preempted.
-  for (int spins = 0; state.load(std::memory_order_acquire) != 2; ++spins) {
-    if (spins < 4096) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
     }
   }
 }

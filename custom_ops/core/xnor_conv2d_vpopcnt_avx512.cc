@@ -7,15 +7,18 @@
 // pack_rows_range_avx2), K summed in the same order, the same float output stage.
 //
 // The input is sign-packed into a zero-padded image [batch][hp][wp][words] read in place (a
-// receptive field is a list of runs from its corner). A padded tap has input bits 0, so its
-// XOR adds the tap's weight popcount: the output stage subtracts it (tap_pop), and n_valid
-// counts only the real taps, so the padded tap contributes 0 to the dot.
+// receptive field is a list of runs from its corner), in the conv pass: each task range packs
+// the rows it reads that no other range has claimed (no packing pass, fork / join, of its own).
+// A padded tap has input bits 0, so its XOR adds the tap's weight popcount: the output stage
+// subtracts it (tap_pop), and n_valid counts only the real taps, so the padded tap contributes
+// 0 to the dot.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "custom_ops/core/xnor_kernels.h"
 
@@ -73,57 +76,63 @@ void describe_block(const Conv2DShape& s, const Geometry& g, std::int64_t first,
   std::int64_t n = first / hw;
   const int rem = static_cast<int>(first % hw);
   int oh = rem / s.out_w, ow = rem % s.out_w;
-  std::int64_t corner[kBlockPixels];
-  int row_end[kBlockPixels];  // pixel j's output row ends before block pixel row_end[j]
-  for (int j = 0; j < count; ++j) {
-    corner[j] = (n * g.hp + static_cast<std::int64_t>(oh) * s.stride_h) * g.wp +
-                static_cast<std::int64_t>(ow) * s.stride_w;
-    row_end[j] = j + s.out_w - ow;
-    blk->base[j] = g.image + corner[j] * g.words;
-    blk->row_pad[j] = g.row_mask[oh];
-    blk->col_pad[j] = g.col_mask[ow];
-    blk->n_valid[j] = g.row_valid[oh] * g.col_valid[ow] * s.in_c;
-    if (++ow == s.out_w) {
-      ow = 0;
-      if (++oh == s.out_h) {
-        oh = 0;
-        ++n;
-      }
-    }
-  }
-  if (g.mean_pad == nullptr) {
-    for (int j = 0; j < count; ++j) blk->k[j] = 1.0f;
-    return;
-  }
+  const std::int64_t step = static_cast<std::int64_t>(s.stride_w) * g.words;
   // The AVX2 driver's K: padded mean |x| summed over all taps in (kh, kw) order (padded taps
   // add +0.0), then divided by the tap count; 16 pixels of one output row at stride 1 at once
   // (the same additions, lane by lane).
   const float divisor = static_cast<float>(s.k_h * s.k_w);
+  // One output row's stretch at a time: its corners step by stride_w pixels.
   for (int j = 0; j < count;) {
-    const int len = std::min({16, count - j, row_end[j] - j});
-    if (s.stride_w == 1 && len > 1) {
-      const __mmask16 m = static_cast<__mmask16>((1u << len) - 1);
-      const float* m0 = g.mean_pad + corner[j];
-      __m512 sum = _mm512_setzero_ps();
-      for (int i = 0; i < s.k_h; ++i) {
-        const float* row = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
-        for (int q = 0; q < s.k_w; ++q) {
-          const float* tap = row + static_cast<std::int64_t>(q) * s.dilation_w;
-          sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(m, tap));
+    const int len = std::min(count - j, s.out_w - ow);
+    const std::int64_t corner = (n * g.hp + static_cast<std::int64_t>(oh) * s.stride_h) * g.wp +
+                                static_cast<std::int64_t>(ow) * s.stride_w;
+    const std::uint32_t* base = g.image + corner * g.words;
+    const std::uint16_t rp = g.row_mask[oh];
+    const std::int32_t rv = g.row_valid[oh] * s.in_c;
+    const std::uint16_t* cm = g.col_mask + ow;
+    const std::uint16_t* cv = g.col_valid + ow;
+    for (int e = 0; e < len; ++e) {
+      blk->base[j + e] = base + e * step;
+      blk->row_pad[j + e] = rp;
+      blk->col_pad[j + e] = cm[e];
+      blk->n_valid[j + e] = rv * cv[e];
+    }
+    if (g.mean_pad == nullptr) {
+      for (int e = 0; e < len; ++e) blk->k[j + e] = 1.0f;
+    } else {
+      const float* m0 = g.mean_pad + corner;
+      for (int e = 0; e < len;) {
+        const int l = std::min(16, len - e);
+        if (s.stride_w == 1 && l > 1) {
+          const __mmask16 m = static_cast<__mmask16>((1u << l) - 1);
+          __m512 sum = _mm512_setzero_ps();
+          for (int i = 0; i < s.k_h; ++i) {
+            const float* row = m0 + e + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+            for (int q = 0; q < s.k_w; ++q) {
+              const float* tap = row + static_cast<std::int64_t>(q) * s.dilation_w;
+              sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(m, tap));
+            }
+          }
+          _mm512_mask_storeu_ps(blk->k + j + e, m, _mm512_div_ps(sum, _mm512_set1_ps(divisor)));
+          e += l;
+          continue;
         }
+        const float* t0 = m0 + static_cast<std::int64_t>(e) * s.stride_w;
+        float sum = 0.0f;
+        for (int i = 0; i < s.k_h; ++i) {
+          const float* row = t0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
+          for (int q = 0; q < s.k_w; ++q) sum += row[static_cast<std::int64_t>(q) * s.dilation_w];
+        }
+        blk->k[j + e] = sum / divisor;
+        ++e;
       }
-      _mm512_mask_storeu_ps(blk->k + j, m, _mm512_div_ps(sum, _mm512_set1_ps(divisor)));
-      j += len;
-      continue;
     }
-    const float* m0 = g.mean_pad + corner[j];
-    float sum = 0.0f;
-    for (int i = 0; i < s.k_h; ++i) {
-      const float* row = m0 + static_cast<std::int64_t>(i) * s.dilation_h * g.wp;
-      for (int q = 0; q < s.k_w; ++q) sum += row[static_cast<std::int64_t>(q) * s.dilation_w];
+    j += len;
+    ow = 0;
+    if (++oh == s.out_h) {
+      oh = 0;
+      ++n;
     }
-    blk->k[j] = sum / divisor;
-    ++j;
   }
 }
 
@@ -235,11 +244,11 @@ __attribute__((noinline)) void vpopcnt_tile6(const std::uint32_t* const* bases,
 // What the output stage needs for one 64-channel block.
 struct OutputStage {
   const float* alpha;           // + oc0, padded to whole blocks
-  const float* bias;            // + oc0, padded
+  const float* bias;            // + oc0, padded; -0.0 without a bias
   const std::int32_t* tap_pop;  // + oc0; [tap][oc_pad]
   int oc_pad;
   __mmask16 last_mask;          // lanes of the block's last vector that exist
-  bool use_k, relu, has_bias;
+  __mmask16 relu;               // all lanes with ReLU, else none
   int k_h, k_w;
   float* out;                   // pixel blk.first, channel oc0
   int out_c;
@@ -252,7 +261,17 @@ template <int NP, int NV>
 __attribute__((always_inline)) inline void finish_tile(__m512i (&acc)[NP][NV],
                                                        const PixelBlock& blk, int q0,
                                                        const OutputStage& st) {
+  // No branches on the flags: without K, k is 1.0 (r * 1.0f = r); without a bias, it is -0.0
+  // (r + -0.0f = r, -0.0 included); without ReLU, the max is masked off.
+  __m512 alpha[NV], bias[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    alpha[v] = _mm512_loadu_ps(st.alpha + v * kLanes);
+    bias[v] = _mm512_loadu_ps(st.bias + v * kLanes);
+  }
   const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 relu = st.relu, last_mask = st.last_mask;
+  const bool last_full = last_mask == 0xffff;
 #pragma GCC unroll 8
   for (int p = 0; p < NP; ++p) {
     const int j = q0 + p;
@@ -276,16 +295,16 @@ __attribute__((always_inline)) inline void finish_tile(__m512i (&acc)[NP][NV],
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const __m512i dot = _mm512_sub_epi32(nv, _mm512_add_epi32(acc[p][v], acc[p][v]));
-      __m512 r = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(st.alpha + v * kLanes));
-      if (st.use_k) r = _mm512_mul_ps(r, kv);
+      __m512 r = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), alpha[v]);
+      r = _mm512_mul_ps(r, kv);
       // No FMA contraction of the multiply and the bias add (this file is built with FMA).
       __asm__("" : "+v"(r));
-      if (st.has_bias) r = _mm512_add_ps(r, _mm512_loadu_ps(st.bias + v * kLanes));
-      if (st.relu) r = _mm512_max_ps(r, zero);
-      if (v < NV - 1) {
+      r = _mm512_add_ps(r, bias[v]);
+      r = _mm512_mask_max_ps(r, relu, r, zero);
+      if (v < NV - 1 || last_full) {
         _mm512_storeu_ps(out + v * kLanes, r);
       } else {
-        _mm512_mask_storeu_ps(out + v * kLanes, st.last_mask, r);
+        _mm512_mask_storeu_ps(out + v * kLanes, last_mask, r);
       }
     }
   }
@@ -385,7 +404,7 @@ bool conv2d_vpopcnt_avx512(const ConvArgs& a, const ParallelFor& parallel_for) {
   std::copy(a.alpha, a.alpha + s.out_c, alpha);
   std::fill(alpha + s.out_c, alpha + oc_pad, 0.0f);
   if (a.bias != nullptr) std::copy(a.bias, a.bias + s.out_c, bias);
-  std::fill(bias + (a.bias != nullptr ? s.out_c : 0), bias + oc_pad, 0.0f);
+  std::fill(bias + (a.bias != nullptr ? s.out_c : 0), bias + oc_pad, -0.0f);
 
   // The zero-padded packed image and its mean |x| (K).
   const int span_h = (s.k_h - 1) * s.dilation_h + 1, span_w = (s.k_w - 1) * s.dilation_w + 1;
@@ -406,9 +425,15 @@ bool conv2d_vpopcnt_avx512(const ConvArgs& a, const ParallelFor& parallel_for) {
 
   // Per output row / column: the kernel rows / columns that fall in the padding; per input row:
   // whether any receptive field reads it (a stride beyond the kernel span skips rows).
-  auto* masks = static_cast<std::uint16_t*>(thread_scratch(
-      (2 * (static_cast<std::size_t>(s.out_h) + s.out_w) + s.in_h) * 2, kScratchPadClasses));
+  // Then one state per input row (image, row): 0 not packed, 1 being packed, 2 packed.
+  const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
+  const std::size_t mask_bytes = (2 * (static_cast<std::size_t>(s.out_h) + s.out_w) + s.in_h) * 2;
+  auto* masks = static_cast<std::uint16_t*>(
+      thread_scratch(mask_bytes + static_cast<std::size_t>(pack_units), kScratchPadClasses));
   if (masks == nullptr) return false;
+  auto* row_state =
+      reinterpret_cast<std::atomic<std::uint8_t>*>(reinterpret_cast<char*>(masks) + mask_bytes);
+  for (std::int64_t u = 0; u < pack_units; ++u) new (row_state + u) std::atomic<std::uint8_t>(0);
   std::uint16_t* row_mask = masks;
   std::uint16_t* col_mask = masks + s.out_h;
   std::uint16_t* row_valid = col_mask + s.out_w;
@@ -440,58 +465,86 @@ bool conv2d_vpopcnt_avx512(const ConvArgs& a, const ParallelFor& parallel_for) {
     col_valid[ow] = static_cast<std::uint16_t>(s.k_w - __builtin_popcount(m));
   }
 
-  // First pass: the filter layout when not prepared (per 64-channel block and tap), and the
-  // input rows (sign bits and mean |x| into the padded image; the padding around them zeroed).
+  // The filter layout when not prepared (per 64-channel block and tap): a pass of its own.
   const std::int64_t filter_units = prepared ? 0 : static_cast<std::int64_t>(oc_blocks) * taps;
-  const std::int64_t pack_units = static_cast<std::int64_t>(s.batch) * s.in_h;
-  const std::int64_t row_cost = static_cast<std::int64_t>(s.in_w) * s.in_c / 4 + wp;
-  const std::int64_t filter_cost = static_cast<std::int64_t>(words) * kBlockLanes * 2;
-  // Filter units cost about filter_cost; in units of rows.
-  const std::int64_t cost = std::max(row_cost, filter_cost);
-  parallel_for(filter_units + pack_units, cost, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t u = begin; u < end; ++u) {
-      if (u < filter_units) {
+  if (filter_units > 0) {
+    const std::int64_t filter_cost = static_cast<std::int64_t>(words) * kBlockLanes * 2;
+    parallel_for(filter_units, filter_cost, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t u = begin; u < end; ++u) {
         make_filter_block(s, reinterpret_cast<const std::uint32_t*>(a.filter), u / taps,
                           static_cast<int>(u % taps), scratch,
                           reinterpret_cast<std::int32_t*>(scratch + layout_words));
-        continue;
       }
-      const std::int64_t unit = u - filter_units;
-      const std::int64_t n = unit / s.in_h;
-      const int ih = static_cast<int>(unit % s.in_h);
-      if (ih == 0 && pad_top > 0) {
-        const std::int64_t z0 = n * hp;  // first padding row above
-        std::memset(image + z0 * wp * words, 0, static_cast<std::size_t>(pad_top) * wp * words * 4);
-        if (mean_pad != nullptr) {
-          std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_top) * wp, 0.0f);
-        }
-      }
-      if (ih == s.in_h - 1 && pad_bottom > 0) {
-        const std::int64_t z0 = n * hp + pad_top + s.in_h;
-        std::memset(image + z0 * wp * words, 0,
-                    static_cast<std::size_t>(pad_bottom) * wp * words * 4);
-        if (mean_pad != nullptr) {
-          std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
-        }
-      }
-      if (!row_read[ih]) continue;
-      const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
-      std::uint32_t* dst = image + prow * words;
-      auto* row_bits =
-          reinterpret_cast<PackedWord*>(dst + static_cast<std::int64_t>(pad_left) * words);
-      pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c, row_bits,
-                           mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
-      if (pad_w > 0) {
-        std::memset(dst, 0, static_cast<std::size_t>(pad_left) * words * 4);
-        std::memset(dst + static_cast<std::int64_t>(pad_left + s.in_w) * words, 0,
-                    static_cast<std::size_t>(pad_right) * words * 4);
-        if (mean_pad != nullptr) {
-          std::fill(mean_pad + prow, mean_pad + prow + pad_left, 0.0f);
-          std::fill(mean_pad + prow + pad_left + s.in_w, mean_pad + prow + wp, 0.0f);
-        }
+    });
+  }
+
+  // Packs input row `unit` (image unit / in_h) into the padded image (sign bits and mean |x|),
+  // zeroes the padding columns beside it, and, for the first / last row of an image, the
+  // padding rows above / below.
+  const auto pack_row = [&](std::int64_t unit) {
+    const std::int64_t n = unit / s.in_h;
+    const int ih = static_cast<int>(unit % s.in_h);
+    if (ih == 0 && pad_top > 0) {
+      const std::int64_t z0 = n * hp;  // first padding row above
+      std::memset(image + z0 * wp * words, 0, static_cast<std::size_t>(pad_top) * wp * words * 4);
+      if (mean_pad != nullptr) {
+        std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_top) * wp, 0.0f);
       }
     }
-  });
+    if (ih == s.in_h - 1 && pad_bottom > 0) {
+      const std::int64_t z0 = n * hp + pad_top + s.in_h;
+      std::memset(image + z0 * wp * words, 0,
+                  static_cast<std::size_t>(pad_bottom) * wp * words * 4);
+      if (mean_pad != nullptr) {
+        std::fill(mean_pad + z0 * wp, mean_pad + (z0 + pad_bottom) * wp, 0.0f);
+      }
+    }
+    if (!row_read[ih]) return;
+    const std::int64_t prow = (n * hp + ih + pad_top) * wp;  // first pixel of the padded row
+    std::uint32_t* dst = image + prow * words;
+    auto* row_bits =
+        reinterpret_cast<PackedWord*>(dst + static_cast<std::int64_t>(pad_left) * words);
+    pack_rows_range_avx2(a.input + unit * s.in_w * s.in_c, 0, s.in_w, s.in_c, row_bits,
+                         mean_pad != nullptr ? mean_pad + prow + pad_left : nullptr);
+    if (pad_w > 0) {
+      std::memset(dst, 0, static_cast<std::size_t>(pad_left) * words * 4);
+      std::memset(dst + static_cast<std::int64_t>(pad_left + s.in_w) * words, 0,
+                  static_cast<std::size_t>(pad_right) * words * 4);
+      if (mean_pad != nullptr) {
+        std::fill(mean_pad + prow, mean_pad + prow + pad_left, 0.0f);
+        std::fill(mean_pad + prow + pad_left + s.in_w, mean_pad + prow + wp, 0.0f);
+      }
+    }
+  };
+  // The input rows are packed in the conv pass, each by the first task that needs it (see
+  // make_once): no pass (and fork / join) of their own. Every input row the receptive fields of
+  // output pixels [first, first + count) read, plus the first / last row of the image when they
+  // reach into the padding above / below (those rows' units zero it).
+  const auto ensure_rows = [&](std::int64_t first, std::int64_t count) {
+    const std::int64_t q_end = (first + count - 1) / s.out_w;
+    for (std::int64_t q = first / s.out_w; q <= q_end; ++q) {  // flattened (image, output row)
+      const std::int64_t n = q / s.out_h;
+      const int oh = static_cast<int>(q % s.out_h);
+      bool above = false, below = false;
+      for (int i = 0; i < s.k_h; ++i) {
+        const std::int64_t r = static_cast<std::int64_t>(oh) * s.stride_h +
+                               static_cast<std::int64_t>(i) * s.dilation_h - pad_top;
+        if (r < 0) {
+          above = true;
+        } else if (r >= s.in_h) {
+          below = true;
+        } else {
+          const std::int64_t unit = n * s.in_h + r;
+          make_once(row_state[unit], [&] { pack_row(unit); });
+        }
+      }
+      if (above) make_once(row_state[n * s.in_h], [&] { pack_row(n * s.in_h); });
+      if (below) {
+        const std::int64_t unit = n * s.in_h + s.in_h - 1;
+        make_once(row_state[unit], [&] { pack_row(unit); });
+      }
+    }
+  };
 
   // The receptive field as runs from its corner: one per kernel row when its taps are adjacent
   // (dilation_w 1), else one per tap. Weight steps are (tap, word) in order.
@@ -529,26 +582,30 @@ bool conv2d_vpopcnt_avx512(const ConvArgs& a, const ParallelFor& parallel_for) {
   const int out_c = s.out_c;
   float* const output = a.output;
   const std::int64_t step_words = static_cast<std::int64_t>(taps) * words * kBlockLanes;
+  // First output pixel of block bi (bi = tiling.blocks: total).
+  const auto block_begin = [&](std::int64_t bi) {
+    return one_tile ? bi * total / tiling.blocks : std::min(total, bi * block_pixels);
+  };
   parallel_for(tiling.tasks, task_cost, [&](std::int64_t begin, std::int64_t end) {
     PixelBlock blk;
     std::int64_t cached = -1;
     OutputStage st;
     st.oc_pad = oc_pad;
-    st.use_k = a.use_k;
-    st.relu = a.relu;
-    st.has_bias = a.bias != nullptr;
+    st.relu = static_cast<__mmask16>(a.relu ? 0xffff : 0);
     st.k_h = s.k_h;
     st.k_w = s.k_w;
     st.out_c = out_c;
+    // The input rows of all the range's blocks first, in one go: packing them block by block,
+    // between tiles, measured about 2% slower at one thread on 64@56.
+    const std::int64_t first = block_begin(begin / tiling.oc_chunks);
+    ensure_rows(first, block_begin((end - 1) / tiling.oc_chunks + 1) - first);
     for (std::int64_t t = begin; t < end; ++t) {
       const std::int64_t bi = t / tiling.oc_chunks;
       const int chunk = static_cast<int>(t % tiling.oc_chunks);
       if (bi != cached) {
         cached = bi;
-        const std::int64_t p0 = one_tile ? bi * total / tiling.blocks : bi * block_pixels;
-        const std::int64_t p1 =
-            one_tile ? (bi + 1) * total / tiling.blocks : std::min(total, p0 + block_pixels);
-        describe_block(s, g, p0, static_cast<int>(p1 - p0), &blk);
+        const std::int64_t p0 = block_begin(bi);
+        describe_block(s, g, p0, static_cast<int>(block_begin(bi + 1) - p0), &blk);
       }
       const int oc_begin = chunk * tiling.oc_chunk;
       const int oc_end = std::min(out_c, oc_begin + tiling.oc_chunk);
