@@ -116,15 +116,6 @@ def _kernel_scale(value, layer):
     return text
 
 
-def _conv_output_length(length, kernel, stride, dilation, padding):
-    if length is None:
-        return None
-    if padding == "same":
-        return (length + stride - 1) // stride
-    effective = (kernel - 1) * dilation + 1
-    return (length - effective) // stride + 1 if length >= effective else 0
-
-
 # Compute dtypes the compiled ops serve. The ops compute in float32: a float16 / bfloat16
 # input (a mixed precision policy) is cast to float32, which keeps its sign and |x| exactly,
 # and the output is cast back to the compute dtype.
@@ -665,7 +656,7 @@ class QuantConv2D(_QuantizedLayer):
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
         out = [
-            _conv_output_length(n, k, s, d, self.padding)
+            quantizers.conv_output_length(n, k, s, d, self.padding)
             for n, k, s, d in zip(
                 (height, width), self.kernel_size, self.strides, self.dilation_rate
             )

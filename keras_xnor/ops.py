@@ -354,11 +354,8 @@ def _zero_padded_conv(x, w, strides, padding, dilations):
     top, bottom = quantizers.explicit_pads(_dim(x, 1), k_h, strides[0], dilations[0], padding)
     left, right = quantizers.explicit_pads(_dim(x, 2), k_w, strides[1], dilations[1], padding)
     x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-    # tf.nn.convolution (not conv2d): its dilated path has a CPU gradient. It rejects
-    # stride > 1 together with dilation > 1, so such convs run at stride 1 and subsample.
-    if max(dilations) > 1 and max(strides) > 1:
-        y = quantizers.convolution(x, w, (1, 1), "VALID", dilations)
-        return y[:, :: strides[0], :: strides[1], :]
+    # tf.nn.convolution (not conv2d): its dilated path has a CPU gradient (stride > 1 with
+    # dilation > 1 runs at stride 1 and is subsampled there).
     return quantizers.convolution(x, w, strides, "VALID", dilations)
 
 

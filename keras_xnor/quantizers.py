@@ -176,8 +176,12 @@ def _pair(value):
     return tuple(int(v) for v in value)
 
 
-def _output_length(length, kernel, stride, dilation, padding):
-    if padding == "SAME":
+def conv_output_length(length, kernel, stride, dilation, padding):
+    """Output length of one spatial axis, TensorFlow's SAME/VALID rule (``length`` an int, a
+    scalar tensor or None, which gives None; padding "SAME" or "VALID", any case)."""
+    if length is None:
+        return None
+    if padding.upper() == "SAME":
         return (length + stride - 1) // stride
     effective = (kernel - 1) * dilation + 1
     return (length - effective) // stride + 1 if length >= effective else 0
@@ -208,13 +212,14 @@ def convolution(x, kernel, strides, padding, dilations):
     * unequal strides (1, s > 1) with one input channel, batch >= 2 and an output one pixel
       wide gave values of ~1e28 (the K map's 1-channel box filter hit it): a conv with unequal
       strides runs at stride 1 on the explicitly padded input and is subsampled (the same
-      sums, s_h * s_w times the work, for these rare layers only).
+      sums, s_h * s_w times the work, for these rare layers only). So does one with stride
+      > 1 and dilation > 1, which tf.nn.convolution rejects.
 
     Args:
         strides, dilations: 2-tuples; padding: "SAME" or "VALID".
     """
     if 0 not in tuple(x.shape):
-        if strides[0] == strides[1]:
+        if strides[0] == strides[1] and (max(strides) == 1 or max(dilations) == 1):
             return tf.nn.convolution(x, kernel, strides=list(strides), padding=padding,
                                      dilations=list(dilations))
         pads = [(0, 0)]
@@ -226,11 +231,8 @@ def convolution(x, kernel, strides, padding, dilations):
         return y[:, :: strides[0], :: strides[1], :]
     sizes = [tf.shape(x)[0]]
     for axis in (1, 2):
-        length = x.shape[axis]
-        if length is None:
-            length = tf.shape(x)[axis]
-        sizes.append(_output_length(length, kernel.shape[axis - 1], strides[axis - 1],
-                                    dilations[axis - 1], padding))
+        sizes.append(conv_output_length(_spatial_size(x, axis), kernel.shape[axis - 1],
+                                        strides[axis - 1], dilations[axis - 1], padding))
     sizes.append(kernel.shape[-1])
     return tf.zeros(tf.stack(sizes), dtype=x.dtype)
 
